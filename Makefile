@@ -1,0 +1,37 @@
+# recon: `make demo` trains, evaluates and exports on the built-in synthetic scene;
+# `make test` runs the CPU test tier. Both create/update the virtual environment first.
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_RUN := outputs/demo/vanilla-nerf/demo
+DEMO_STEPS ?= 3000
+PYTEST_ARGS ?=
+
+.PHONY: install install-test demo test bench clean
+
+install:
+	bash scripts/install.sh $(VENV)
+
+install-test:
+	bash scripts/install.sh $(VENV) test
+
+demo: install
+	$(BIN)/ns-train vanilla-nerf --output-dir outputs --experiment-name demo --timestamp demo \
+		--max-num-iterations $(DEMO_STEPS) --steps-per-save 1000 --steps-per-eval-image 500 \
+		--model.hidden-dim 128 --model.num-layers 4 --model.skips 2 --model.color-hidden-dim 64 \
+		--model.num-coarse-samples 32 --model.num-fine-samples 32 --model.position-frequencies 6 \
+		--datamanager.train-num-rays-per-batch 512 \
+		--optimizers.fields.lr 1e-3 --optimizers.fields.scheduler.max-steps $(DEMO_STEPS)
+	$(BIN)/ns-eval --load-config $(DEMO_RUN)/config.yml --output-path $(DEMO_RUN)/eval.json
+	$(BIN)/ns-export tsdf --load-config $(DEMO_RUN)/config.yml --output-dir $(DEMO_RUN)/export --resolution 128
+	@echo
+	@echo "metrics: $(DEMO_RUN)/eval.json"
+	@echo "mesh:    $(DEMO_RUN)/export/mesh.ply"
+
+test: install-test
+	$(BIN)/python -m pytest -n 2 -m "not gpu" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/bench_vanilla_nerf.py
+
+clean:
+	rm -rf outputs .pytest_cache

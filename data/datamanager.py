@@ -1,0 +1,179 @@
+"""Images in, training batches out.
+
+:class:`ImageDataset` holds the decoded images of one split (uint8, resized once at load) and
+their cameras. :class:`RayDataManager` draws random rays over all pixels of the training images
+from its own seeded generator, whose state is part of every checkpoint so a resumed run draws
+the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from data.base import DataparserOutputs
+from data.images import load_image, load_mask
+from recon.config import InstantiateConfig
+from recon.errors import DataError
+
+
+def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 [H, W, C] image to (W, H) with area averaging (box filter) when shrinking."""
+    if (array.shape[1], array.shape[0]) == size:
+        return array
+    mode = Image.Resampling.BOX if size[0] < array.shape[1] else Image.Resampling.BICUBIC
+    squeeze = array.ndim == 2
+    img = Image.fromarray(array)
+    out = np.asarray(img.resize(size, mode))
+    return out if not squeeze else out.reshape(size[1], size[0])
+
+
+class ImageDataset:
+    """The images of one split, decoded once.
+
+    images: list of uint8 tensors [H, W, 3|4] (RGBA when the dataset has alpha).
+    cameras: their cameras, already scaled to the stored image size.
+    background: [3] colour RGBA images are composited onto (None for RGB datasets).
+    """
+
+    def __init__(self, outputs: DataparserOutputs, image_scale: float = 1.0, load_masks: bool = True):
+        self.outputs = outputs
+        cameras = outputs.cameras.scaled(image_scale) if image_scale != 1.0 else outputs.cameras
+        self.cameras = cameras
+        self.background = outputs.alpha_color
+        self.filenames = outputs.image_filenames
+        self.images: list[Tensor] = []
+        self.masks: list[Tensor] | None = [] if (load_masks and outputs.mask_filenames) else None
+        for i, path in enumerate(outputs.image_filenames):
+            size = (int(cameras.width[i]), int(cameras.height[i]))
+            raw = load_image(path)
+            expect = (int(outputs.cameras.width[i]), int(outputs.cameras.height[i]))
+            if (raw.shape[1], raw.shape[0]) != expect:
+                raise DataError(
+                    f"image is {raw.shape[1]}x{raw.shape[0]} but its camera says {expect[0]}x{expect[1]}", path
+                )
+            self.images.append(torch.from_numpy(np.array(_resize(raw, size))))
+            if self.masks is not None:
+                mask = load_mask(outputs.mask_filenames[i]).astype(np.uint8) * 255
+                self.masks.append(torch.from_numpy(_resize(mask, size) > 127))
+        if self.images and len({img.shape[-1] for img in self.images}) > 1:
+            # Mixed RGB/RGBA: promote to RGBA so every pixel composites the same way.
+            self.images = [img if img.shape[-1] == 4 else torch.cat([img, torch.full_like(img[..., :1], 255)], -1) for img in self.images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def has_alpha(self) -> bool:
+        return bool(self.images) and self.images[0].shape[-1] == 4
+
+    def composite(self, pixels: Tensor, background: Tensor | None = None) -> Tensor:
+        """uint8 pixels [..., 3|4] to float RGB [..., 3] in [0, 1], alpha-composited onto ``background``."""
+        rgb = pixels[..., :3].float() / 255.0
+        if pixels.shape[-1] == 4:
+            bg = background if background is not None else self.background
+            bg = torch.ones(3) if bg is None else bg
+            alpha = pixels[..., 3:].float() / 255.0
+            rgb = rgb * alpha + bg.to(rgb) * (1.0 - alpha)
+        return rgb
+
+    def image(self, i: int) -> Tensor:
+        """Image i as float RGB [H, W, 3], composited onto the dataset background."""
+        return self.composite(self.images[i])
+
+    def require_single_size(self, what: str) -> tuple[int, int]:
+        """(H, W) shared by every image; a clear error naming an odd one out otherwise."""
+        sizes = {tuple(img.shape[:2]) for img in self.images}
+        if len(sizes) > 1:
+            first = tuple(self.images[0].shape[:2])
+            odd = next(i for i, img in enumerate(self.images) if tuple(img.shape[:2]) != first)
+            raise DataError(
+                f"{what} needs images of one size, but this image is {self.images[odd].shape[1]}x{self.images[odd].shape[0]}"
+                f" and {self.filenames[0].name} is {first[1]}x{first[0]}",
+                self.filenames[odd],
+            )
+        return sizes.pop()
+
+
+@dataclass
+class DataManagerConfig(InstantiateConfig):
+    """Base of datamanager configs."""
+
+    image_scale: float = 1.0
+    """Resize every image by this factor when loading (0.25 turns 400 px into 100 px); intrinsics follow."""
+    eval_split: str = "test"
+    """Split used for evaluation and eval images."""
+
+    def dataset(self, outputs: DataparserOutputs) -> ImageDataset:
+        """The images of ``outputs`` (one split) as this datamanager would load them."""
+        return ImageDataset(outputs, self.image_scale, load_masks=False)
+
+
+class DataManager:
+    """Owns the train and eval datasets and produces training batches."""
+
+    def __init__(self, config: DataManagerConfig, outputs: DataparserOutputs, device: torch.device, seed: int = 0):
+        self.config = config
+        self.device = device
+        self.train_dataset = ImageDataset(outputs.split("train"), config.image_scale)
+        if len(self.train_dataset) == 0:
+            raise DataError("the dataset has no training images")
+        eval_split = config.eval_split if outputs.splits.get(config.eval_split) else "train"
+        self.eval_dataset = ImageDataset(outputs.split(eval_split), config.image_scale)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_train(self, step: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+@dataclass
+class RayDataManagerConfig(DataManagerConfig):
+    """Random rays drawn uniformly over every pixel of every training image."""
+
+    train_num_rays_per_batch: int = 1024
+    """Rays per training batch."""
+
+
+class RayDataManager(DataManager):
+    """Batches of R random rays: ``{"rays": RayBundle [R], "rgb": [R, 3], "mask": [R] (if any)}``."""
+
+    config: RayDataManagerConfig
+
+    def __init__(self, config: RayDataManagerConfig, outputs: DataparserOutputs, device: torch.device, seed: int = 0):
+        super().__init__(config, outputs, device, seed)
+        ds = self.train_dataset
+        self.pixels = torch.cat([img.reshape(-1, img.shape[-1]) for img in ds.images])
+        self.masks = torch.cat([m.reshape(-1) for m in ds.masks]) if ds.masks else None
+        counts = torch.tensor([img.shape[0] * img.shape[1] for img in ds.images])
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        self.widths = ds.cameras.width.clone()
+        self.cameras = ds.cameras.to(device)
+
+    def next_train(self, step: int) -> dict[str, Any]:
+        n = self.config.train_num_rays_per_batch
+        flat = torch.randint(int(self.offsets[-1]), (n,), generator=self.generator)
+        cam = torch.searchsorted(self.offsets, flat, right=True) - 1
+        local = flat - self.offsets[cam]
+        v = torch.div(local, self.widths[cam], rounding_mode="floor")
+        u = local - v * self.widths[cam]
+        rays = self.cameras.rays_for_pixels(cam.to(self.device), u.to(self.device).float() + 0.5, v.to(self.device).float() + 0.5)
+        batch: dict[str, Any] = {"rays": rays, "rgb": self.train_dataset.composite(self.pixels[flat]).to(self.device)}
+        if self.pixels.shape[-1] == 4:
+            batch["alpha"] = (self.pixels[flat, 3:].float() / 255.0).to(self.device)
+        if self.masks is not None:
+            batch["mask"] = self.masks[flat].to(self.device)
+        return batch
+
+
+RayDataManagerConfig._target = RayDataManager  # the config is declared first so the class can name it in hints

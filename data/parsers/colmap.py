@@ -1,0 +1,158 @@
+"""COLMAP sparse reconstructions (``sparse/0``) with the images they were made from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from data.base import DataparserOutputs
+from data.images import image_size
+from data.normalize import auto_orient_and_center, content_box_from_cameras, content_box_from_points, normalize_to_box
+from data.parsers.colmap_io import ColmapCamera, read_model
+from data.parsers.common import (
+    ParserConfig,
+    c2w_from_w2c,
+    make_cameras,
+    natural_key,
+    raw_outputs,
+    require_dir,
+    warn_missing,
+)
+from data.splits import interval_splits
+from recon.errors import DataError
+
+SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+
+# Where a sparse model is looked for, relative to the dataset folder, in this order.
+MODEL_CANDIDATES = ("sparse/0", "colmap/sparse/0", "sparse", ".")
+
+MIN_POINTS_FOR_BOX = 10
+"""Fewer sparse points than this cannot give a robust content box; the cameras rule is used then."""
+
+
+def camera_intrinsics(cam: ColmapCamera, source: Path) -> tuple[float, float, float, float, np.ndarray]:
+    """(fx, fy, cx, cy, [k1, k2, p1, p2]) of a COLMAP camera; DataError for other models."""
+    p = np.asarray(cam.params, dtype=np.float64)
+    k = np.zeros(4)
+    if cam.model == "SIMPLE_PINHOLE":
+        f, cx, cy = p
+        return f, f, cx, cy, k
+    if cam.model == "PINHOLE":
+        fx, fy, cx, cy = p
+        return fx, fy, cx, cy, k
+    if cam.model == "SIMPLE_RADIAL":
+        f, cx, cy, k[0] = p
+        return f, f, cx, cy, k
+    if cam.model == "RADIAL":
+        f, cx, cy, k[0], k[1] = p
+        return f, f, cx, cy, k
+    if cam.model == "OPENCV":
+        fx, fy, cx, cy, k[0], k[1], k[2], k[3] = p
+        return fx, fy, cx, cy, k
+    raise DataError(
+        f"unsupported COLMAP camera model {cam.model} (camera {cam.id}); supported: {', '.join(SUPPORTED_MODELS)}."
+        " Undistort the images first (colmap image_undistorter) to get PINHOLE cameras",
+        source,
+    )
+
+
+def find_model(data: Path, colmap_path: str | None) -> Path:
+    """The folder holding the sparse model; DataError listing the places tried."""
+    from data.parsers.colmap_io import model_files
+
+    candidates = [colmap_path] if colmap_path else list(MODEL_CANDIDATES)
+    for rel in candidates:
+        folder = data / rel
+        if folder.is_dir() and model_files(folder) is not None:
+            return folder
+    tried = ", ".join(f"{c}/" for c in candidates)
+    raise DataError(
+        f"no COLMAP sparse model (cameras.bin+images.bin or .txt) found; looked in {tried}", data
+    )
+
+
+@dataclass
+class ColmapParserConfig(ParserConfig):
+    """COLMAP sparse model (``sparse/0``, ``colmap/sparse/0`` or the folder itself) and ``images/``.
+
+    Every 8th image (sorted by name, ``i % 8 == 0``) is held out as test (= val). Poses are oriented
+    so the mean camera up is +z and normalised so the robust bounds of the sparse points fill
+    [-1, 1]^3 (cameras-only rule if the model has no points)."""
+
+    name: ClassVar[str] = "colmap"
+
+    colmap_path: str | None = None
+    """Sparse model folder relative to the data folder; None tries sparse/0, colmap/sparse/0, sparse and the folder itself."""
+    images_path: str = "images"
+    """Image folder relative to the data folder."""
+    downscale_factor: int = 1
+    """Read images from ``<images_path>_<factor>`` (e.g. images_4); intrinsics follow the actual image size."""
+    orientation_method: Literal["up", "align", "none"] = "up"
+    """Rotation applied to the poses: mean camera up to +z ("up"), also mean view to +y ("align"), or none."""
+    center_method: Literal["poses", "focus", "none"] = "poses"
+    """Origin before fitting the content box (matters only for the cameras-only rule)."""
+    eval_every: int = 8
+    """Hold out every N-th image (i % N == 0) for test/val."""
+
+    def parse(self, data: Path) -> DataparserOutputs:
+        require_dir(data)
+        model_dir = find_model(data, self.colmap_path)
+        cams, images, points = read_model(model_dir)
+        if not images:
+            raise DataError("the COLMAP model has no registered images", model_dir)
+        folder = data / (self.images_path if self.downscale_factor == 1 else f"{self.images_path}_{self.downscale_factor}")
+        if not folder.is_dir():
+            raise DataError(f"image folder {folder.name}/ not found next to the COLMAP model", data)
+
+        ordered = sorted(images.values(), key=lambda im: natural_key(im.name))
+        paths, missing, c2ws, intr, dists, sizes = [], [], [], [], [], []
+        for im in ordered:
+            path = folder / im.name
+            if not path.is_file():
+                missing.append(path)
+                continue
+            if im.camera_id not in cams:
+                raise DataError(f"image {im.name!r} refers to camera {im.camera_id}, which is not in the model", model_dir)
+            cam = cams[im.camera_id]
+            fx, fy, cx, cy, k = camera_intrinsics(cam, model_dir)
+            w, h = cam.width, cam.height
+            if self.downscale_factor != 1:
+                # Downscaled folders may round differently: scale by the real size, not 1/factor.
+                w_img, h_img = image_size(path)
+                sx, sy = w_img / cam.width, h_img / cam.height
+                fx, cx, fy, cy, w, h = fx * sx, cx * sx, fy * sy, cy * sy, w_img, h_img
+            q = np.asarray(im.qvec, dtype=np.float64)
+            if not (np.isfinite(q).all() and np.isfinite(im.tvec).all()) or np.linalg.norm(q) < 1e-12:
+                raise DataError(f"image {im.name!r} has an invalid pose (NaN, Inf or zero quaternion)", model_dir)
+            c2ws.append(c2w_from_w2c(im.rotation(), np.asarray(im.tvec, dtype=np.float64)))
+            intr.append((fx, fy, cx, cy))
+            sizes.append((w, h))
+            dists.append(k)
+            paths.append(path)
+        if not paths:
+            raise DataError(f"none of the {len(ordered)} images of the COLMAP model exist in {folder.name}/", data)
+        warn_missing(missing, "COLMAP images", model_dir)
+
+        c2w = np.stack(c2ws)
+        intr_a, sizes_a = np.array(intr), np.array(sizes)
+        cameras = make_cameras(c2w, *intr_a.T, sizes_a[:, 0], sizes_a[:, 1], distortion=np.stack(dists))
+        pts = rgb = None
+        if points is not None and len(points):
+            pts, rgb = points.xyz, points.rgb.astype(np.uint8)  # float64 until normalised
+        outputs = raw_outputs(
+            paths,
+            cameras,
+            interval_splits(len(paths), self.eval_every),
+            points3d=pts,
+            points3d_rgb=rgb,
+            metadata={"format": self.name, "few_shot_protocol": "even", "colmap_model": str(model_dir)},
+        )
+        orient = auto_orient_and_center(c2w, self.orientation_method, self.center_method)
+        if pts is not None and len(pts) >= MIN_POINTS_FOR_BOX:
+            box = content_box_from_points(pts, orient)
+        else:
+            box = content_box_from_cameras(c2w, orient)
+        return normalize_to_box(outputs, orient, box, c2w=c2w)

@@ -1,0 +1,197 @@
+"""What every format parser shares: the config base class and small validated readers.
+
+A parser config is a dataclass (its fields become CLI flags through tyro, its field docstrings
+the ``--help`` text) whose :meth:`ParserConfig.load` reads a dataset folder and returns a
+normalised :class:`~data.base.DataparserOutputs` with every split. Subclasses implement
+:meth:`ParserConfig.parse`; ``load`` adds the checks common to all formats and the few-shot
+selection (:func:`data.splits.apply_few_shot`) when ``num_train_views`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from data.base import DataparserOutputs, SceneBox
+from data.splits import apply_few_shot
+from recon.cameras import Cameras
+from recon.config import DataParserConfig
+from recon.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+
+
+@dataclass
+class ParserConfig(DataParserConfig):
+    """Base of recon's dataset-format configs (``num_train_views`` is inherited)."""
+
+    name: ClassVar[str] = ""
+    """Registry / sub-command name of the format."""
+
+    def load(self, data: Path | None) -> DataparserOutputs:
+        """Read the dataset at ``data`` into normalised outputs with train/val/test splits."""
+        outputs = self.parse(check_dataset_path(data))
+        if self.num_train_views is not None:
+            protocol = outputs.metadata.get("few_shot_protocol", "even")
+            outputs = apply_few_shot(outputs, self.num_train_views, protocol)
+        return outputs
+
+    def parse(self, data: Path) -> DataparserOutputs:
+        """Format-specific reading; ``data`` exists. Overridden by every format."""
+        raise NotImplementedError
+
+
+# -- paths ------------------------------------------------------------------------------------
+def check_dataset_path(data: Path | str | None) -> Path:
+    """``data`` as a Path that exists (folder, or a file some formats accept), else DataError."""
+    if data is None:
+        raise DataError("no dataset path given (pass --data PATH)")
+    data = Path(data).expanduser()
+    if not data.exists():
+        raise DataError("dataset folder does not exist", data)
+    if data.is_dir() and not any(data.iterdir()):
+        raise DataError("dataset folder is empty", data)
+    return data
+
+
+def require_dir(data: Path) -> Path:
+    if not data.is_dir():
+        raise DataError("expected a dataset folder, got a file", data)
+    return data
+
+
+def natural_key(s: str | Path) -> list:
+    """Sort key that orders ``img2`` before ``img10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(s))]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, naturally sorted (hidden files skipped)."""
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def warn_missing(paths: list[Path], what: str, source: Path) -> None:
+    """One warning listing every skipped file (not one per file: datasets have thousands)."""
+    if not paths:
+        return
+    shown = ", ".join(str(p) for p in paths[:20]) + (f", ... ({len(paths) - 20} more)" if len(paths) > 20 else "")
+    warnings.warn(f"{source}: skipping {len(paths)} {what} whose image file is missing: {shown}", stacklevel=3)
+
+
+# -- validated readers -----------------------------------------------------------------------
+def read_json(path: Path) -> Any:
+    """Parsed JSON; DataError("invalid JSON: ...") naming the file on a syntax error."""
+    if not path.is_file():
+        raise DataError("file not found", path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON: {exc}", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read file: {exc}", path) from None
+
+
+def check_pose(matrix: Any, path: Path, index: int, key: str = "transform_matrix") -> np.ndarray:
+    """A 4x4 or 3x4 pose as float64 [3, 4]; DataError naming file and frame otherwise."""
+    try:
+        arr = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"frame {index}: {key} is not a numeric matrix", path) from None
+    if arr.shape not in ((4, 4), (3, 4)):
+        raise DataError(f"frame {index}: {key} must be 4x4 (or 3x4), got shape {'x'.join(map(str, arr.shape)) or 'scalar'}", path)
+    if not np.isfinite(arr).all():
+        raise DataError(f"frame {index}: {key} contains NaN or Inf", path)
+    rot = arr[:3, :3]
+    if abs(np.linalg.det(rot)) < 1e-8:
+        raise DataError(f"frame {index}: {key} has a singular rotation", path)
+    return arr[:3, :4].copy()
+
+
+def number(value: Any, path: Path, what: str) -> float:
+    """A finite float from JSON, else DataError."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be a number, got {value!r}", path) from None
+    if not math.isfinite(out):
+        raise DataError(f"{what} must be finite, got {value!r}", path)
+    return out
+
+
+def opengl_to_opencv_np(c2w: np.ndarray) -> np.ndarray:
+    """OpenGL/Blender camera-to-world [..., 3, 4] to OpenCV (flip camera y and z); numpy twin of
+    :func:`recon.cameras.opengl_to_opencv`, kept in float64 until normalisation."""
+    out = np.array(c2w, dtype=np.float64, copy=True)
+    out[..., :3, 1:3] *= -1.0
+    return out
+
+
+def c2w_from_w2c(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """[3, 4] camera-to-world from world-to-camera rotation R [3, 3] and translation t [3]."""
+    return np.concatenate([R.T, (-R.T @ t)[:, None]], axis=1)
+
+
+# -- assembling outputs ----------------------------------------------------------------------
+def make_cameras(
+    c2w: np.ndarray,
+    fx: Any,
+    fy: Any,
+    cx: Any,
+    cy: Any,
+    width: Any,
+    height: Any,
+    distortion: np.ndarray | None = None,
+) -> Cameras:
+    """Cameras from numpy arrays (c2w [N, 3, 4] OpenCV; the rest [N] or scalars; distortion [N, 4])."""
+    n = len(c2w)
+    vec = lambda v: torch.as_tensor(np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)).copy())  # noqa: E731
+    return Cameras(
+        camera_to_worlds=torch.as_tensor(np.asarray(c2w, dtype=np.float64)).float(),
+        fx=vec(fx).float(),
+        fy=vec(fy).float(),
+        cx=vec(cx).float(),
+        cy=vec(cy).float(),
+        width=vec(width).round().long(),
+        height=vec(height).round().long(),
+        distortion=None if distortion is None else torch.as_tensor(np.asarray(distortion, dtype=np.float64)).float().reshape(n, 4),
+    )
+
+
+def raw_outputs(image_filenames: list[Path], cameras: Cameras, splits: dict[str, list[int]], **kwargs: Any) -> DataparserOutputs:
+    """Outputs in input units with a placeholder scene box, ready for :func:`data.normalize.normalize_to_box`."""
+    splits = {k: sorted(int(i) for i in splits.get(k, [])) for k in ("train", "val", "test")}
+    return DataparserOutputs(
+        image_filenames=list(image_filenames),
+        cameras=cameras,
+        splits=splits,
+        scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])),
+        **kwargs,
+    )
+
+
+def alpha_color(background: str) -> torch.Tensor:
+    return torch.tensor(BACKGROUNDS[background], dtype=torch.float32)
+
+
+def has_alpha(path: Path) -> bool:
+    """Whether an image file carries an alpha channel (header only)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info)
+    except Exception:  # unreadable files are reported when their pixels are loaded
+        return False

@@ -1,0 +1,124 @@
+"""``ns-export {pointcloud,tsdf} --load-config outputs/.../config.yml --output-dir exports/``.
+
+Geometry is written in the input poses' coordinates (the dataset normalisation is undone), as
+PLY, OBJ or GLB through trimesh; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import torch
+import tyro
+
+from recon.cli import run_main
+from recon.engine.logging import console
+from recon.engine.run import LoadedRun, load_run
+from recon.errors import ConfigError
+from recon.export.io import write_mesh, write_pointcloud
+from recon.model import Export
+
+
+@dataclass
+class ExportConfig:
+    load_config: Path = Path("config.yml")
+    """The run's config.yml."""
+    output_dir: Path = Path("exports")
+    """Folder the exported file is written into."""
+    step: int | None = None
+    """Checkpoint step (default: the latest)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to render."""
+    image_scale: float = 1.0
+    """Scale of the rendered training views relative to the training resolution."""
+
+
+def _open(cfg: ExportConfig, capability: Export) -> tuple[LoadedRun, object]:
+    run = load_run(cfg.load_config, cfg.device, cfg.step)
+    if capability not in run.model.exports:
+        supported = ", ".join(sorted(e.value for e in run.model.exports)) or "none"
+        raise ConfigError(f"method {run.config.method_name!r} cannot export {capability.value} (it supports: {supported})")
+    train = run.outputs.split("train")
+    scale = getattr(run.config.datamanager, "image_scale", 1.0) * cfg.image_scale
+    cameras = train.cameras.scaled(scale) if scale != 1.0 else train.cameras
+    return run, cameras
+
+
+def _render_fn(run: LoadedRun):
+    return lambda camera: run.model.render(camera.to(run.device))
+
+
+@dataclass
+class PointcloudExport(ExportConfig):
+    """Points back-projected from the depth the model renders at the training views."""
+
+    num_points: int = 1_000_000
+    """Number of points kept (random subset)."""
+    remove_outliers: bool = True
+    """Drop points far from their neighbours (statistical outlier removal)."""
+    accumulation_threshold: float = 0.5
+    """Skip pixels whose rendered opacity is below this."""
+    filename: str = "pointcloud.ply"
+    """Output file name (.ply)."""
+
+    def run(self) -> Path:
+        from recon.export.pointcloud import pointcloud_from_render
+
+        run, cameras = _open(self, Export.POINTCLOUD)
+        points, colors, normals = pointcloud_from_render(
+            _render_fn(run), cameras, num_points=self.num_points, accumulation_threshold=self.accumulation_threshold,
+            aabb=run.outputs.scene_box.aabb, remove_outliers=self.remove_outliers,
+        )
+        pts = run.outputs.transform_to_input(torch.as_tensor(points, dtype=torch.float32))
+        if normals is not None:
+            normals = torch.as_tensor(normals, dtype=torch.float32) @ run.outputs.dataparser_transform[:, :3]
+        out = write_pointcloud(pts.numpy(), colors, None if normals is None else normals.numpy(), self.output_dir / self.filename)
+        console.print(f"wrote {len(pts)} points to {out}")
+        return out
+
+
+@dataclass
+class TSDFExport(ExportConfig):
+    """Mesh by TSDF fusion of the depth the model renders at the training views."""
+
+    resolution: int = 256
+    """Voxels along the longest side of the scene box."""
+    truncation: float | None = None
+    """TSDF truncation distance in normalised units (default: a few voxels)."""
+    accumulation_threshold: float = 0.5
+    """Skip pixels whose rendered opacity is below this."""
+    filename: str = "mesh.ply"
+    """Output file name; the suffix picks the format (.ply, .obj, .glb)."""
+
+    def run(self) -> Path:
+        from recon.geometry.tsdf import tsdf_from_render
+
+        run, cameras = _open(self, Export.TSDF)
+        mesh = tsdf_from_render(
+            _render_fn(run), cameras, run.outputs.scene_box.aabb, self.resolution, truncation=self.truncation,
+            accumulation_threshold=self.accumulation_threshold,
+        )
+        if len(mesh.vertices) == 0:
+            raise ConfigError("TSDF fusion found no surface (is the model trained?); nothing written")
+        mesh.vertices = run.outputs.transform_to_input(torch.as_tensor(mesh.vertices, dtype=torch.float32)).numpy()
+        out = write_mesh(mesh, self.output_dir / self.filename)
+        console.print(f"wrote mesh with {len(mesh.vertices)} vertices and {len(mesh.faces)} faces to {out}")
+        return out
+
+
+Commands = Union[
+    Annotated[PointcloudExport, tyro.conf.subcommand("pointcloud")],
+    Annotated[TSDFExport, tyro.conf.subcommand("tsdf")],
+]
+
+
+def entrypoint() -> None:
+    cfg = tyro.cli(Commands, args=sys.argv[1:], description="Export geometry from a trained run.")  # type: ignore[arg-type]
+    run_main(cfg.run)
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,60 @@
+"""Progress bar and TensorBoard logging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def make_progress(transient: bool = False) -> Progress:
+    """A rich progress bar with count, iterations per second and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=transient,
+    )
+
+
+class Writer:
+    """TensorBoard scalars and images (a no-op when disabled)."""
+
+    def __init__(self, log_dir: Path | None):
+        self._tb = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(log_dir))
+
+    def scalars(self, values: dict[str, Any], step: int, prefix: str = "") -> None:
+        if self._tb is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                value = value.item()
+            self._tb.add_scalar(f"{prefix}{key}", float(value), step)
+
+    def image(self, tag: str, image: torch.Tensor | np.ndarray, step: int) -> None:
+        """image: [H, W, 3] float in [0, 1]."""
+        if self._tb is None:
+            return
+        arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
+        self._tb.add_image(tag, np.clip(arr, 0, 1), step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()

@@ -1,0 +1,45 @@
+"""Reopen a finished (or interrupted) run from its ``config.yml`` for evaluation, rendering and export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recon.config import load_config
+from recon.engine.checkpoint import find_checkpoint, load_into_model, load_model_state
+from recon.engine.trainer import TrainerConfig, load_dataset, scene_info
+from recon.errors import ConfigError
+from recon.model import Model
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with the dataset it was trained on."""
+
+    config: TrainerConfig
+    run_dir: Path
+    outputs: Any  # data.base.DataparserOutputs
+    model: Model
+    step: int
+    device: torch.device
+
+
+def load_run(config_path: Path, device: str = "auto", step: int | None = None) -> LoadedRun:
+    """Read ``config.yml``, re-parse its dataset, build the model and load its checkpoint."""
+    config_path = Path(config_path)
+    config = load_config(config_path)
+    if not isinstance(config, TrainerConfig):
+        raise ConfigError("not a recon training config", config_path)
+    config.device = device  # type: ignore[assignment]
+    dev = config.resolve_device()
+    run_dir = config_path.parent
+    model_path, _ = find_checkpoint(run_dir, step)
+    outputs = load_dataset(config)
+    model = config.model.setup(scene=scene_info(outputs, len(outputs.splits.get("train", [])))).to(dev)
+    state, loaded_step = load_model_state(model_path, config.method_name)
+    load_into_model(model, {k: v.to(dev) for k, v in state.items()}, model_path)
+    model.eval()
+    return LoadedRun(config, run_dir, outputs, model, loaded_step, dev)

@@ -1,0 +1,316 @@
+"""The training loop.
+
+The trainer knows nothing about methods: it parses the data with the configured parser, builds
+the datamanager and model their configs name, steps one optimizer per parameter group, and runs
+hook objects (the model's and its own: logging, evaluation, checkpoints). A run lives in
+``<output_dir>/<experiment>/<method>/<timestamp>/`` with ``config.yml``,
+``dataparser_transforms.json``, ``checkpoints/`` and TensorBoard event files.
+
+Nothing is written before the data and the model have been built, so a bad dataset never leaves
+an empty run folder behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from recon.config import DataParserConfig, InstantiateConfig, save_config
+from recon.engine.callbacks import Callback, Where, run_callbacks
+from recon.engine.checkpoint import find_checkpoint, load_into_model, load_model_state, load_train_state, save_checkpoint
+from recon.engine.evaluate import evaluate_images
+from recon.engine.logging import console, make_progress, Writer
+from recon.engine.optim import OptimizerConfig, Optimizers
+from recon.errors import ConfigError
+from recon.model import Model, ModelConfig, SceneInfo
+
+
+@dataclass
+class LoggingConfig:
+    """What the run reports while it trains."""
+
+    tensorboard: bool = True
+    """Write TensorBoard scalars and images into the run folder."""
+    progress_bar: bool = True
+    """Show a progress bar with iterations/s and ETA."""
+    steps_per_log: int = 25
+    """Steps between scalar logs."""
+
+
+@dataclass
+class TrainerConfig:
+    """A training run: data, method (datamanager + model + optimizers), schedule and outputs."""
+
+    method_name: str = "unnamed"
+    """Name of the method preset (set by the registry)."""
+    data: Path | None = None
+    """Dataset folder (its format is detected); without it, the built-in synthetic scene is used."""
+    dataparser: DataParserConfig = field(default_factory=DataParserConfig)
+    """Dataset format; pick one with a sub-command to override detection."""
+    num_train_views: int | None = None
+    """Few-shot: train on K views only (RegNeRF protocol for LLFF and DTU, evenly spaced otherwise)."""
+    datamanager: InstantiateConfig = field(default_factory=InstantiateConfig)
+    """How training batches are drawn."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model and its hyper-parameters."""
+    optimizers: dict[str, OptimizerConfig] = field(default_factory=dict)
+    """One optimizer (and schedule) per named parameter group of the model."""
+    max_num_iterations: int = 30_000
+    """Number of training steps."""
+    steps_per_save: int = 2000
+    """Steps between checkpoints (one is also written at the end and on Ctrl-C)."""
+    save_only_latest_checkpoint: bool = True
+    """Delete older checkpoints when a new one is written."""
+    steps_per_eval_image: int = 500
+    """Steps between rendering one evaluation image (logged with its PSNR); 0 disables."""
+    steps_per_eval_all_images: int = 0
+    """Steps between evaluating every evaluation image; 0 disables periodic full evaluation."""
+    eval_at_end: bool = True
+    """Evaluate every evaluation image when training ends and write ``eval_summary.json``."""
+    output_dir: Path = Path("outputs")
+    """Root folder of runs."""
+    experiment_name: str | None = None
+    """Experiment folder name; defaults to the dataset folder's name."""
+    timestamp: str = "{timestamp}"
+    """Run folder name; ``{timestamp}`` becomes the start time."""
+    load_dir: Path | None = None
+    """Resume from this run folder (or its checkpoints/ folder), continuing in the same run folder."""
+    load_step: int | None = None
+    """Step of the checkpoint to resume from; the latest when unset."""
+    seed: int = 42
+    """Seed of every random generator."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: CUDA when available with auto."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Progress and TensorBoard options."""
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise ConfigError("--device cuda was asked for but CUDA is not available")
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def scene_info(outputs: Any, num_train: int) -> SceneInfo:
+    return SceneInfo(
+        aabb=outputs.scene_box.aabb.clone(),
+        num_train_cameras=num_train,
+        background=None if outputs.alpha_color is None else torch.as_tensor(outputs.alpha_color, dtype=torch.float32),
+        near=outputs.near,
+        far=outputs.far,
+        points3d=outputs.points3d,
+        points3d_rgb=outputs.points3d_rgb,
+        metadata=dict(outputs.metadata),
+    )
+
+
+def load_dataset(config: TrainerConfig) -> Any:
+    """Parse the configured dataset (few-shot split applied)."""
+    parser = config.dataparser
+    if config.num_train_views is not None:
+        parser.num_train_views = config.num_train_views
+    return parser.load(config.data)
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainerConfig` and runs the loop."""
+
+    def __init__(self, config: TrainerConfig):
+        self.config = config
+        self.device = config.resolve_device()
+        seed_everything(config.seed)
+        self.outputs = load_dataset(config)
+        self.datamanager = config.datamanager.setup(outputs=self.outputs, device=self.device, seed=config.seed)
+        train_ds = self.datamanager.train_dataset
+        self.model: Model = config.model.setup(scene=scene_info(self.outputs, len(train_ds))).to(self.device)
+        self.optimizers = Optimizers(config.optimizers, self.model.param_groups())
+        self.start_step = 0
+        self.step = 0
+        self.history: list[tuple[int, float]] = []
+        self.run_dir = self._run_dir()
+        resume = None
+        if config.load_dir is not None:
+            resume = find_checkpoint(config.load_dir, config.load_step)
+            self._load(*resume)
+        self.callbacks: list[Callback] = self.model.callbacks() + self._own_callbacks()
+        self.writer: Writer | None = None
+
+    # -- folders and checkpoints ------------------------------------------------------------------
+    def _run_dir(self) -> Path:
+        c = self.config
+        if c.load_dir is not None:
+            load_dir = Path(c.load_dir)
+            return load_dir.parent if load_dir.name == "checkpoints" else load_dir
+        experiment = c.experiment_name or (Path(c.data).resolve().name if c.data is not None else "synthetic")
+        stamp = c.timestamp.replace("{timestamp}", datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S"))
+        return Path(c.output_dir) / experiment / c.method_name / stamp
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _load(self, model_path: Path, state_path: Path) -> None:
+        state, step = load_model_state(model_path, self.config.method_name)
+        train_state = load_train_state(state_path)
+        load_into_model(self.model, {k: v.to(self.device) for k, v in state.items()}, model_path)
+        # The optimizer is rebuilt after loading: models may change size when they load.
+        self.optimizers = Optimizers(self.config.optimizers, self.model.param_groups())
+        try:
+            self.optimizers.load_state_dict(train_state["optimizers"])
+            self.datamanager.load_state_dict(train_state["datamanager"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            from recon.errors import CheckpointError
+
+            raise CheckpointError(f"training state does not fit this run ({type(exc).__name__}: {exc})", state_path) from None
+        torch.set_rng_state(train_state["rng_torch"])
+        if torch.cuda.is_available() and "rng_cuda" in train_state:
+            torch.cuda.set_rng_state_all(train_state["rng_cuda"])
+        self.start_step = self.step = step
+
+    def save_checkpoint(self, step: int) -> Path:
+        train_state: dict[str, Any] = {
+            "optimizers": self.optimizers.state_dict(),
+            "datamanager": self.datamanager.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            train_state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return save_checkpoint(
+            self.checkpoint_dir, step, self.model.state_dict(), train_state, self.config.method_name, self.config.save_only_latest_checkpoint
+        )
+
+    # -- hooks --------------------------------------------------------------------------------
+    def _own_callbacks(self) -> list[Callback]:
+        c = self.config
+        # These run after step s completes, i.e. with s + 1 steps done: shift by one.
+        hooks = [
+            (c.steps_per_save, lambda s, **_: self.save_checkpoint(s + 1)),
+            (c.steps_per_eval_image, self._eval_image),
+            (c.steps_per_eval_all_images, self._eval_all),
+        ]
+        return [Callback(fn, every=every, start=every - 1) for every, fn in hooks if every > 0]
+
+    def _eval_image(self, step: int, **_: Any) -> None:
+        ds = self.datamanager.eval_dataset
+        i = (step // max(self.config.steps_per_eval_image, 1)) % len(ds)
+        from recon.metrics import psnr
+
+        self.model.eval()
+        out = self.model.render(ds.cameras[i].to(self.device))
+        self.model.train()
+        value = float(psnr(out["rgb"], ds.image(i).to(self.device)))
+        if self.writer is not None:
+            self.writer.scalars({"psnr": value}, step + 1, prefix="eval_image/")
+            self.writer.image("eval_image/rgb", torch.cat([ds.image(i), out["rgb"].cpu()], 1), step + 1)
+        self.last_eval_psnr = value
+
+    def _eval_all(self, step: int, **_: Any) -> dict[str, Any]:
+        result = evaluate_images(self.model, self.datamanager.eval_dataset, with_lpips=False, progress=False)
+        if self.writer is not None:
+            self.writer.scalars({k: v for k, v in result["mean"].items() if k != "num_images"}, step + 1, prefix="eval/")
+        return result
+
+    # -- the loop -----------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        run_callbacks(self.callbacks, Where.BEFORE_STEP, step)
+        batch = self.datamanager.next_train(step)
+        outputs = self.model(batch)
+        losses = self.model.losses(batch, outputs, step)
+        loss = sum(losses.values())
+        self.optimizers.zero_grad()
+        loss.backward()
+        run_callbacks(self.callbacks, Where.AFTER_BACKWARD, step, batch=batch, outputs=outputs, optimizers=self.optimizers)
+        self.optimizers.step(step)
+        run_callbacks(self.callbacks, Where.AFTER_STEP, step, batch=batch, outputs=outputs, optimizers=self.optimizers)
+        return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}, "_batch": batch, "_outputs": outputs}
+
+    def setup_run_dir(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.run_dir / "config.yml")
+        self.outputs.save_transforms(self.run_dir / "dataparser_transforms.json")
+        if self.config.logging.tensorboard:
+            self.writer = Writer(self.run_dir)
+
+    def request_stop(self, *_: Any) -> None:
+        """Ctrl-C: finish the current step, write a checkpoint, then stop (a second Ctrl-C aborts)."""
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        console.print("\nCtrl-C: finishing this step and writing a checkpoint (press again to abort without saving)")
+
+    def train(self) -> Path:
+        """Train to ``max_num_iterations``; returns the run folder.
+
+        Ctrl-C (SIGINT) lets the current step finish, writes a checkpoint for it and raises
+        KeyboardInterrupt, so the checkpoint is always consistent with the steps taken.
+        """
+        c = self.config
+        self.setup_run_dir()
+        console.print(f"[bold]recon[/bold] {c.method_name}: {len(self.datamanager.train_dataset)} training images on {self.device}; run folder {self.run_dir}")
+        self._stop_requested = False
+        handler_installed = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self.request_stop) if handler_installed else None
+        bar = make_progress()
+        step = self.start_step
+        t_last, s_last = time.perf_counter(), step
+        try:
+            with bar:
+                task = bar.add_task(c.method_name, total=c.max_num_iterations, completed=step, rate="", info="", visible=c.logging.progress_bar)
+                while step < c.max_num_iterations:
+                    values = self.train_step(step)
+                    self.history.append((step, float(values["loss"])))
+                    step += 1
+                    self.step = step
+                    if step % max(c.logging.steps_per_log, 1) == 0 or step == c.max_num_iterations:
+                        now = time.perf_counter()
+                        rate = (step - s_last) / max(now - t_last, 1e-9)
+                        t_last, s_last = now, step
+                        metrics = self.model.metrics(values["_batch"], values["_outputs"])
+                        scalars = {k: v for k, v in values.items() if not k.startswith("_")}
+                        if self.writer is not None:
+                            self.writer.scalars({**scalars, **metrics}, step, prefix="train/")
+                            self.writer.scalars(self.optimizers.learning_rates(), step, prefix="lr/")
+                            self.writer.scalars({"steps_per_second": rate}, step)
+                        info = f"loss {float(values['loss']):.4f}" + (f" psnr {metrics['psnr']:.2f}" if "psnr" in metrics else "")
+                        bar.update(task, completed=step, rate=f"{rate:.1f} it/s", info=info)
+                    else:
+                        bar.update(task, completed=step)
+                    if self._stop_requested:
+                        path = self.save_checkpoint(step)
+                        console.print(f"stopped at step {step}; checkpoint written to {path}; resume with --load-dir {self.run_dir}")
+                        raise KeyboardInterrupt
+        finally:
+            if handler_installed:
+                signal.signal(signal.SIGINT, previous)
+            if self._stop_requested or step < c.max_num_iterations:
+                self.close()
+        path = self.save_checkpoint(step)
+        result = self._eval_all(step - 1) if c.eval_at_end and len(self.datamanager.eval_dataset) else None
+        if result is not None:
+            summary = {"step": step, **result["mean"]}
+            (self.run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2))
+            console.print(f"done: step {step}, eval PSNR {summary.get('psnr', float('nan')):.2f} dB, SSIM {summary.get('ssim', float('nan')):.3f}; checkpoint {path}")
+        self.close()
+        return self.run_dir
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+A :class:`ReconError` is a mistake in what the user gave us (a path, a file, a flag). The console
+scripts catch it and print its message as one line on stderr with a non-zero exit, never a
+traceback. Anything else that escapes is a bug in recon and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ReconError(Exception):
+    """A problem with the user's input, reported as one line naming the file and the problem."""
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = None if path is None else Path(path)
+        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+class DataError(ReconError):
+    """A dataset folder or file that cannot be read as the format it claims to be."""
+
+
+class CheckpointError(ReconError):
+    """A checkpoint that is missing, truncated, corrupt or belongs to another model."""
+
+
+class ConfigError(ReconError):
+    """An unknown method, a bad flag value or an inconsistent configuration."""

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create or update the virtual environment and install recon into it, never replacing torch.
+#
+#   scripts/install.sh VENV [EXTRAS]
+#
+# torch is pinned through a constraints file: the torch already in the venv if there is one (a
+# CUDA build you installed stays), else RECON_TORCH (default 2.13.0, the CPU build this project
+# is developed against). Without the pin, pip would resolve "torch" to the newest CUDA build.
+set -euo pipefail
+venv=${1:-.venv}
+extras=${2:-}
+python=${PYTHON:-python3}
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+py="$venv/bin/python"
+"$py" -m pip install --quiet --upgrade pip
+
+if installed=$("$py" -c "import torch; print(torch.__version__)" 2>/dev/null); then
+  pin="torch==$installed"
+else
+  pin="torch==${RECON_TORCH:-2.13.0}"
+fi
+constraints="$venv/recon-constraints.txt"
+echo "$pin" > "$constraints"
+echo "install: $pin (constraints in $constraints)"
+
+"$py" -m pip install --quiet --constraint "$constraints" "$pin"
+target="."
+[ -n "$extras" ] && target=".[$extras]"
+"$py" -m pip install --quiet --constraint "$constraints" -e "$target"

@@ -3,7 +3,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_RUN := outputs/demo/vanilla-nerf/demo
-DEMO_STEPS ?= 3000
+DEMO_STEPS ?= 2000
 PYTEST_ARGS ?=
 
 .PHONY: install install-test demo test bench clean
@@ -17,10 +17,11 @@ install-test:
 demo: install
 	$(BIN)/ns-train vanilla-nerf --output-dir outputs --experiment-name demo --timestamp demo \
 		--max-num-iterations $(DEMO_STEPS) --steps-per-save 1000 --steps-per-eval-image 500 \
-		--model.hidden-dim 128 --model.num-layers 4 --model.skips 2 --model.color-hidden-dim 64 \
-		--model.num-coarse-samples 32 --model.num-fine-samples 32 --model.position-frequencies 6 \
-		--datamanager.train-num-rays-per-batch 512 \
-		--optimizers.fields.lr 1e-3 --optimizers.fields.scheduler.max-steps $(DEMO_STEPS)
+		--model.hidden-dim 64 --model.num-layers 3 --model.skips --model.color-hidden-dim 32 \
+		--model.num-coarse-samples 24 --model.num-fine-samples 24 --model.position-frequencies 6 \
+		--model.density-activation softplus --datamanager.train-num-rays-per-batch 1024 \
+		--optimizers.fields.lr 5e-3 --optimizers.fields.scheduler.lr-final 5e-4 \
+		--optimizers.fields.scheduler.max-steps $(DEMO_STEPS)
 	$(BIN)/ns-eval --load-config $(DEMO_RUN)/config.yml --output-path $(DEMO_RUN)/eval.json
 	$(BIN)/ns-export tsdf --load-config $(DEMO_RUN)/config.yml --output-dir $(DEMO_RUN)/export --resolution 128
 	@echo
@@ -31,7 +32,7 @@ test: install-test
 	$(BIN)/python -m pytest -n 2 -m "not gpu" $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python benchmarks/bench_vanilla_nerf.py
+	$(BIN)/python -m benchmarks.bench_vanilla_nerf
 
 clean:
 	rm -rf outputs .pytest_cache

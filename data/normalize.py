@@ -296,3 +296,20 @@ def camera_arrays(cameras: Cameras) -> dict[str, np.ndarray]:
         "c2w": cameras.camera_to_worlds.double().cpu().numpy(),
         **{k: getattr(cameras, k).double().cpu().numpy() for k in ("fx", "fy", "cx", "cy", "width", "height")},
     }
+
+
+MIN_POINTS_FOR_BOX = 10
+"""Fewer sparse points than this are not trusted to bound the content."""
+
+
+def normalize_points_or_cameras(
+    outputs: DataparserOutputs, c2w: np.ndarray, points: np.ndarray | None, orientation_method: str, center_method: str
+) -> DataparserOutputs:
+    """Orient and centre by the cameras, then bound the content by the sparse points when there are
+    enough of them (robust percentiles), else by the cameras (nerfstudio's rule); see :func:`normalize_to_box`."""
+    orient = auto_orient_and_center(c2w, orientation_method, center_method)
+    if points is not None and len(points) >= MIN_POINTS_FOR_BOX:
+        box = content_box_from_points(points, orient)
+    else:
+        box = content_box_from_cameras(c2w, orient)
+    return normalize_to_box(outputs, orient, box, c2w=c2w)

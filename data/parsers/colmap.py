@@ -10,7 +10,7 @@ import numpy as np
 
 from data.base import DataparserOutputs
 from data.images import image_size
-from data.normalize import auto_orient_and_center, content_box_from_cameras, content_box_from_points, normalize_to_box
+from data.normalize import normalize_points_or_cameras
 from data.parsers.colmap_io import ColmapCamera, read_model
 from data.parsers.common import (
     ParserConfig,
@@ -29,7 +29,6 @@ SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPE
 # Where a sparse model is looked for, relative to the dataset folder, in this order.
 MODEL_CANDIDATES = ("sparse/0", "colmap/sparse/0", "sparse", ".")
 
-MIN_POINTS_FOR_BOX = 10
 """Fewer sparse points than this cannot give a robust content box; the cameras rule is used then."""
 
 
@@ -150,9 +149,4 @@ class ColmapParserConfig(ParserConfig):
             points3d_rgb=rgb,
             metadata={"format": self.name, "few_shot_protocol": "even", "colmap_model": str(model_dir)},
         )
-        orient = auto_orient_and_center(c2w, self.orientation_method, self.center_method)
-        if pts is not None and len(pts) >= MIN_POINTS_FOR_BOX:
-            box = content_box_from_points(pts, orient)
-        else:
-            box = content_box_from_cameras(c2w, orient)
-        return normalize_to_box(outputs, orient, box, c2w=c2w)
+        return normalize_points_or_cameras(outputs, c2w, pts, self.orientation_method, self.center_method)

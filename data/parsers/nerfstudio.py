@@ -14,7 +14,7 @@ import torch
 
 from data.base import DataparserOutputs
 from data.images import image_size
-from data.normalize import auto_orient_and_center, content_box_from_cameras, content_box_from_points, normalize_to_box
+from data.normalize import normalize_points_or_cameras
 from data.parsers.common import (
     ParserConfig,
     alpha_color,
@@ -38,7 +38,6 @@ CUE_KEYS = {
     "normal_file_path": "normal_filenames",
     "instance_file_path": "instance_filenames",
 }
-MIN_POINTS_FOR_BOX = 10
 
 
 def load_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -189,12 +188,7 @@ class NerfstudioParserConfig(ParserConfig):
         )
         outputs = self._record_applied_transform(outputs, meta, jpath)
 
-        orient = auto_orient_and_center(c2w, self.orientation_method, self.center_method)
-        if pts is not None and len(pts) >= MIN_POINTS_FOR_BOX:
-            box = content_box_from_points(pts, orient)
-        else:
-            box = content_box_from_cameras(c2w, orient)
-        return normalize_to_box(outputs, orient, box, c2w=c2w)
+        return normalize_points_or_cameras(outputs, c2w, pts, self.orientation_method, self.center_method)
 
     # -- pieces ------------------------------------------------------------------------------
     def _image_path(self, base: Path, rel: str) -> Path:

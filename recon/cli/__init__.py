@@ -3,10 +3,14 @@ one line with a non-zero exit; anything else is a bug and keeps its traceback.""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, TypeVar
 
 from recon.errors import ReconError
+
+T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -23,3 +27,28 @@ def run_main(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def parse_cli(parse: Callable[[], T], prog: str) -> T:
+    """Run a tyro parse; its boxed error becomes one line ``error: ... (see `prog --help`)``.
+
+    Help text (exit 0) is shown unchanged.
+    """
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parse()
+    except SystemExit as exc:
+        if not exc.code:
+            sys.stderr.write(captured.getvalue())
+            raise
+        message = []
+        for line in captured.getvalue().splitlines():
+            text = line.strip().strip("│╭╮╰╯").strip()
+            if text.startswith("─") or text.startswith("╭") or text.startswith("╰"):
+                if message:
+                    break
+                continue
+            if text:
+                message.append(text)
+        fail(f"{' '.join(' '.join(message).split()) or 'invalid arguments'} (see `{prog} --help`)")

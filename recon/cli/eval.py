@@ -11,7 +11,7 @@ from typing import Literal
 
 import tyro
 
-from recon.cli import run_main
+from recon.cli import parse_cli, run_main
 from recon.engine.evaluate import evaluate_images
 from recon.engine.logging import console
 from recon.engine.run import load_run
@@ -52,7 +52,7 @@ def main(cfg: EvalConfig) -> dict:
 
 
 def entrypoint() -> None:
-    cfg = tyro.cli(EvalConfig, args=sys.argv[1:])
+    cfg = parse_cli(lambda: tyro.cli(EvalConfig, args=sys.argv[1:]), "ns-eval")
     run_main(lambda: main(cfg))
 
 

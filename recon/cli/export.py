@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 import torch
 import tyro
 
-from recon.cli import run_main
+from recon.cli import parse_cli, run_main
 from recon.engine.logging import console
 from recon.engine.run import LoadedRun, load_run
 from recon.errors import ConfigError
@@ -24,7 +24,7 @@ from recon.model import Export
 
 @dataclass
 class ExportConfig:
-    load_config: Path = Path("config.yml")
+    load_config: Path
     """The run's config.yml."""
     output_dir: Path = Path("exports")
     """Folder the exported file is written into."""
@@ -116,7 +116,7 @@ Commands = Union[
 
 
 def entrypoint() -> None:
-    cfg = tyro.cli(Commands, args=sys.argv[1:], description="Export geometry from a trained run.")  # type: ignore[arg-type]
+    cfg = parse_cli(lambda: tyro.cli(Commands, args=sys.argv[1:], description="Export geometry from a trained run."), "ns-export")  # type: ignore[arg-type]
     run_main(cfg.run)
 
 

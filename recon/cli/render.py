@@ -17,7 +17,7 @@ import torch
 import tyro
 
 from recon.cameras import Cameras
-from recon.cli import run_main
+from recon.cli import parse_cli, run_main
 from recon.engine.evaluate import to_uint8
 from recon.engine.logging import console, make_progress
 from recon.engine.run import LoadedRun, load_run
@@ -26,7 +26,7 @@ from recon.errors import ConfigError
 
 @dataclass
 class RenderConfig:
-    load_config: Path = Path("config.yml")
+    load_config: Path
     """The run's config.yml."""
     output_path: Path = Path("renders/output.mp4")
     """An .mp4 file, or a folder for PNG frames."""
@@ -74,11 +74,11 @@ class RenderConfig:
                     yield np.concatenate(parts, 1)
 
         if self.output_path.suffix.lower() == ".mp4":
-            out = write_video(frames(), self.output_path, self.fps)
+            write_video(frames(), self.output_path, self.fps)
         else:
-            out = write_frames(frames(), self.output_path)
-        console.print(f"wrote {len(cameras)} frames to {out}")
-        return Path(out)
+            write_frames(frames(), self.output_path)
+        console.print(f"wrote {len(cameras)} frames to {self.output_path}")
+        return self.output_path
 
 
 @dataclass
@@ -151,7 +151,7 @@ Commands = Union[
 
 
 def entrypoint() -> None:
-    cfg = tyro.cli(Commands, args=sys.argv[1:], description="Render a trained run along a camera path.")  # type: ignore[arg-type]
+    cfg = parse_cli(lambda: tyro.cli(Commands, args=sys.argv[1:], description="Render a trained run along a camera path."), "ns-render")  # type: ignore[arg-type]
     run_main(cfg.run)
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Union
 
 import tyro
 
-from recon.cli import run_main
+from recon.cli import parse_cli, run_main
 from recon.config import discover_dataparsers, discover_methods
 from recon.engine.trainer import Trainer, TrainerConfig
 from recon.errors import ConfigError
@@ -59,13 +59,16 @@ def parse_args(args: list[str]) -> TrainerConfig:
     values = {f.name: getattr(methods[name].config, f.name) for f in dataclasses.fields(TrainerConfig)}
     if parsers and not isinstance(values["dataparser"], tuple(parsers.values())):
         values["dataparser"] = next(iter(parsers.values()))()
-    cfg = tyro.cli(
-        cls,
-        default=cls(**values),
-        args=args[1:],
-        prog=f"ns-train {name}",
-        description=methods[name].description,
-        config=(tyro.conf.OmitSubcommandPrefixes,),
+    cfg = parse_cli(
+        lambda: tyro.cli(
+            cls,
+            default=cls(**values),
+            args=args[1:],
+            prog=f"ns-train {name}",
+            description=methods[name].description,
+            config=(tyro.conf.OmitSubcommandPrefixes,),
+        ),
+        f"ns-train {name}",
     )
     return to_trainer_config(cfg)
 

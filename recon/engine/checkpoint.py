@@ -38,8 +38,12 @@ def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict[str, Tensor], t
     with atomic_write(state_path) as tmp:
         torch.save({"format": FORMAT, "step": step, **train_state}, tmp)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model_state.items()}
-    with atomic_write(model_path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "method": method, "step": str(step)})
+    try:
+        with atomic_write(model_path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT, "method": method, "step": str(step)})
+    except BaseException:
+        state_path.unlink(missing_ok=True)  # no orphan half of a checkpoint
+        raise
     if keep_only_latest:
         for old in list_checkpoints(ckpt_dir):
             if old != step:

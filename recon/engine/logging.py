@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, TypeVar
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
+T = TypeVar("T")
 
 
 def make_progress(transient: bool = False) -> Progress:
@@ -27,6 +28,20 @@ def make_progress(transient: bool = False) -> Progress:
         console=console,
         transient=transient,
     )
+
+
+def track(iterable: Iterable[T], description: str, enabled: bool = True) -> Iterable[T]:
+    """Iterate with a transient progress bar (none when ``enabled`` is False)."""
+    if not enabled:
+        yield from iterable
+        return
+    items = list(iterable) if not hasattr(iterable, "__len__") else iterable
+    bar = make_progress(transient=True)
+    with bar:
+        task = bar.add_task(description, total=len(items), rate="", info="")  # type: ignore[arg-type]
+        for item in items:
+            yield item
+            bar.advance(task)
 
 
 class Writer:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from recon.cameras import Cameras
+from recon.engine.logging import track
 
 __all__ = ["pointcloud_from_render", "remove_statistical_outliers"]
 
@@ -34,16 +35,6 @@ def remove_statistical_outliers(points: np.ndarray, k: int = 16, std_ratio: floa
     dist, _ = tree.query(points, k=k + 1, workers=-1)  # first neighbour is the point itself
     mean_d = dist[:, 1:].mean(axis=1)
     return mean_d <= mean_d.mean() + std_ratio * mean_d.std()
-
-
-def _track(iterable, total: int, enabled: bool, description: str):
-    if not enabled:
-        return iterable
-    try:
-        from rich.progress import track
-    except ImportError:
-        return iterable
-    return track(iterable, total=total, description=description, transient=True)
 
 
 @torch.no_grad()
@@ -87,7 +78,7 @@ def pointcloud_from_render(
     pool_nrm: Tensor | None = None
     pool_key: Tensor | None = None
     use_normals = True
-    for i in _track(range(len(cameras)), len(cameras), progress, "Point cloud"):
+    for i in track(range(len(cameras)), "Point cloud", enabled=progress):
         cam = cameras[i]
         out = render_fn(cam)
         depth = out[depth_key].detach().reshape(-1).float().cpu()

@@ -24,6 +24,7 @@ import trimesh
 from torch import Tensor
 
 from recon.cameras import Cameras
+from recon.engine.logging import track
 
 __all__ = ["TSDFVolume", "tsdf_from_render", "DEFAULT_TRUNCATION_VOXELS"]
 
@@ -264,16 +265,6 @@ def _cube_mask(observed: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _track(iterable, total: int, enabled: bool, description: str):
-    if not enabled:
-        return iterable
-    try:
-        from rich.progress import track
-    except ImportError:  # rich is a dependency, but progress bars are never worth a crash
-        return iterable
-    return track(iterable, total=total, description=description, transient=True)
-
-
 @torch.no_grad()
 def tsdf_from_render(
     render_fn: Callable[[Cameras], dict[str, Tensor]],
@@ -300,7 +291,7 @@ def tsdf_from_render(
     Returns the mesh in world units (empty if nothing was observed).
     """
     vol = TSDFVolume(aabb, resolution, truncation, device=device if device is not None else cameras.device)
-    for i in _track(range(len(cameras)), len(cameras), progress, "TSDF fusion"):
+    for i in track(range(len(cameras)), "TSDF fusion", enabled=progress):
         cam = cameras[i]
         out = render_fn(cam)
         depth = out[depth_key]

@@ -3,16 +3,16 @@
 The scene
 ---------
 A few analytic primitives stand on a finite textured ground slab, world units, **+z up**, all
-content inside roughly ``[-1, 1]^2 x [-0.5, 0.35]``:
+content inside ``[-1, 1]^2 x [-0.5, 0.25]``:
 
 ==========  ===  ==============================================================================
 name        id   shape, texture (object-local coordinates)
 ==========  ===  ==============================================================================
 ground       1   box 2.0 x 2.0 x 0.1, top face at z = -0.4; two-tone checkerboard (0.25 cells)
-sphere       2   radius 0.28; red/yellow longitude stripes, darker towards the poles
-rounded_box  3   0.4 cube, edge radius 0.04, turned 30 deg about z; green/white 3-D checker
+sphere       2   radius 0.28; 8 red/yellow longitude stripes, fading at the poles
+rounded_box  3   0.4 cube, edge radius 0.04, turned 30 deg about z; green/white 2x2 checker per face
 torus        4   major radius 0.26, minor 0.09, lying flat; smooth rainbow around its axis
-cylinder     5   radius 0.16, height 0.64, edge radius 0.03, upright; blue/orange bands
+cylinder     5   radius 0.16, height 0.64, edge radius 0.03, upright; blue/orange 0.16 bands
 capsule      6   radius 0.10, segment length 0.4 along x, lying down; magenta-cyan gradient
 ==========  ===  ==============================================================================
 
@@ -23,8 +23,8 @@ sphere tracing of the union never overshoots.
 
 Appearance is diffuse and baked: ``rgb = albedo(p_local) * (ambient + (1 - ambient) *
 max(0, n . light))`` with one fixed directional light and no shadows, so colour is a
-deterministic function of the surface point and view-independent. Texture features are >= ~0.1
-world units (>= ~4 px at 64 px); colour images are anti-aliased by ``supersample^2`` samples per
+deterministic function of the surface point and view-independent. Texture features are >= ~0.16
+world units (>= ~4 px at 64 px and the default camera distance); colour images are anti-aliased by ``supersample^2`` samples per
 pixel, while depth / normal / instance / mask come from the single ray through the pixel centre
 (the same ray :meth:`recon.cameras.Cameras.generate_rays` makes), so they are exact per pixel.
 
@@ -56,7 +56,8 @@ in the **OpenGL/Blender** convention: camera looks down -z, y up; recon parsers 
 :func:`recon.cameras.opengl_to_opencv`), ``depth_file_path``, ``mask_path``, ``normal_file_path``,
 ``instance_file_path``; top level ``ply_file_path: "sparse_pc.ply"``, ``train_filenames`` /
 ``val_filenames`` / ``test_filenames`` (lists of ``file_path`` values; val = the test frames when
-``num_val_views == 0``) and the recon extension ``mesh_file_path: "mesh.ply"``.
+``num_val_views == 0``) and the recon extensions ``mesh_file_path: "mesh.ply"`` and
+``normal_frame: "world"``.
 
 Depth units: nerfstudio multiplies depth files by ``depth_unit_scale_factor`` (default 1e-3, meant
 for millimetre PNGs) -- that factor is a dataparser option, not a transforms.json key. Depth here
@@ -81,9 +82,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -106,6 +108,24 @@ _LIGHT_DIR = (0.5, -0.35, 0.8)
 _AMBIENT = 0.35
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run torch ops with ``n`` intra-op threads, restoring the previous count afterwards.
+
+    Sphere tracing is many small, compacted ops: one thread is about as fast as several on an idle
+    machine, and on a busy one (training beside us) multi-threaded torch can be 100x slower from
+    OpenMP oversubscription. Note that the thread count is process-wide while this is active.
+    """
+    old = torch.get_num_threads()
+    if old != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if old != n:
+            torch.set_num_threads(old)
+
+
 @dataclass(frozen=True)
 class SyntheticSceneConfig:
     """Everything that determines a synthetic scene (its hash names the cache folder)."""
@@ -121,9 +141,9 @@ class SyntheticSceneConfig:
     num_val_views: int = 0
     """Extra validation views; 0 means the val split is the test frames."""
     radius: float = 3.0
-    """Mean camera distance from :attr:`target`."""
+    """Mean camera distance from the target point."""
     radius_jitter: float = 0.05
-    """Per-view relative radius jitter (uniform in +-jitter), drawn from :attr:`seed`."""
+    """Per-view relative radius jitter (uniform in +-jitter), drawn from the seed."""
     elevation_range: tuple[float, float] = (15.0, 65.0)
     """Camera elevation band above the horizontal plane, degrees."""
     fov_degrees: float = 45.0
@@ -204,15 +224,20 @@ def _tex_ground(p: Tensor) -> Tensor:
 def _tex_sphere(p: Tensor) -> Tensor:
     phi = torch.atan2(p[:, 1], p[:, 0])
     k = torch.floor(phi / (2 * math.pi) * 8.0).remainder(2)
-    base = _mix(_rgb(0.88, 0.22, 0.18), _rgb(0.96, 0.80, 0.30), k)
     lat = (p[:, 2] / 0.28).clamp(-1, 1)
+    # Longitude stripes converge at the poles (aliasing); fade them to the mean colour there.
+    k = k + (0.5 - k) * ((lat.abs() - 0.7) / 0.2).clamp(0, 1)
+    base = _mix(_rgb(0.88, 0.22, 0.18), _rgb(0.96, 0.80, 0.30), k)
     return base * (0.65 + 0.35 * (1.0 - lat.abs()))[:, None]
 
 
 def _tex_rounded_box(p: Tensor) -> Tensor:
-    cell = 0.2
-    # Offset by half a cell so the faces (at +-0.2) are not on a checker boundary.
-    k = torch.floor(p / cell + 0.5).sum(-1).remainder(2)
+    # A 2x2 checker on each face, over the face's two in-plane coordinates (a 3-D checker would put
+    # a cell boundary exactly on the faces at +-0.2). Adding the face axis makes neighbouring faces
+    # differ, which helps tell them apart.
+    axis = p.abs().argmax(-1)
+    k = torch.floor(p / 0.2)
+    k = (k.sum(-1) - k.gather(-1, axis[:, None])[:, 0] + axis).remainder(2)
     return _mix(_rgb(0.18, 0.62, 0.30), _rgb(0.92, 0.95, 0.86), k)
 
 
@@ -223,7 +248,7 @@ def _tex_torus(p: Tensor) -> Tensor:
 
 
 def _tex_cylinder(p: Tensor) -> Tensor:
-    k = torch.floor(p[:, 2] / 0.1 + 0.5).remainder(2)
+    k = torch.floor(p[:, 2] / 0.16 + 0.5).remainder(2)  # band edges at +-0.08, +-0.24: not on the caps
     return _mix(_rgb(0.20, 0.35, 0.82), _rgb(0.96, 0.60, 0.20), k)
 
 
@@ -325,12 +350,12 @@ def _marching_cubes(sdf: Callable[[Tensor], Tensor], half_extent: tuple[float, .
 
     axes = []
     for e in half_extent:
-        n = int(math.ceil((e + 3 * h) / h))
+        n = math.ceil((e + 3 * h) / h)
         axes.append(torch.arange(-n, n + 1, dtype=torch.float64) * h)
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
     # float64 keeps the interpolated vertex positions free of float32 rounding of grid values.
     values = sdf(grid.reshape(-1, 3)).reshape(grid.shape[:3]).numpy()
-    verts, faces, _, _ = marching_cubes(values, level=0.0, spacing=(h, h, h))
+    verts, faces, _, _ = marching_cubes(values, level=0.0, spacing=(h, h, h), allow_degenerate=False)
     verts = verts + np.array([a[0].item() for a in axes])
     mesh = trimesh.Trimesh(verts, faces, process=True)
     if mesh.volume < 0:  # skimage's winding depends on the sign convention; we want outward normals
@@ -463,18 +488,28 @@ class SyntheticScene:
         for _ in range(max_steps):
             if active.numel() == 0:
                 break
-            ta = t[active]
-            d = self.sdf(origins[active] + ta[:, None] * directions[active])
-            ta = ta + d  # also for converged rays: an exact SDF step lands (closer) on the surface
-            t[active] = ta
-            done = d < eps
-            hit[active[done]] = True
-            active = active[~done & (ta <= t_far[active])]
-        if active.numel():
-            # Out of steps: rays grazing a silhouette. Count them as hits only when very close.
             d = self.sdf(origins[active] + t[active, None] * directions[active])
-            hit[active[d < 1e-3]] = True
+            t[active] += d  # also for converged rays: an exact SDF step lands (closer) on the surface
+            done = d < eps
+            if done.any():
+                # A ray can come within eps of a sharp edge and then move away again (a near miss at
+                # a silhouette). Only accept rays that are still approaching the surface.
+                sub = torch.nonzero(done).squeeze(-1)
+                ia = active[sub]
+                leaving = ~self._approaching(origins[ia] + t[ia, None] * directions[ia], directions[ia], eps)
+                t[ia[leaving]] += 4 * eps
+                hit[ia[~leaving]] = True
+                done[sub[leaving]] = False
+            active = active[~done & (t[active] <= t_far[active])]
+        if active.numel():
+            # Out of steps: rays creeping along a silhouette. Accept those very close and approaching.
+            p = origins[active] + t[active, None] * directions[active]
+            hit[active[(self.sdf(p) < 1e-3) & self._approaching(p, directions[active], eps)]] = True
         return t, hit
+
+    def _approaching(self, points: Tensor, directions: Tensor, delta: float) -> Tensor:
+        """[R] bool: the SDF decreases along the ray at points [R, 3] (central difference)."""
+        return self.sdf(points + delta * directions) < self.sdf(points - delta * directions)
 
     def shade_rays(self, origins: Tensor, directions: Tensor) -> dict[str, Tensor]:
         """Trace rays [R, 3] and shade the hits.
@@ -494,6 +529,7 @@ class SyntheticScene:
         return {"t": t, "hit": hit, "rgb": rgb, "normal": normal, "instance": instance}
 
     @torch.no_grad()
+    @_torch_threads(1)
     def render(self, cameras: Cameras, supersample: int | None = None, max_rays: int = 1 << 20) -> dict[str, Tensor]:
         """Render C cameras of equal size.
 
@@ -545,6 +581,7 @@ class SyntheticScene:
         """Cameras per split, see :func:`make_cameras`."""
         return make_cameras(self.config)
 
+    @_torch_threads(1)
     def mesh(self) -> trimesh.Trimesh:
         """GT mesh in world coordinates: one watertight component per object, concatenated.
 
@@ -633,6 +670,7 @@ def _sparse_points(scene: SyntheticScene, cams: Cameras, out: dict[str, Tensor],
     return pts.numpy().astype(np.float32), (rgb.numpy() * 255 + 0.5).astype(np.uint8)
 
 
+@_torch_threads(1)
 def _write_scene(root: Path, config: SyntheticSceneConfig) -> None:
     """Generate every file of the scene into the (empty) folder ``root``."""
     t0 = time.perf_counter()
@@ -687,6 +725,7 @@ def _write_scene(root: Path, config: SyntheticSceneConfig) -> None:
         "h": config.height,
         "ply_file_path": "sparse_pc.ply",
         "mesh_file_path": "mesh.ply",  # recon extension: ground-truth mesh, same frame as poses
+        "normal_frame": "world",  # recon extension: normals/*.npy are world-space (not camera-space)
         "train_filenames": split_files["train"],
         "val_filenames": split_files["val"],
         "test_filenames": split_files["test"],
@@ -791,9 +830,14 @@ def default_scene_path(config: SyntheticSceneConfig | None = None) -> Path:
     if (path / "transforms.json").is_file():
         return path
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{path.name}.lock"):
+    locks = cache_root() / "locks"  # kept out of synthetic/ so that holds only scene folders
+    locks.mkdir(parents=True, exist_ok=True)
+    with _file_lock(locks / f"synthetic-{path.name}.lock"):
         # Re-check under the lock: another process may have finished it while we waited.
         if not (path / "transforms.json").is_file():
+            # Holding the lock, any temporary folder of this scene was left by a killed process.
+            for stale in root.glob(f".{path.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             log.info("generating the default synthetic scene into %s", path)
             generate_scene(path, config, overwrite=True)
     return path

@@ -134,6 +134,8 @@ class Trainer:
 
     def __init__(self, config: TrainerConfig):
         self.config = config
+        if config.data is not None:  # config.yml must find the data again from any working directory
+            config.data = Path(config.data).expanduser().resolve()
         self.device = config.resolve_device()
         seed_everything(config.seed)
         self.outputs = load_dataset(config)

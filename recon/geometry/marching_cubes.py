@@ -13,15 +13,17 @@ sample ``(i, j, k)`` sits at ``aabb[0] + (i, j, k) * (aabb[1] - aabb[0]) / (reso
 surface that leaves the box is cut open at the box faces, so pad the box if a closed mesh is
 needed.
 
-Memory: the field is evaluated ``chunk`` points at a time (one ``[chunk, 3]`` float32 tensor of
-positions plus whatever ``sdf_fn`` allocates), and the grid is processed in z-slabs of
-``slab_size`` sample layers. The default keeps the whole grid in one slab up to 2**24 samples
-(256**3, 64 MiB of float32 values) and otherwise uses slabs of at most 2**24 samples, so at
-resolution 512 a slab holds 64 sample layers and the peak is about 64 MiB of field values plus
-skimage's temporaries for one slab (a few times the slab's size) plus the output mesh (instead of
-512 MiB of values for the whole grid). Adjacent
-slabs share one layer of samples; the seam vertices are computed from identical values in both
-slabs and are welded, so the result does not depend on the slab size.
+Memory: the field is evaluated ``chunk`` points at a time (one ``[chunk, 3]`` position tensor plus
+whatever ``sdf_fn`` allocates), and the grid is polygonised in z-slabs of ``slab_size`` sample
+layers. The default keeps the whole grid in one slab up to 2**24 samples (256**3, 64 MiB of
+float32 values) and otherwise uses slabs of at most 2**24 samples, so at resolution 512 a slab
+holds 64 sample layers. Peak host memory is then about one slab of values (64 MiB, transformed in
+place) plus about 150 bytes per output face for collecting and welding the mesh (measured: a
+sphere at resolution 320, 666k faces, peaks (tracemalloc) at 95 MiB with 16-layer slabs, 155 MiB with the
+default 163-layer slabs and 281 MiB in a single pass), instead of 512 MiB of values for a
+single 512**3 pass. Adjacent slabs share one layer of samples; seam vertices are computed from
+the same values in both slabs and welded, so the mesh does not depend on the slab size (up to
+float32 round-off of skimage's vertex coordinates, ~1e-7 cells).
 
 Mesh simplification (:func:`simplify`) uses trimesh's quadric decimation, which needs the
 optional package ``fast-simplification``; it is not a dependency of recon (install it yourself if
@@ -40,7 +42,7 @@ from torch import Tensor
 
 from recon.errors import ReconError
 
-__all__ = ["extract_mesh", "simplify", "crop", "largest_connected_component", "DEFAULT_SLAB_SAMPLES"]
+__all__ = ["DEFAULT_SLAB_SAMPLES", "crop", "extract_mesh", "largest_connected_component", "simplify"]
 
 # Samples per slab above which the grid is split (2**24 float32 values = 64 MiB).
 DEFAULT_SLAB_SAMPLES = 1 << 24
@@ -139,8 +141,8 @@ def extract_mesh(
 
     Returns a ``trimesh.Trimesh`` in world units (float64 vertices), faces oriented outward,
     vertices welded, no faces with repeated vertices, no unreferenced vertices; empty (0 faces)
-    when the field never crosses ``level`` inside the box. Non-finite field values are treated
-    as outside.
+    when the field never crosses ``level`` inside the box. NaN field values are treated as
+    outside; infinite ones are clamped to +-1e30 (keeping their side).
     """
     from skimage.measure import marching_cubes
 
@@ -160,7 +162,7 @@ def extract_mesh(
     chunk = max(1, int(chunk))
 
     # Work on a field that is negative inside with the iso-value at 0 so one orientation rule
-    # applies; non-finite samples become "far outside" so skimage never sees NaN.
+    # applies; NaN samples become "far outside" so skimage never sees NaN.
     sign = 1.0 if inside_negative else -1.0
     all_verts: list[np.ndarray] = []
     all_faces: list[np.ndarray] = []
@@ -168,8 +170,11 @@ def extract_mesh(
     for k0 in range(0, nz - 1, slab_size):
         k1 = min(k0 + slab_size, nz - 1) + 1  # one shared layer with the next slab
         vol = _evaluate_slab(sdf_fn, lo, step, res, k0, k1, chunk)
-        vol = sign * (vol - np.float32(level))
-        vol[~np.isfinite(vol)] = np.float32(1e30)
+        # In place: a slab-sized temporary would double the peak memory.
+        vol -= np.float32(level)
+        if sign < 0:
+            np.negative(vol, out=vol)
+        np.nan_to_num(vol, copy=False, nan=1e30, posinf=1e30, neginf=-1e30)
         if not (vol.min() < 0.0 < vol.max()):
             continue  # no crossing in this slab (skimage raises on it)
         try:

@@ -47,7 +47,7 @@ from scipy.spatial import cKDTree
 
 from recon.geometry.mesh import sample_points_on_mesh
 
-__all__ = ["point_metrics", "mesh_metrics", "volumetric_iou", "points_inside", "DEFAULT_THRESHOLD_FRACTION"]
+__all__ = ["DEFAULT_THRESHOLD_FRACTION", "mesh_metrics", "point_metrics", "points_inside", "volumetric_iou"]
 
 # Default F-score threshold as a fraction of the reference bounding-box diagonal (Tatarchenko 2019).
 DEFAULT_THRESHOLD_FRACTION = 0.01
@@ -178,9 +178,7 @@ def mesh_metrics(
 # --- inside test ------------------------------------------------------------------------------
 
 
-def points_inside(
-    mesh: trimesh.Trimesh, points, max_pairs: int = 1 << 19
-) -> np.ndarray:
+def points_inside(mesh: trimesh.Trimesh, points, max_pairs: int = 1 << 19) -> np.ndarray:
     """[N] bool: which of ``points`` [N, 3] lie inside the closed mesh, by ray parity.
 
     A ray is cast from every point along +x and the crossings with the triangles are counted;
@@ -220,7 +218,9 @@ def points_inside(
     ca = np.where(swap[..., None], b, a)
     cb = np.where(swap[..., None], a, b)
     edge_sign = np.where(swap, -1.0, 1.0)
-    area2 = ((yz[:, 1, 0] - yz[:, 0, 0]) * (yz[:, 2, 1] - yz[:, 0, 1]) - (yz[:, 1, 1] - yz[:, 0, 1]) * (yz[:, 2, 0] - yz[:, 0, 0]))
+    area2 = (yz[:, 1, 0] - yz[:, 0, 0]) * (yz[:, 2, 1] - yz[:, 0, 1]) - (yz[:, 1, 1] - yz[:, 0, 1]) * (
+        yz[:, 2, 0] - yz[:, 0, 0]
+    )
     good = area2 != 0  # triangles seen edge-on by the ray never count; their neighbours do
     tri_ids = np.nonzero(good)[0]
     if len(tri_ids) == 0:

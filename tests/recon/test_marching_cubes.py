@@ -23,7 +23,10 @@ def sphere_sdf(p: torch.Tensor) -> torch.Tensor:
     return (p - CENTER).norm(dim=-1) - RADIUS
 
 
-def box_sdf(p: torch.Tensor, half=torch.tensor([0.33, 0.27, 0.41])) -> torch.Tensor:
+BOX_HALF = torch.tensor([0.33, 0.27, 0.41])
+
+
+def box_sdf(p: torch.Tensor, half: torch.Tensor = BOX_HALF) -> torch.Tensor:
     # Exact box SDF (Quilez): outside distance plus the (negative) inside distance.
     q = p.abs() - half
     return q.clamp(min=0).norm(dim=-1) + q.max(dim=-1).values.clamp(max=0)
@@ -54,6 +57,16 @@ def test_box():
     exact = 8 * 0.33 * 0.27 * 0.41
     assert 0.95 * exact < m.volume <= exact * 1.001
     np.testing.assert_allclose(m.bounds, [[-0.33, -0.27, -0.41], [0.33, 0.27, 0.41]], atol=1e-3)
+
+
+def test_samples_exactly_on_the_level():
+    # Box faces on sample planes: skimage emits coincident vertices and zero-area faces there,
+    # which must be welded away without opening the mesh.
+    half = torch.tensor([0.25, 0.25, 0.25])
+    m = extract_mesh(lambda p: box_sdf(p, half), [[-0.5] * 3, [0.5] * 3], 33)
+    assert m.is_watertight and m.is_winding_consistent
+    assert m.volume == pytest.approx(0.125, rel=1e-6)
+    assert np.all(m.area_faces > 0)
 
 
 def test_chunking_is_exact(sphere_mesh):

@@ -30,7 +30,7 @@ def level_resolutions(num_levels: int, min_res: int, max_res: int) -> tuple[floa
         raise ValueError(f"need num_levels >= 1 and 1 <= min_res <= max_res, got {num_levels}, {min_res}, {max_res}")
     growth = math.exp((math.log(max_res) - math.log(min_res)) / (num_levels - 1)) if num_levels > 1 else 1.0
     # The small epsilon keeps min_res * b^(L-1) = 2047.9999... from flooring to 2047.
-    return growth, [int(math.floor(min_res * growth**level + 1e-6)) for level in range(num_levels)]
+    return growth, [math.floor(min_res * growth**level + 1e-6) for level in range(num_levels)]
 
 
 class HashGridEncoding(nn.Module):
@@ -82,27 +82,39 @@ class HashGridEncoding(nn.Module):
         self.growth_factor, self.resolutions = level_resolutions(num_levels, min_res, max_res)
 
         hashmap_size = 2**log2_hashmap_size
-        sizes = [min((res + 1) ** 3, hashmap_size) for res in self.resolutions]
+        self.level_sizes = [min((res + 1) ** 3, hashmap_size) for res in self.resolutions]
         # Resolutions grow with the level, so the dense levels are a prefix of the level list.
         self.num_dense_levels = sum((res + 1) ** 3 <= hashmap_size for res in self.resolutions)
-        offsets = [0]
-        for size in sizes:
-            offsets.append(offsets[-1] + size)
-        self.level_sizes = sizes
+        d = self.num_dense_levels
+        # One flat table for all levels, so that all corners of all levels are fetched with one
+        # gather. Hashed levels come first, at rows that are multiples of T: a hashed index is then
+        # (hash mod T) + offset = (x-term + offset) xor y-term xor z-term, and the offset can be
+        # folded into the small per-axis terms instead of being added to the big [8, L, N] index.
+        offsets = [0] * num_levels
+        row = 0
+        for level in [*range(d, num_levels), *range(d)]:
+            offsets[level] = row
+            row += self.level_sizes[level]
+        self.num_rows = row
 
-        # One flat table for all levels: level l occupies rows offsets[l] : offsets[l + 1], so the
-        # corners of every level are fetched with a single gather.
-        self.table = nn.Parameter(torch.empty(offsets[-1], features_per_level))
+        self.table = nn.Parameter(torch.empty(row, features_per_level))
+        """[num_rows, F]: level l's features are rows level_offsets[l] : level_offsets[l] + level_sizes[l]."""
         nn.init.uniform_(self.table, -init_scale, init_scale)
-        self.register_buffer("level_offsets", torch.tensor(offsets[:-1], dtype=torch.long), persistent=False)
-        self.register_buffer("level_res", torch.tensor(self.resolutions, dtype=torch.float64), persistent=False)
+        # An integer buffer, so that module.half() / .bfloat16() cannot round the resolutions.
+        self.register_buffer("level_res", torch.tensor(self.resolutions, dtype=torch.long), persistent=False)
         res_long = torch.tensor(self.resolutions, dtype=torch.long)
-        # Per-axis index multipliers: dense levels use strides (1, N+1, (N+1)^2) and add; hashed
-        # levels multiply by the primes and xor.
-        dense_mul = torch.stack([torch.ones_like(res_long), res_long + 1, (res_long + 1) ** 2], -1)
-        hash_mul = torch.tensor(HASH_PRIMES, dtype=torch.long).expand(num_levels, 3)
-        is_dense = torch.arange(num_levels) < self.num_dense_levels
-        self.register_buffer("axis_mul", torch.where(is_dense[:, None], dense_mul, hash_mul).contiguous(), persistent=False)
+        # Per-axis index multipliers [3, L]: dense levels use strides (1, N+1, (N+1)^2) and add; hashed
+        # levels multiply by the primes and xor. Multiplying by (prime mod T) gives the same value
+        # mod T, since T is a power of two.
+        dense_mul = torch.stack([torch.ones_like(res_long), res_long + 1, (res_long + 1) ** 2])
+        hash_mul = (torch.tensor(HASH_PRIMES, dtype=torch.long) % hashmap_size)[:, None].expand(3, num_levels)
+        is_dense = torch.arange(num_levels) < d
+        # Index arithmetic in int32 halves the memory traffic of the big index tensors; it is exact
+        # while every intermediate stays below 2^31: terms <= (max_res + 1) * T, plus the offsets.
+        index_dtype = torch.int32 if (self.resolutions[-1] + 1) * hashmap_size + row < 2**31 else torch.int64
+        axis_mul = torch.where(is_dense, dense_mul, hash_mul).to(index_dtype).contiguous()
+        self.register_buffer("axis_mul", axis_mul, persistent=False)
+        self.register_buffer("level_offsets", torch.tensor(offsets, dtype=index_dtype), persistent=False)
         self.tcnn_encoding: nn.Module | None = None
 
     @property
@@ -119,16 +131,16 @@ class HashGridEncoding(nn.Module):
     # ------------------------------------------------------------------ backend selection
     def _apply(self, fn, *args, **kwargs):
         module = super()._apply(fn, *args, **kwargs)
-        # Moving to CUDA is when tiny-cuda-nn may be imported (never before: on a CPU machine with
-        # nvcc its import may start a failing build). Models are moved before their optimizers are
-        # built, so the tcnn parameters created here are seen by the optimizer.
+        # Moving to CUDA is the one moment tiny-cuda-nn may be imported (DESIGN.md: compiled CUDA
+        # extensions are never imported for CPU tensors). The trainer moves models before it builds
+        # their optimizers, so the tcnn parameters created here are seen by the optimizer.
         if self.implementation != "torch" and self.tcnn_encoding is None and self.level_offsets.is_cuda:
             self._build_tcnn(self.level_offsets.device)
         return module
 
     def _build_tcnn(self, device: torch.device) -> None:
         try:
-            import tinycudann as tcnn  # noqa: PLC0415 - lazy on purpose (see _apply)
+            import tinycudann as tcnn  # lazy on purpose (see _apply)
         except Exception as err:  # ImportError, or a failing extension load / build
             if self.implementation == "tcnn":
                 raise RuntimeError(f"implementation='tcnn' but tinycudann does not import: {err}") from err
@@ -163,6 +175,8 @@ class HashGridEncoding(nn.Module):
         if self.tcnn_encoding is not None:
             if not flat.is_cuda:
                 raise RuntimeError("this HashGridEncoding holds tiny-cuda-nn parameters; run it on CUDA")
+            if flat.shape[0] == 0:
+                return flat.new_zeros(*lead, self.out_dim, dtype=torch.float32)
             # tcnn wants contiguous float32 in [0, 1] and returns half precision by default.
             out = self.tcnn_encoding(flat.clamp(0.0, 1.0).float().contiguous()).to(torch.float32)
         else:
@@ -176,39 +190,95 @@ class HashGridEncoding(nn.Module):
     def corner_indices_and_weights(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Rows of ``table`` and trilinear weights of the 8 cell corners at every level.
 
-        positions: [N, 3] in [0, 1] -> (indices [N, L, 8] long, weights [N, L, 8] positions' dtype).
-        Corner c = 4 * bx + 2 * by + bz, with b* in {0, 1} the offset along each axis.
+        positions: [N, 3] in [0, 1] -> (indices [8, L, N] int, weights [8, L, N] positions' dtype).
+        Corner c = 4 * bx + 2 * by + bz, with b* in {0, 1} the offset along each axis. Corner and
+        level are the outer dimensions on purpose: every elementwise op then runs over long
+        contiguous rows of N (broadcasting over a tiny inner dimension is several times slower).
         """
-        x = positions.clamp(0.0, 1.0)
-        res = self.level_res.to(x.dtype)  # [L]
-        scaled = x[:, None, :] * res[:, None]  # [N, L, 3]
+        x = positions.clamp(0.0, 1.0).t()  # [3, N]
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # Half precision cannot place points within a cell of a 2048-cell level (its spacing
+            # near 1 is 1/2048 or coarser): do the cell arithmetic in float32.
+            x = x.float()
+        res = self.level_res.to(x.dtype)[:, None]  # [L, 1]
+        scaled = x[:, None, :] * res  # [3, L, N]
         # Cells are clamped to the last one so that x = 1 lands on the far vertex (frac = 1).
-        cell = torch.minimum(scaled.floor(), (res - 1)[:, None]).clamp_min(0.0)
-        frac = scaled - cell  # [N, L, 3]; carries the gradient w.r.t. positions
-        cell_i = cell.long()
+        cell = torch.minimum(scaled.detach().floor(), res - 1).clamp_min(0.0)
+        frac = scaled - cell  # [3, L, N]; carries the gradient w.r.t. positions
 
-        # Per axis, the index contribution of the lower (b=0) and upper (b=1) corner: [N, L, 3, 2].
-        contrib = (cell_i[..., None] + torch.arange(2, device=cell_i.device)) * self.axis_mul[..., None]
-        cx = contrib[:, :, 0, :, None, None]
-        cy = contrib[:, :, 1, None, :, None]
-        cz = contrib[:, :, 2, None, None, :]
-        d = self.num_dense_levels
-        dense = (cx[:, :d] + cy[:, :d] + cz[:, :d]).flatten(2)  # [N, Ld, 8]
-        mask = 2**self.log2_hashmap_size - 1  # table size is a power of two: modulo is a mask
-        hashed = ((cx[:, d:] ^ cy[:, d:] ^ cz[:, d:]) & mask).flatten(2)  # [N, L - Ld, 8]
-        idx = torch.cat([dense, hashed], 1) + self.level_offsets[:, None]
+        mask = 2**self.log2_hashmap_size - 1
+        mul = self.axis_mul[:, :, None]  # [3, L, 1]
+        lead = cell.shape[1:]
+        # Per axis, the index term of the lower and upper corner: [3, 2, L, N]. Masking is a no-op
+        # for dense levels (their terms are < (N+1)^3 <= T) and is "mod T" for hashed ones.
+        terms = torch.empty(3, 2, *lead, dtype=mul.dtype, device=mul.device)
+        torch.mul(cell.to(mul.dtype), mul, out=terms[:, 0])
+        torch.add(terms[:, 0], mul, out=terms[:, 1])
+        terms.bitwise_and_(mask)
+        terms[0] += self.level_offsets[:, None]
+        tx, ty, tz = terms[0][:, None, None], terms[1][None, :, None], terms[2][None, None, :]
+        n, d = x.shape[1], self.num_dense_levels
+        idx = torch.empty(2, 2, 2, self.num_levels, n, dtype=terms.dtype, device=terms.device)
+        torch.add(tx[..., :d, :] + ty[..., :d, :], tz[..., :d, :], out=idx[..., :d, :])
+        torch.bitwise_xor(tx[..., d:, :] ^ ty[..., d:, :], tz[..., d:, :], out=idx[..., d:, :])
 
-        w = torch.stack([1.0 - frac, frac], -1)  # [N, L, 3, 2]
-        weights = (w[:, :, 0, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 2, None, None, :]).flatten(2)
-        return idx, weights
+        w = torch.stack([1.0 - frac, frac], 1)  # [3, 2, L, N]
+        weights = w[0][:, None, None] * w[1][None, :, None] * w[2][None, None, :]
+        return idx.view(8, self.num_levels, n), weights.view(8, self.num_levels, n)
 
     def _torch_forward(self, positions: Tensor) -> Tensor:
         n, levels, feats = positions.shape[0], self.num_levels, self.features_per_level
         idx, weights = self.corner_indices_and_weights(positions)
-        # One gather for all corners of all levels; autograd turns it into one index_add_.
-        corner_feats = self.table.index_select(0, idx.reshape(-1)).view(n * levels, 8, feats)
-        # Weighted sum of the 8 corners as a batched [1, 8] x [8, F] product (faster on CPU than
-        # broadcasting multiply + sum, and it keeps no [N, L, 8, F] product alive for backward).
-        out = torch.bmm(weights.to(corner_feats.dtype).reshape(n * levels, 1, 8), corner_feats)
-        return out.view(n, levels * feats)
+        corner_feats = gather_rows(self.table, idx.view(-1)).view(8, levels * n, feats)
+        # Weighted sum of the 8 corners as a batched [1, 8] x [8, F] product per (level, point);
+        # bmm takes the strided view directly and is much faster than broadcast-multiply + sum.
+        w = weights.to(corner_feats.dtype).view(8, levels * n).t()[:, None, :]  # [L*N, 1, 8]
+        out = torch.bmm(w, corner_feats.transpose(0, 1))  # [L*N, 1, F]
+        return out.view(levels, n, feats).transpose(0, 1).reshape(n, levels * feats)
 
+
+def _gather_rows_impl(table: Tensor, idx: Tensor) -> Tensor:
+    """table: [R, F], idx: [M] int -> table[idx] [M, F]."""
+    view_dtype = {2: torch.int16, 4: torch.int32, 8: torch.int64}.get(table.shape[1] * table.element_size())
+    if view_dtype is not None and table.is_contiguous() and table.shape[0] > 0:
+        # A row of F=2 float32 is one 8-byte word: gathering words from a 1-D tensor is ~2.5x faster
+        # on CPU than gathering 2-element rows of a 2-D one.
+        words = table.view(view_dtype).view(-1).index_select(0, idx)
+        return words.view(table.dtype).view(idx.shape[0], table.shape[1])
+    return table.index_select(0, idx)
+
+
+class _GatherRows(torch.autograd.Function):
+    """table[idx] with a scatter-add backward that is itself differentiable (eikonal-style losses
+    take gradients of gradients)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.num_rows = table.shape[0]
+        return _gather_rows_impl(table, idx)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (idx,) = ctx.saved_tensors
+        return _ScatterRows.apply(grad, idx, ctx.num_rows), None
+
+
+class _ScatterRows(torch.autograd.Function):
+    """zeros(R, F).index_add_(0, idx, values): the adjoint of _GatherRows."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, idx: Tensor, num_rows: int) -> Tensor:
+        ctx.save_for_backward(idx)
+        # index_add_ is several times slower with int32 indices on CPU: widen here, not in forward.
+        return values.new_zeros(num_rows, values.shape[1]).index_add_(0, idx.long(), values)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (idx,) = ctx.saved_tensors
+        return _GatherRows.apply(grad.contiguous(), idx), None, None
+
+
+def gather_rows(table: Tensor, idx: Tensor) -> Tensor:
+    """table: [R, F], idx: [M] int32/int64 in [0, R) -> [M, F]; differentiable w.r.t. table to any order."""
+    return _GatherRows.apply(table, idx)

@@ -39,8 +39,26 @@ class SceneBox:
         return self.aabb[1] - self.aabb[0]
 
 
+class NormalisedFrame:
+    """Methods shared by every parser output that records its normalisation
+    (``dataparser_transform`` [3, 4] and ``dataparser_scale``)."""
+
+    dataparser_transform: Tensor
+    dataparser_scale: float
+
+    def transform_to_input(self, points: Tensor) -> Tensor:
+        """Map normalised-world points [P, 3] back to the input coordinates."""
+        R, t = self.dataparser_transform[:, :3].to(points), self.dataparser_transform[:, 3].to(points)
+        return (points / self.dataparser_scale - t) @ R
+
+    def save_transforms(self, path: Path) -> None:
+        """Write ``dataparser_transforms.json`` (nerfstudio's layout: transform 3x4 + scale)."""
+        payload = {"transform": self.dataparser_transform.tolist(), "scale": float(self.dataparser_scale)}
+        path.write_text(json.dumps(payload, indent=2))
+
+
 @dataclass
-class DataparserOutputs:
+class DataparserOutputs(NormalisedFrame):
     """Every frame of a dataset, normalised, with its split assignment.
 
     image_filenames: [N] paths to images (RGB or RGBA).
@@ -95,16 +113,6 @@ class DataparserOutputs:
             normal_filenames=pick(self.normal_filenames),
             instance_filenames=pick(self.instance_filenames),
         )
-
-    def transform_to_input(self, points: Tensor) -> Tensor:
-        """Map normalised-world points [P, 3] back to the input pose coordinates."""
-        R, t = self.dataparser_transform[:, :3], self.dataparser_transform[:, 3]
-        return (points / self.dataparser_scale - t) @ R.to(points)
-
-    def save_transforms(self, path: Path) -> None:
-        """Write ``dataparser_transforms.json`` (nerfstudio's layout: transform 3x4 + scale)."""
-        payload = {"transform": self.dataparser_transform.tolist(), "scale": float(self.dataparser_scale)}
-        path.write_text(json.dumps(payload, indent=2))
 
 
 def load_transforms(path: Path) -> tuple[Tensor, float]:

@@ -118,6 +118,8 @@ class DataManager:
     """Owns the train and eval datasets and produces training batches."""
 
     def __init__(self, config: DataManagerConfig, outputs: DataparserOutputs, device: torch.device, seed: int = 0):
+        if not isinstance(outputs, DataparserOutputs):
+            raise DataError(f"this method trains on posed images, not on {type(outputs).__name__}", outputs.metadata.get("source"))
         self.config = config
         self.device = device
         self.train_dataset = ImageDataset(outputs.split("train"), config.image_scale)
@@ -129,6 +131,9 @@ class DataManager:
 
     def next_train(self, step: int) -> dict[str, Any]:
         raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{len(self.train_dataset)} training images"
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"generator": self.generator.get_state()}

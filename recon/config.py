@@ -49,6 +49,10 @@ class MethodSpec:
     name: str
     description: str
     config: Any  # TrainerConfig; typed loosely so that recon.config does not import the engine.
+    inputs: str = "images"
+    """What ``--data`` must hold: "images" (posed images) or "cross-sections" (a .csl file)."""
+    test_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Config changes that make the method train in seconds on a tiny input (the conformance test)."""
 
 
 def override(base: Any, **changes: Any) -> Any:

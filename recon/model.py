@@ -100,6 +100,11 @@ class Model(nn.Module):
         """A full image dict (see :class:`Output`) for one camera, on the model's device."""
         raise NotImplementedError
 
+    def sdf(self, points: Tensor) -> Tensor:
+        """The implicit surface for ``Export.MARCHING_CUBES``: a field at normalised-world points
+        [P, 3] -> [P] that is negative inside, positive outside and zero on the surface."""
+        raise NotImplementedError
+
     def callbacks(self) -> list[Callback]:
         """Training-time heuristics as hook objects."""
         return []

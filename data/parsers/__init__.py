@@ -15,6 +15,7 @@ from data.base import DataparserOutputs
 from data.parsers.blender import BlenderParserConfig
 from data.parsers.colmap import MODEL_CANDIDATES, ColmapParserConfig
 from data.parsers.colmap_io import model_files
+from data.parsers.csl import CSLParserConfig, is_csl
 from data.parsers.common import ParserConfig, check_dataset_path
 from data.parsers.idr import CAMERA_FILES, IDRParserConfig
 from data.parsers.llff import LLFFParserConfig
@@ -26,6 +27,7 @@ __all__ = [
     "PARSERS",
     "AutoParserConfig",
     "BlenderParserConfig",
+    "CSLParserConfig",
     "ColmapParserConfig",
     "IDRParserConfig",
     "LLFFParserConfig",
@@ -39,7 +41,7 @@ __all__ = [
 LOOKED_FOR = (
     "transforms.json (nerfstudio), transforms_train.json (blender), poses_bounds.npy (llff), "
     "meta_data.json or cameras.npz + *_rgb.png (monosdf), cameras.npz/cameras_sphere.npz + image/ (dtu), "
-    "sparse/0, colmap/sparse/0 or cameras+images .bin/.txt (colmap)"
+    "sparse/0, colmap/sparse/0 or cameras+images .bin/.txt (colmap), or a .csl file (cross-sections)"
 )
 
 
@@ -58,6 +60,8 @@ def detect_format(data: Path | str) -> ParserConfig:
             return NerfstudioParserConfig()
         if data.name == "meta_data.json":
             return MonoSDFParserConfig()
+        if is_csl(data):
+            return CSLParserConfig()
         raise DataError(f"cannot tell the dataset format of a single file; expected a folder with one of: {LOOKED_FOR}", data)
     if (data / "transforms.json").is_file():
         return NerfstudioParserConfig()
@@ -111,6 +115,7 @@ PARSERS: dict[str, type[ParserConfig]] = {
     "colmap": ColmapParserConfig,
     "dtu-data": IDRParserConfig,
     "monosdf-data": MonoSDFParserConfig,
+    "csl": CSLParserConfig,
 }
 """Sub-command name -> parser config class (``auto`` detects the format)."""
 

@@ -22,7 +22,12 @@ def vanilla_nerf() -> MethodSpec:
         steps_per_save=5000,
         steps_per_eval_image=2500,
     )
-    return MethodSpec("vanilla-nerf", "Original NeRF: positional encoding, coarse + fine MLPs (Mildenhall et al. 2020)", config)
+    tiny = {
+        "model.hidden_dim": 32, "model.num_layers": 2, "model.skips": (), "model.color_hidden_dim": 16,
+        "model.num_coarse_samples": 8, "model.num_fine_samples": 8, "model.position_frequencies": 4,
+        "datamanager.train_num_rays_per_batch": 128, "optimizers.fields.lr": 5e-3,
+    }
+    return MethodSpec("vanilla-nerf", "Original NeRF: positional encoding, coarse + fine MLPs (Mildenhall et al. 2020)", config, test_overrides=tiny)
 
 
 __all__ = ["VanillaNeRFModel", "VanillaNeRFModelConfig", "vanilla_nerf"]

@@ -1,4 +1,4 @@
-"""``ns-export {pointcloud,tsdf} --load-config outputs/.../config.yml --output-dir exports/``.
+"""``ns-export {pointcloud,tsdf,marching-cubes} --load-config outputs/.../config.yml --output-dir exports/``.
 
 Geometry is written in the input poses' coordinates (the dataset normalisation is undone), as
 PLY, OBJ or GLB through trimesh; every file is written atomically.
@@ -109,9 +109,53 @@ class TSDFExport(ExportConfig):
         return out
 
 
+@dataclass
+class MarchingCubesExport(ExportConfig):
+    """Mesh of the model's own implicit surface (SDF or occupancy logit) by marching cubes."""
+
+    resolution: int = 256
+    """Grid samples along each axis of the box."""
+    bounding_box_min: tuple[float, float, float] | None = None
+    """Lower corner of the meshed box in normalised coordinates (default: the scene box)."""
+    bounding_box_max: tuple[float, float, float] | None = None
+    """Upper corner of the meshed box in normalised coordinates (default: the scene box)."""
+    largest_component: bool = False
+    """Keep only the largest connected component (drops floaters)."""
+    simplify_target_faces: int | None = None
+    """Decimate to about this many faces (needs the optional package fast-simplification)."""
+    filename: str = "mesh.ply"
+    """Output file name; the suffix picks the format (.ply, .obj, .glb)."""
+
+    def run(self) -> Path:
+        from recon.geometry.marching_cubes import extract_mesh, simplify
+
+        run = load_run(self.load_config, self.device, self.step)
+        if Export.MARCHING_CUBES not in run.model.exports:
+            supported = ", ".join(sorted(e.value for e in run.model.exports)) or "none"
+            raise ConfigError(f"method {run.config.method_name!r} has no implicit surface to mesh (it supports: {supported})")
+        aabb = run.outputs.scene_box.aabb.clone()
+        if self.bounding_box_min is not None:
+            aabb[0] = torch.tensor(self.bounding_box_min)
+        if self.bounding_box_max is not None:
+            aabb[1] = torch.tensor(self.bounding_box_max)
+        if (aabb[1] <= aabb[0]).any():
+            raise ConfigError(f"empty bounding box {aabb.tolist()}")
+        with torch.no_grad():
+            mesh = extract_mesh(run.model.sdf, aabb, self.resolution, device=run.device, largest_component=self.largest_component)
+        if len(mesh.faces) == 0:
+            raise ConfigError("the field has no zero crossing inside the box (is the model trained?); nothing written")
+        if self.simplify_target_faces is not None:
+            mesh = simplify(mesh, self.simplify_target_faces)
+        mesh.vertices = run.outputs.transform_to_input(torch.as_tensor(mesh.vertices, dtype=torch.float32)).numpy()
+        out = write_mesh(mesh, self.output_dir / self.filename)
+        console.print(f"wrote mesh with {len(mesh.vertices)} vertices and {len(mesh.faces)} faces to {out}")
+        return out
+
+
 Commands = Union[
     Annotated[PointcloudExport, tyro.conf.subcommand("pointcloud")],
     Annotated[TSDFExport, tyro.conf.subcommand("tsdf")],
+    Annotated[MarchingCubesExport, tyro.conf.subcommand("marching-cubes")],
 ]
 
 

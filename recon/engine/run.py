@@ -38,7 +38,7 @@ def load_run(config_path: Path, device: str = "auto", step: int | None = None) -
     run_dir = config_path.parent
     model_path, _ = find_checkpoint(run_dir, step)
     outputs = load_dataset(config)
-    model = config.model.setup(scene=scene_info(outputs, len(outputs.splits.get("train", [])))).to(dev)
+    model = config.model.setup(scene=scene_info(outputs)).to(dev)
     state, loaded_step = load_model_state(model_path, config.method_name)
     load_into_model(model, {k: v.to(dev) for k, v in state.items()}, model_path)
     model.eval()

@@ -108,16 +108,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def scene_info(outputs: Any, num_train: int) -> SceneInfo:
+def scene_info(outputs: Any) -> SceneInfo:
+    """What the model may know of the parsed data (image datasets and image-free inputs alike)."""
+    background = getattr(outputs, "alpha_color", None)
     return SceneInfo(
         aabb=outputs.scene_box.aabb.clone(),
-        num_train_cameras=num_train,
-        background=None if outputs.alpha_color is None else torch.as_tensor(outputs.alpha_color, dtype=torch.float32),
-        near=outputs.near,
-        far=outputs.far,
-        points3d=outputs.points3d,
-        points3d_rgb=outputs.points3d_rgb,
-        metadata=dict(outputs.metadata),
+        num_train_cameras=len(outputs.splits.get("train", [])),
+        background=None if background is None else torch.as_tensor(background, dtype=torch.float32),
+        near=getattr(outputs, "near", None),
+        far=getattr(outputs, "far", None),
+        points3d=getattr(outputs, "points3d", None),
+        points3d_rgb=getattr(outputs, "points3d_rgb", None),
+        metadata=dict(getattr(outputs, "metadata", {})),
     )
 
 
@@ -140,8 +142,7 @@ class Trainer:
         seed_everything(config.seed)
         self.outputs = load_dataset(config)
         self.datamanager = config.datamanager.setup(outputs=self.outputs, device=self.device, seed=config.seed)
-        train_ds = self.datamanager.train_dataset
-        self.model: Model = config.model.setup(scene=scene_info(self.outputs, len(train_ds))).to(self.device)
+        self.model: Model = config.model.setup(scene=scene_info(self.outputs)).to(self.device)
         self.optimizers = Optimizers(config.optimizers, self.model.param_groups())
         self.start_step = 0
         self.step = 0
@@ -151,7 +152,8 @@ class Trainer:
         if config.load_dir is not None:
             resume = find_checkpoint(config.load_dir, config.load_step)
             self._load(*resume)
-        self.callbacks: list[Callback] = self.model.callbacks() + self._own_callbacks()
+        datamanager_hooks = getattr(self.datamanager, "callbacks", lambda: [])()
+        self.callbacks: list[Callback] = datamanager_hooks + self.model.callbacks() + self._own_callbacks()
         self.writer: Writer | None = None
 
     # -- folders and checkpoints ------------------------------------------------------------------
@@ -160,7 +162,8 @@ class Trainer:
         if c.load_dir is not None:
             load_dir = Path(c.load_dir)
             return load_dir.parent if load_dir.name == "checkpoints" else load_dir
-        experiment = c.experiment_name or (Path(c.data).resolve().name if c.data is not None else "synthetic")
+        data = Path(c.data) if c.data is not None else None
+        experiment = c.experiment_name or ("synthetic" if data is None else data.stem if data.is_file() else data.resolve().name)
         stamp = c.timestamp.replace("{timestamp}", datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S"))
         return Path(c.output_dir) / experiment / c.method_name / stamp
 
@@ -202,12 +205,16 @@ class Trainer:
     def _own_callbacks(self) -> list[Callback]:
         c = self.config
         # These run after step s completes, i.e. with s + 1 steps done: shift by one.
-        hooks = [
-            (c.steps_per_save, lambda s, **_: self.save_checkpoint(s + 1)),
-            (c.steps_per_eval_image, self._eval_image),
-            (c.steps_per_eval_all_images, self._eval_all),
-        ]
+        hooks = [(c.steps_per_save, lambda s, **_: self.save_checkpoint(s + 1))]
+        if self.eval_images is not None:
+            hooks += [(c.steps_per_eval_image, self._eval_image), (c.steps_per_eval_all_images, self._eval_all)]
         return [Callback(fn, every=every, start=every - 1) for every, fn in hooks if every > 0]
+
+    @property
+    def eval_images(self) -> Any:
+        """The datamanager's evaluation images, or None for image-free inputs (or an empty split)."""
+        ds = getattr(self.datamanager, "eval_dataset", None)
+        return ds if ds is not None and len(ds) > 0 else None
 
     def _eval_image(self, step: int, **_: Any) -> None:
         ds = self.datamanager.eval_dataset
@@ -265,7 +272,7 @@ class Trainer:
         """
         c = self.config
         self.setup_run_dir()
-        console.print(f"[bold]recon[/bold] {c.method_name}: {len(self.datamanager.train_dataset)} training images on {self.device}; run folder {self.run_dir}")
+        console.print(f"[bold]recon[/bold] {c.method_name}: {self.datamanager.describe()} on {self.device}; run folder {self.run_dir}")
         self._stop_requested = False
         handler_installed = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self.request_stop) if handler_installed else None
@@ -292,6 +299,8 @@ class Trainer:
                             self.writer.scalars({"steps_per_second": rate}, step)
                         info = f"loss {float(values['loss']):.4f}" + (f" psnr {metrics['psnr']:.2f}" if "psnr" in metrics else "")
                         bar.update(task, completed=step, rate=f"{rate:.1f} it/s", info=info)
+                        if c.logging.progress_bar and not console.is_terminal and step % max(c.max_num_iterations // 10, 1) < c.logging.steps_per_log:
+                            console.print(f"step {step}/{c.max_num_iterations}  {rate:.1f} it/s  {info}")  # logs have no live bar
                     else:
                         bar.update(task, completed=step)
                     if self._stop_requested:
@@ -304,7 +313,7 @@ class Trainer:
             if self._stop_requested or step < c.max_num_iterations:
                 self.close()
         path = self.save_checkpoint(step)
-        result = self._eval_all(step - 1) if c.eval_at_end and len(self.datamanager.eval_dataset) else None
+        result = self._eval_all(step - 1) if c.eval_at_end and self.eval_images is not None else None
         if result is not None:
             summary = {"step": step, **result["mean"]}
             (self.run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2))

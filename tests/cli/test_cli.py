@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from data.synthetic import SyntheticSceneConfig, generate_scene
 
+CSL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "orex" / "Heart-simplified.csl"
 TINY_FLAGS = [
     "--model.hidden-dim", "32", "--model.num-layers", "2", "--model.skips", "--model.color-hidden-dim", "16",
     "--model.num-coarse-samples", "8", "--model.num-fine-samples", "8", "--model.position-frequencies", "4",
@@ -98,10 +99,15 @@ def test_help_lists_methods():
         (["vanilla-nerf", "--no-such-flag", "3"], ["--no-such-flag"]),
         (["vanilla-nerf", "--max-num-iterations", "abc"], ["--max-num-iterations"]),
         (["vanilla-nerf", "--device", "gpu"], ["--device"]),
+        (["vanilla-nerf", "--data", str(CSL)], ["posed images", "Heart-simplified.csl"]),
     ],
 )
 def test_bad_command_lines(args, needles):
     assert_one_line_error(run("train", *args), *needles)
+
+
+def test_orex_needs_cross_sections(scene):
+    assert_one_line_error(run("train", "orex-small", "--data", scene, "--max-num-iterations", "1"), "cross-sections")
 
 
 def _copy(scene: Path, tmp_path: Path) -> Path:
@@ -181,3 +187,32 @@ def test_mixed_image_sizes_error_names_the_file(scene, tmp_path):
     with pytest.raises(DataError, match="frame_00003.png"):
         ds.require_single_size("this method")
     assert np.isfinite(ds.image(0).numpy()).all()
+
+
+def test_third_party_plugin_and_marching_cubes_export(scene, tmp_path):
+    """A method from outside the package registers by RECON_METHODS, trains, and exports its SDF
+    as a mesh in the input coordinates (the dataset normalisation undone)."""
+    from data.parsers import load_dataset
+    import trimesh
+
+    plugins = Path(__file__).resolve().parents[1] / "plugins"
+    env = {**os.environ, "RECON_METHODS": "test-sphere=sphere_sdf_method:spec", "PYTHONPATH": f"{plugins}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def cli(module, *args):
+        return subprocess.run([sys.executable, "-m", f"recon.cli.{module}", *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+
+    proc = cli("train", "test-sphere", "--data", scene, "--output-dir", tmp_path, "--timestamp", "t", "--device", "cpu", "--logging.no-progress-bar")
+    assert proc.returncode == 0, proc.stderr
+    config = tmp_path / "scene" / "test-sphere" / "t" / "config.yml"
+    proc = cli("export", "marching-cubes", "--load-config", config, "--output-dir", tmp_path / "exp", "--resolution", "48",
+               "--bounding-box-min", "-0.8", "-0.8", "-0.8", "--bounding-box-max", "0.8", "0.8", "0.8")
+    assert proc.returncode == 0, proc.stderr
+    mesh = trimesh.load(tmp_path / "exp" / "mesh.ply")
+    assert mesh.is_watertight
+    outputs = load_dataset(scene)
+    centre = outputs.transform_to_input(torch.zeros(1, 3)).numpy()[0]
+    radii = np.linalg.norm(mesh.vertices - centre, axis=1)
+    assert np.allclose(radii, 0.5 / outputs.dataparser_scale, rtol=0.02)
+
+    proc = cli("export", "tsdf", "--load-config", config, "--output-dir", tmp_path / "exp")
+    assert_one_line_error(proc, "cannot export tsdf")

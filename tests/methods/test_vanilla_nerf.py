@@ -9,22 +9,13 @@ import pytest
 import torch
 import trimesh
 
+from recon.config import get_method
 from recon.engine.callbacks import Callback
 from recon.engine.checkpoint import find_checkpoint
 from recon.engine.evaluate import evaluate_images
 from recon.engine.trainer import Trainer
 
-TINY = {
-    "model.hidden_dim": 32,
-    "model.num_layers": 2,
-    "model.skips": (),
-    "model.color_hidden_dim": 16,
-    "model.num_coarse_samples": 8,
-    "model.num_fine_samples": 8,
-    "model.position_frequencies": 4,
-    "datamanager.train_num_rays_per_batch": 128,
-    "optimizers.fields.lr": 5e-3,
-}
+TINY = get_method("vanilla-nerf").test_overrides
 
 
 def test_loss_falls(tiny_scene, tmp_path, quiet_config):

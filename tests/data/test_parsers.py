@@ -491,7 +491,7 @@ def test_missing_empty_and_unknown_folders(tmp_path: Path) -> None:
 def test_registry_configs_work_with_tyro(capsys: pytest.CaptureFixture) -> None:
     import tyro
 
-    assert list(PARSERS) == ["auto", "nerfstudio-data", "blender-data", "llff-data", "colmap", "dtu-data", "monosdf-data"]
+    assert list(PARSERS) == ["auto", "nerfstudio-data", "blender-data", "llff-data", "colmap", "dtu-data", "monosdf-data", "csl"]
     for name, cls in PARSERS.items():
         assert cls.name == name
         assert isinstance(tyro.cli(cls, args=[]), cls)

@@ -10,7 +10,7 @@ import trimesh
 from data.csl import axis_planes, slice_mesh, write_csl
 from recon.config import get_method
 from recon.engine.trainer import Trainer
-from recon.geometry.marching_cubes import extract_mesh
+from recon.cli.export import MarchingCubesExport
 from recon.geometry.metrics import volumetric_iou
 
 
@@ -45,10 +45,10 @@ def test_small_preset_recovers_the_torus(torus_csl, tmp_path, quiet_config):
     torus's convex hull, i.e. a reconstruction that misses the hole, scores 0.72."""
     path, torus = torus_csl
     steps = sum(get_method("orex-small").config.datamanager.steps_per_level)
-    trainer = Trainer(quiet_config("orex-small", path, tmp_path, steps))
-    trainer.train()
-    with torch.no_grad():
-        mesh = extract_mesh(trainer.model.sdf, trainer.outputs.scene_box.aabb, 64)
-    mesh.vertices = trainer.outputs.transform_to_input(torch.as_tensor(mesh.vertices)).numpy()
+    run_dir = Trainer(quiet_config("orex-small", path, tmp_path, steps)).train()
+    # The user's path: ns-export marching-cubes writes the mesh in the .csl file's units.
+    out = MarchingCubesExport(load_config=run_dir / "config.yml", output_dir=tmp_path / "export", resolution=64, device="cpu").run()
+    mesh = trimesh.load(out)
+    assert mesh.is_watertight
     iou = volumetric_iou(mesh, torus, num_points=40_000)
     assert iou > 0.93, iou

@@ -1,0 +1,122 @@
+"""Hash-grid radiance and density fields (the nerfacto family).
+
+:class:`HashNeRFField` is the field of instant-ngp (Müller et al. 2022) as nerfstudio's nerfacto
+arranges it: a multi-resolution hash grid and a one-layer MLP give a density and a geometry
+feature; the colour MLP sees that feature, the spherical-harmonics encoded view direction and an
+optional per-camera appearance embedding (NeRF-W, Martin-Brualla et al. 2021).
+:class:`HashDensityField` is the small density-only field that proposal samplers use
+(mip-NeRF 360, Barron et al. 2022).
+
+Positions come in normalised world units and are mapped into [0, 1]^3 either by the scene box
+(bounded scenes) or, after a scene contraction into the radius-2 ball, by the [-2, 2]^3 cube.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from recon.fields.appearance import AppearanceEmbedding
+from recon.fields.hash_grid import HashGridEncoding
+from recon.fields.mlp import MLP
+from recon.fields.spherical_harmonics import SHEncoding
+
+
+def trunc_exp(x: Tensor) -> Tensor:
+    """exp with the input clamped at 15 (no overflow in float32); instant-ngp's density activation."""
+    return torch.exp(x.clamp(max=15.0))
+
+
+class _Normalise(nn.Module):
+    """World points -> [0, 1]^3 (by the box, or by [-2, 2]^3 after ``contraction``)."""
+
+    def __init__(self, aabb: Tensor, contraction: Callable[[Tensor], Tensor] | None):
+        super().__init__()
+        self.contraction = contraction
+        box = torch.tensor([[-2.0] * 3, [2.0] * 3]) if contraction is not None else aabb.float()
+        self.register_buffer("box", box.clone(), persistent=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns normalised positions [..., 3] and an inside mask [...]."""
+        if self.contraction is not None:
+            x = self.contraction(x)
+        u = (x - self.box[0]) / (self.box[1] - self.box[0])
+        return u, ((u >= 0) & (u <= 1)).all(-1)
+
+
+class HashDensityField(nn.Module):
+    """Density only: hash grid + a small MLP. positions [..., 3] -> density [...]."""
+
+    def __init__(
+        self,
+        aabb: Tensor,
+        contraction: Callable[[Tensor], Tensor] | None = None,
+        num_levels: int = 5,
+        max_res: int = 128,
+        log2_hashmap_size: int = 17,
+        hidden_dim: int = 16,
+    ):
+        super().__init__()
+        self.normalise = _Normalise(aabb, contraction)
+        self.encoding = HashGridEncoding(num_levels=num_levels, features_per_level=2, log2_hashmap_size=log2_hashmap_size, min_res=16, max_res=max_res)
+        self.mlp = MLP(self.encoding.out_dim, hidden_dim, 2, 1)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        u, inside = self.normalise(positions)
+        density = trunc_exp(self.mlp(self.encoding(u))[..., 0] - 1.0)
+        return density * inside
+
+
+class HashNeRFField(nn.Module):
+    """Density and view-dependent colour. See the module docstring.
+
+    ``forward(positions [..., 3], directions [..., 3] unit, camera_indices [...] | None)``
+    returns density [...] and rgb [..., 3].
+    """
+
+    def __init__(
+        self,
+        aabb: Tensor,
+        contraction: Callable[[Tensor], Tensor] | None = None,
+        num_levels: int = 16,
+        max_res: int = 2048,
+        log2_hashmap_size: int = 19,
+        features_per_level: int = 2,
+        hidden_dim: int = 64,
+        geo_feature_dim: int = 15,
+        color_hidden_dim: int = 64,
+        color_layers: int = 3,
+        num_cameras: int = 0,
+        appearance_dim: int = 32,
+        sh_degree: int = 4,
+    ):
+        super().__init__()
+        self.normalise = _Normalise(aabb, contraction)
+        self.encoding = HashGridEncoding(
+            num_levels=num_levels, features_per_level=features_per_level, log2_hashmap_size=log2_hashmap_size, min_res=16, max_res=max_res
+        )
+        self.geometry = MLP(self.encoding.out_dim, hidden_dim, 2, 1 + geo_feature_dim)
+        self.direction_encoding = SHEncoding(sh_degree)
+        self.appearance = AppearanceEmbedding(num_cameras, appearance_dim) if num_cameras > 0 and appearance_dim > 0 else None
+        color_in = geo_feature_dim + self.direction_encoding.out_dim + (appearance_dim if self.appearance is not None else 0)
+        self.color = MLP(color_in, color_hidden_dim, color_layers, 3, out_activation=nn.Sigmoid())
+
+    def density(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """positions [..., 3] -> density [...] and geometry feature [..., F]."""
+        u, inside = self.normalise(positions)
+        h = self.geometry(self.encoding(u))
+        density = trunc_exp(h[..., 0] - 1.0) * inside  # the -1 shift starts the field nearly empty
+        return density, h[..., 1:]
+
+    def forward(self, positions: Tensor, directions: Tensor, camera_indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        density, feature = self.density(positions)
+        parts = [feature, self.direction_encoding(directions.expand_as(positions))]
+        if self.appearance is not None:
+            if camera_indices is None:
+                camera_indices = torch.zeros(positions.shape[:-1], dtype=torch.long, device=positions.device)
+                parts.append(self.appearance(camera_indices, use_fallback=True))
+            else:
+                parts.append(self.appearance(camera_indices.expand(positions.shape[:-1])))
+        return density, self.color(torch.cat(parts, -1))

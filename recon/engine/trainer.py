@@ -20,10 +20,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+import tyro
 
 from recon.config import DataParserConfig, InstantiateConfig, save_config
 from recon.engine.callbacks import Callback, Where, run_callbacks
@@ -51,8 +52,8 @@ class LoggingConfig:
 class TrainerConfig:
     """A training run: data, method (datamanager + model + optimizers), schedule and outputs."""
 
-    method_name: str = "unnamed"
-    """Name of the method preset (set by the registry)."""
+    method_name: Annotated[str, tyro.conf.Suppress] = "unnamed"
+    """Name of the method preset (set by the registry, not a flag)."""
     data: Path | None = None
     """Dataset folder (its format is detected); without it, the built-in synthetic scene is used."""
     dataparser: DataParserConfig = field(default_factory=DataParserConfig)

@@ -57,7 +57,8 @@ def pdf_samples(
     pdf = weights / weights.sum(-1, keepdim=True)
     cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], -1).clamp_max(1.0)
     if perturb:
-        u = torch.rand(*cdf.shape[:-1], num_samples, device=bins.device, generator=generator)
+        # Sorted quantiles give sorted samples (the CDF inverse is monotone).
+        u = torch.rand(*cdf.shape[:-1], num_samples, device=bins.device, generator=generator).sort(-1).values
     else:
         u = torch.linspace(0.0, 1.0, num_samples, device=bins.device).expand(*cdf.shape[:-1], num_samples)
     u = u.contiguous()

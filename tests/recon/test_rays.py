@@ -36,8 +36,9 @@ def test_pdf_samples_follow_weights():
     t = pdf_samples(bins, weights, 1000, perturb=True, generator=torch.Generator().manual_seed(0))
     assert ((t[0] >= 0.3 - 1e-4) & (t[0] <= 0.4 + 1e-4)).float().mean() > 0.98
     assert abs(float(t[1].mean()) - 0.5) < 0.03
-    t_det = pdf_samples(bins, weights, 50, perturb=False)
-    assert (t_det[:, 1:] >= t_det[:, :-1]).all()
+    for perturb in (False, True):
+        t_sorted = pdf_samples(bins, weights, 50, perturb=perturb)
+        assert (t_sorted[:, 1:] >= t_sorted[:, :-1]).all()
 
 
 def test_intersect_aabb():

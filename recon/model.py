@@ -120,3 +120,35 @@ class Model(nn.Module):
         for b in self.buffers():
             return b.device
         return torch.device("cpu")
+
+
+class RayModel(Model):
+    """Base of models trained on ray batches (``batch["rays"]``, ``batch["rgb"]``).
+
+    Subclasses implement :meth:`render_rays` (rays [R] -> outputs [R, C]); whole images are rendered
+    in chunks of ``config.eval_num_rays_per_chunk`` rays, keeping the keys in :attr:`image_outputs`.
+    """
+
+    image_outputs: tuple[Output, ...] = (Output.RGB, Output.DEPTH, Output.ACCUMULATION)
+
+    def render_rays(self, rays: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return self.render_rays(batch["rays"])
+
+    def metrics(self, batch: dict[str, Any], outputs: dict[str, Any]) -> dict[str, float]:
+        mse = torch.mean((outputs["rgb"].detach() - batch["rgb"]) ** 2)
+        return {"psnr": float(-10 * torch.log10(mse.clamp_min(1e-10)))}
+
+    @torch.no_grad()
+    def render(self, camera: Cameras) -> dict[str, Tensor]:
+        rays = camera.generate_rays(0)
+        h, w = int(camera.height[0]), int(camera.width[0])
+        n = self.config.eval_num_rays_per_chunk  # type: ignore[attr-defined]
+        keys = [k.value for k in self.image_outputs]
+        chunks = []
+        for i in range(0, len(rays), n):
+            out = self.render_rays(rays[i : i + n])
+            chunks.append({k: out[k].detach() for k in keys})
+        return {k: torch.cat([ch[k] for ch in chunks]).reshape(h, w, -1) for k in keys}

@@ -10,16 +10,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from recon.cameras import Cameras, RayBundle
+from recon.cameras import RayBundle
 from recon.engine.callbacks import Callback, Where
 from recon.fields.hash_field import HashDensityField, HashNeRFField
-from recon.model import Export, Model, ModelConfig, Output, SceneInfo
+from recon.model import Export, ModelConfig, RayModel, SceneInfo
 from recon.render.contraction import contract
 from recon.render.proposal import ProposalSampler, anneal_schedule, distortion_loss, interlevel_loss
 from recon.render.rays import accumulate, expected_depth, intersect_aabb, render_weights
 
 
-class NerfHashModel(Model):
+class NerfHashModel(RayModel):
     """See :class:`NerfHashModelConfig`."""
 
     config: "NerfHashModelConfig"
@@ -86,9 +86,6 @@ class NerfHashModel(Model):
             "t_ends": t1,
         }
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return self.render_rays(batch["rays"])
-
     def losses(self, batch: dict[str, Any], outputs: dict[str, Any], step: int) -> dict[str, Tensor]:
         c = self.config
         losses = {"rgb": torch.mean((outputs["rgb"] - batch["rgb"]) ** 2)}
@@ -97,19 +94,6 @@ class NerfHashModel(Model):
         if c.distortion_loss_mult > 0:
             losses["distortion"] = c.distortion_loss_mult * distortion_loss(outputs["weights"], outputs["t_starts"], outputs["t_ends"]).mean()
         return losses
-
-    def metrics(self, batch: dict[str, Any], outputs: dict[str, Any]) -> dict[str, float]:
-        mse = torch.mean((outputs["rgb"].detach() - batch["rgb"]) ** 2)
-        return {"psnr": float(-10 * torch.log10(mse.clamp_min(1e-10)))}
-
-    @torch.no_grad()
-    def render(self, camera: Cameras) -> dict[str, Tensor]:
-        rays = camera.generate_rays(0)
-        h, w = int(camera.height[0]), int(camera.width[0])
-        n = self.config.eval_num_rays_per_chunk
-        chunks = [self.render_rays(rays[i : i + n]) for i in range(0, len(rays), n)]
-        keys = (Output.RGB.value, Output.DEPTH.value, Output.ACCUMULATION.value)
-        return {k: torch.cat([ch[k] for ch in chunks]).reshape(h, w, -1) for k in keys}
 
 
 @dataclass

@@ -22,7 +22,7 @@ from recon.cameras import Cameras, RayBundle
 from recon.engine.callbacks import Callback, Where
 from recon.fields.sdf_field import ColorNetwork, SDFField, SDFFieldConfig
 from recon.losses import eikonal_loss
-from recon.model import Export, Model, ModelConfig, Output, SceneInfo
+from recon.model import Export, ModelConfig, Output, RayModel, SceneInfo
 from recon.render.rays import accumulate, expected_depth, intersect_aabb, intervals_from_points, pdf_samples, stratified_samples
 from recon.render.sdf import LearnedVariance, cosine_anneal, neus_alpha, neus_alpha_from_gradients, weights_from_alpha
 
@@ -32,11 +32,12 @@ def _neus_field_defaults() -> SDFFieldConfig:
     return SDFFieldConfig(num_layers=9, hidden_dim=256, skips=(4,), bias=0.5, frequencies=6, feature_dim=256, weight_norm=True)
 
 
-class NeuSModel(Model):
+class NeuSModel(RayModel):
     """NeuS: SDF field + colour network + learned variance; see :class:`NeuSModelConfig`."""
 
     config: "NeuSModelConfig"
     exports = frozenset({Export.MARCHING_CUBES, Export.TSDF, Export.POINTCLOUD})
+    image_outputs = (Output.RGB, Output.DEPTH, Output.ACCUMULATION, Output.NORMAL)
 
     def __init__(self, config: "NeuSModelConfig", scene: SceneInfo):
         super().__init__(config, scene)
@@ -140,9 +141,6 @@ class NeuSModel(Model):
         depth = expected_depth(weights, starts, ends) * rays.z_scale[:, None]
         return {"rgb": color, "accumulation": acc, "depth": depth, "normal": normals, "weights": weights, "gradients": grad}
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return self.render_rays(batch["rays"])
-
     def losses(self, batch: dict[str, Any], outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         c = self.config
         out = {
@@ -155,26 +153,13 @@ class NeuSModel(Model):
         return out
 
     def metrics(self, batch: dict[str, Any], outputs: dict[str, Tensor]) -> dict[str, float]:
-        mse = torch.mean((outputs["rgb"].detach() - batch["rgb"]) ** 2)
-        return {
-            "psnr": float(-10 * torch.log10(mse.clamp_min(1e-10))),
-            "inv_s": float(self.variance().detach()),
-            "cos_anneal_ratio": float(self.cos_anneal_ratio),
-        }
+        return {**super().metrics(batch, outputs), "inv_s": float(self.variance().detach()), "cos_anneal_ratio": float(self.cos_anneal_ratio)}
 
     @torch.no_grad()
     def render(self, camera: Cameras) -> dict[str, Tensor]:
-        rays = camera.generate_rays(0)
-        h, w = int(camera.height[0]), int(camera.width[0])
-        n = self.config.eval_num_rays_per_chunk
-        keys = (Output.RGB.value, Output.DEPTH.value, Output.ACCUMULATION.value, Output.NORMAL.value)
-        chunks = []
-        for i in range(0, len(rays), n):
-            # The colour network needs the SDF gradient, so it is computed (enable_grad inside
-            # SDFField.gradient, no graph kept) and everything is detached.
-            out = self.render_rays(rays[i : i + n], create_graph=False)
-            chunks.append({k: out[k].detach() for k in keys})
-        image = {k: torch.cat([ch[k] for ch in chunks]).reshape(h, w, -1) for k in keys}
+        # The colour network needs the SDF gradient even here: SDFField.gradient enables grad
+        # locally without keeping a graph, and RayModel.render detaches every output.
+        image = super().render(camera)
         image[Output.NORMAL.value] = F.normalize(image[Output.NORMAL.value], dim=-1)
         return image
 

@@ -10,10 +10,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from recon.cameras import Cameras, RayBundle
+from recon.cameras import RayBundle
 from recon.fields.encodings import FrequencyEncoding
 from recon.fields.mlp import MLP
-from recon.model import Export, Model, ModelConfig, Output, SceneInfo
+from recon.model import Export, ModelConfig, RayModel, SceneInfo
 from recon.render.rays import accumulate, expected_depth, intersect_aabb, intervals_from_points, pdf_samples, render_weights, stratified_samples
 
 
@@ -39,7 +39,7 @@ class NeRFField(nn.Module):
         return density, rgb
 
 
-class VanillaNeRFModel(Model):
+class VanillaNeRFModel(RayModel):
     """Coarse and fine NeRF fields rendered along rays; see :class:`VanillaNeRFModelConfig`."""
 
     config: "VanillaNeRFModelConfig"
@@ -93,27 +93,12 @@ class VanillaNeRFModel(Model):
         depth = expected_depth(fine["weights"], s, e) * rays.z_scale[:, None]
         return {"rgb_coarse": coarse["rgb"], "rgb": fine["rgb"], "accumulation": fine["accumulation"], "depth": depth}
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return self.render_rays(batch["rays"])
-
     def losses(self, batch: dict[str, Any], outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         target = batch["rgb"]
         return {
             "rgb_coarse": torch.mean((outputs["rgb_coarse"] - target) ** 2),
             "rgb_fine": torch.mean((outputs["rgb"] - target) ** 2),
         }
-
-    def metrics(self, batch: dict[str, Any], outputs: dict[str, Tensor]) -> dict[str, float]:
-        mse = torch.mean((outputs["rgb"].detach() - batch["rgb"]) ** 2)
-        return {"psnr": float(-10 * torch.log10(mse.clamp_min(1e-10)))}
-
-    @torch.no_grad()
-    def render(self, camera: Cameras) -> dict[str, Tensor]:
-        rays = camera.generate_rays(0)
-        h, w = int(camera.height[0]), int(camera.width[0])
-        chunks = [self.render_rays(rays[i : i + self.config.eval_num_rays_per_chunk]) for i in range(0, len(rays), self.config.eval_num_rays_per_chunk)]
-        keys = (Output.RGB.value, Output.DEPTH.value, Output.ACCUMULATION.value)
-        return {k: torch.cat([ch[k] for ch in chunks]).reshape(h, w, -1) for k in keys}
 
 
 @dataclass

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,3 +20,13 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared test data not found at {path} (set RECON_SHARED_DATA to its folder)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: for tiny tensors it is as fast, and far faster on a busy
+    shared machine (two spinning OpenMP threads competing with other processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,14 +15,7 @@ from recon.fields.hash_grid import HASH_PRIMES, HashGridEncoding, gather_rows, l
 TINY = {"num_levels": 4, "features_per_level": 2, "log2_hashmap_size": 7, "min_res": 2, "max_res": 19}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread is as fast, and far faster on a busy shared machine
-    (two spinning OpenMP threads competing with other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(**overrides) -> HashGridEncoding:

@@ -11,14 +11,7 @@ import torch
 from recon.fields.spherical_harmonics import SHEncoding, eval_sh, sh_encoding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread is as fast, and far faster on a busy shared machine
-    (two spinning OpenMP threads competing with other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sphere_quadrature(n_theta: int = 12, n_phi: int = 24) -> tuple[torch.Tensor, torch.Tensor]:

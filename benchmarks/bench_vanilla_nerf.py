@@ -13,15 +13,10 @@ Test views: every ``--test-every``-th image of the 200-image test split (all wit
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-import torch
-
-from benchmarks.common import append_results, machine_description, peak_memory_mb, reset_peak_memory, shared_data
-from recon.config import get_method, override
-from recon.engine.evaluate import evaluate_images
-from recon.engine.trainer import Trainer
+from benchmarks.common import append_results, machine_description, shared_data, train_and_evaluate
+from recon.config import get_method
 
 PRESETS = {
     "paper": {},
@@ -40,51 +35,11 @@ PRESETS = {
 }
 
 
-class Subset:
-    """Every k-th image of an ImageDataset (for a cheaper evaluation)."""
-
-    def __init__(self, dataset, every: int):
-        self.idx = list(range(0, len(dataset), every))
-        self.cameras = dataset.cameras[self.idx]
-        self.filenames = [dataset.filenames[i] for i in self.idx]
-        self._ds = dataset
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def image(self, i: int) -> torch.Tensor:
-        return self._ds.image(self.idx[i])
-
-
 def run(preset: str, steps: int, test_every: int, device: str, out: Path) -> dict:
-    lego = shared_data() / "lego"
-    base = get_method("vanilla-nerf").config
-    lr = PRESETS[preset].get("optimizers.fields.lr", base.optimizers["fields"].lr)
-    cfg = override(
-        base, data=lego, output_dir=out, max_num_iterations=steps, steps_per_save=0, steps_per_eval_image=0, eval_at_end=False,
-        device=device, timestamp=preset,
-        **{"datamanager.image_scale": 0.25, "logging.progress_bar": False, "logging.tensorboard": False,
-           "optimizers.fields.scheduler.max_steps": steps, "optimizers.fields.scheduler.lr_final": lr / 10},
-        **PRESETS[preset],
-    )
-    trainer = Trainer(cfg)
-    reset_peak_memory(trainer.device)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    result = evaluate_images(trainer.model, Subset(trainer.datamanager.eval_dataset, test_every), with_lpips=False, progress=False)
-    return {
-        "method": f"vanilla-nerf ({preset})",
-        "data": "lego 100x100",
-        "steps": steps,
-        "train_s": seconds,
-        "steps_per_s": steps / seconds,
-        "peak_mem_mb": peak_memory_mb(trainer.device),
-        "psnr": result["mean"]["psnr"],
-        "ssim": result["mean"]["ssim"],
-        "test_images": result["mean"]["num_images"],
-        "device": str(trainer.device),
-    }
+    lr = PRESETS[preset].get("optimizers.fields.lr", get_method("vanilla-nerf").config.optimizers["fields"].lr)
+    changes = {"datamanager.image_scale": 0.25, "optimizers.fields.scheduler.lr_final": lr / 10, "timestamp": preset, **PRESETS[preset]}
+    _, row = train_and_evaluate("vanilla-nerf", shared_data() / "lego", out, steps, test_every, device, **changes)
+    return {**row, "method": f"vanilla-nerf ({preset})", "data": "lego 100x100"}
 
 
 def main() -> None:

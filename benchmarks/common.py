@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,79 @@ def append_results(title: str, columns: list[str], rows: list[dict[str, Any]], r
         with RESULTS.open("a") as f:
             f.write(block)
     return table
+
+
+class Subset:
+    """Every k-th image of an ImageDataset (a cheaper evaluation with the same interface)."""
+
+    def __init__(self, dataset: Any, every: int):
+        self.idx = list(range(0, len(dataset), every))
+        self.cameras = dataset.cameras[self.idx]
+        self.filenames = [dataset.filenames[i] for i in self.idx]
+        self._ds = dataset
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def image(self, i: int) -> torch.Tensor:
+        return self._ds.image(self.idx[i])
+
+
+def train_and_evaluate(method: str, data: Path, output_dir: Path, steps: int, test_every: int = 8, device: str = "auto", **changes: Any) -> tuple[Any, dict[str, Any]]:
+    """Train preset ``method`` (with ``changes``; every optimizer's schedule rescaled to ``steps``)
+    quietly, then evaluate every ``test_every``-th test image. Returns the trainer and a result row."""
+    from recon.config import get_method, override
+    from recon.engine.evaluate import evaluate_images
+    from recon.engine.trainer import Trainer
+
+    base = get_method(method).config
+    schedules = {f"optimizers.{name}.scheduler.max_steps": steps for name in base.optimizers}
+    fields = {
+        "data": data, "output_dir": output_dir, "max_num_iterations": steps, "steps_per_save": 0, "steps_per_eval_image": 0,
+        "eval_at_end": False, "device": device, "timestamp": method, "logging.progress_bar": False, "logging.tensorboard": False,
+        **schedules,
+    }
+    cfg = override(base, **{**fields, **changes})
+    trainer = Trainer(cfg)
+    reset_peak_memory(trainer.device)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    result = evaluate_images(trainer.model, Subset(trainer.datamanager.eval_dataset, test_every), with_lpips=False, progress=False)
+    row = {
+        "method": method, "steps": steps, "train_s": seconds, "steps_per_s": steps / seconds,
+        "peak_mem_mb": peak_memory_mb(trainer.device), "psnr": result["mean"]["psnr"], "ssim": result["mean"]["ssim"],
+        "test_images": result["mean"]["num_images"], "device": str(trainer.device),
+    }
+    return trainer, row
+
+
+def mesh_picture(mesh: Any, camera: Any, path: Path, samples_per_pixel: float = 40.0) -> Path:
+    """A shaded picture of ``mesh`` (trimesh, world units) seen by ``camera`` (recon Cameras, one view),
+    written as PNG. Dense surface samples are splatted into a z-buffer (nearest sample per pixel)
+    and shaded by a head light on their face normals (grey, two-sided): enough to judge a
+    reconstructed surface without an OpenGL context."""
+    import numpy as np
+    from PIL import Image
+
+    from recon.geometry.mesh import sample_points_on_mesh
+
+    h, w = int(camera.height[0]), int(camera.width[0])
+    points, normals = sample_points_on_mesh(mesh, int(samples_per_pixel * h * w), seed=0)
+    pts = torch.as_tensor(points, dtype=torch.float32)
+    nrm = torch.as_tensor(normals, dtype=torch.float32)
+    uv, z = camera.project(pts)
+    u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+    ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    pix, z, pts, nrm = (v * w + u)[ok], z[ok], pts[ok], nrm[ok]
+    nearest = torch.full((h * w,), float("inf")).scatter_reduce(0, pix, z, reduce="amin")
+    front = z <= nearest[pix]
+    eye = camera.camera_to_worlds[0, :3, 3]
+    view = torch.nn.functional.normalize(eye - pts[front], dim=-1)
+    shade = (nrm[front] * view).sum(-1).abs()
+    image = torch.ones(h * w)
+    image[pix[front]] = 0.15 + 0.8 * shade
+    out = (image.reshape(h, w).numpy() * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(out).save(path)
+    return path

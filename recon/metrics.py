@@ -53,8 +53,9 @@ def psnr(pred: Tensor, gt: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # SSIM
 # ---------------------------------------------------------------------------------------------
-def _gaussian_kernel_1d(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+def _gaussian_kernel_1d(size: int, sigma: float, dtype: torch.dtype, device: torch.device, center: float | None = None) -> Tensor:
+    """Normalised 1-D Gaussian weights at taps 0..size-1, centred on ``center`` ((size - 1) / 2 by default)."""
+    x = torch.arange(size, dtype=torch.float64) - ((size - 1) / 2.0 if center is None else center)
     g = torch.exp(-0.5 * (x / sigma) ** 2)
     return (g / g.sum()).to(dtype=dtype, device=device)
 

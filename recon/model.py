@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from recon.cameras import Cameras
 from recon.config import InstantiateConfig
 from recon.engine.callbacks import Callback
+from recon.losses import S3IMConfig, s3im
 
 
 class Output(str, Enum):
@@ -69,6 +70,14 @@ class ModelConfig(InstantiateConfig):
     """Base of every model config."""
 
 
+@dataclass
+class RayModelConfig(ModelConfig):
+    """Base of the configs of :class:`RayModel` subclasses: options every ray-based method has."""
+
+    s3im: S3IMConfig = field(default_factory=S3IMConfig)
+    """S3IM loss on the batch's rendered colours (off unless its weight is positive)."""
+
+
 class Model(nn.Module):
     """Base class: subclasses implement the methods that raise ``NotImplementedError``."""
 
@@ -88,8 +97,17 @@ class Model(nn.Module):
         raise NotImplementedError
 
     def losses(self, batch: dict[str, Any], outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        """Named, already weighted loss terms; the trainer sums them."""
+        """The method's own named, already weighted loss terms."""
         raise NotImplementedError
+
+    def loss_dict(self, batch: dict[str, Any], outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Every loss term of a training step, which the trainer sums: :meth:`losses` plus the terms
+        a model family adds to all its methods (e.g. S3IM for :class:`RayModel`)."""
+        return self.losses(batch, outputs, step)
+
+    def check_datamanager(self, datamanager: Any) -> None:
+        """Raise :class:`recon.errors.ConfigError` if this model cannot train on the batches
+        ``datamanager`` produces; the trainer calls it once, before the first step."""
 
     def metrics(self, batch: dict[str, Any], outputs: dict[str, Tensor]) -> dict[str, float]:
         """Cheap training-time scalars for the log (e.g. PSNR of the batch)."""
@@ -127,6 +145,8 @@ class RayModel(Model):
 
     Subclasses implement :meth:`render_rays` (rays [R] -> outputs [R, C]); whole images are rendered
     in chunks of ``config.eval_num_rays_per_chunk`` rays, keeping the keys in :attr:`image_outputs`.
+    Their configs derive from :class:`RayModelConfig`: :meth:`loss_dict` adds ``"s3im"`` (weighted
+    ``1 - S3IM`` of ``outputs["rgb"]`` vs ``batch["rgb"]``) when ``config.s3im.weight > 0``.
     """
 
     image_outputs: tuple[Output, ...] = (Output.RGB, Output.DEPTH, Output.ACCUMULATION)
@@ -136,6 +156,21 @@ class RayModel(Model):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         return self.render_rays(batch["rays"])
+
+    def loss_dict(self, batch: dict[str, Any], outputs: dict[str, Any], step: int) -> dict[str, Tensor]:
+        losses = super().loss_dict(batch, outputs, step)
+        c: S3IMConfig | None = getattr(self.config, "s3im", None)
+        if c is not None and c.weight > 0:
+            # Permutations come from the global RNG, whose state checkpoints save: resume stays exact.
+            value = s3im(outputs["rgb"], batch["rgb"], c.kernel_size, c.stride, c.repeats, c.patch_height)
+            losses["s3im"] = c.weight * (1.0 - value)
+        return losses
+
+    def check_datamanager(self, datamanager: Any) -> None:
+        c: S3IMConfig | None = getattr(self.config, "s3im", None)
+        num_rays = getattr(getattr(datamanager, "config", None), "train_num_rays_per_batch", None)
+        if c is not None and c.weight > 0 and num_rays is not None:
+            c.check_batch(int(num_rays))
 
     def metrics(self, batch: dict[str, Any], outputs: dict[str, Any]) -> dict[str, float]:
         mse = torch.mean((outputs["rgb"].detach() - batch["rgb"]) ** 2)

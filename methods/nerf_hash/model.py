@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from recon.cameras import RayBundle
 from recon.engine.callbacks import Callback, Where
 from recon.fields.hash_field import HashDensityField, HashNeRFField
-from recon.model import Export, ModelConfig, RayModel, SceneInfo
+from recon.model import Export, RayModel, RayModelConfig, SceneInfo
 from recon.render.contraction import contract
 from recon.render.proposal import ProposalSampler, anneal_schedule, distortion_loss, interlevel_loss
 from recon.render.rays import accumulate, expected_depth, intersect_aabb, render_weights
@@ -97,7 +97,7 @@ class NerfHashModel(RayModel):
 
 
 @dataclass
-class NerfHashModelConfig(ModelConfig):
+class NerfHashModelConfig(RayModelConfig):
     """nerfacto's defaults (nerfstudio ``nerfacto`` preset) unless noted."""
 
     num_proposal_samples: tuple[int, ...] = (256, 96)

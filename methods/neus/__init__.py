@@ -67,4 +67,16 @@ def neus_small() -> MethodSpec:
     return MethodSpec("neus-small", "NeuS sized for a CPU (small MLPs, 32 + 32 samples, 3k steps)", config, test_overrides=dict(TEST_OVERRIDES))
 
 
-__all__ = ["NeuSModel", "NeuSModelConfig", "neus", "neus_small"]
+S3IM_WEIGHT = 1.0
+"""No released NeuS value (the authors' sdfstudio port leaves it to the user); see methods/s3im/README.md."""
+
+
+def neus_s3im() -> MethodSpec:
+    """``neus`` plus the S3IM loss (Xie et al. 2023): 512 rays form a 64 x 80 virtual image."""
+    base = neus()
+    config = override(base.config, method_name="neus-s3im", **{"model.s3im.weight": S3IM_WEIGHT})
+    # The tiny test batch (64 rays) satisfies the batch rule: 10 x 64 is a multiple of 64 rows.
+    return MethodSpec("neus-s3im", f"{base.description}, with the S3IM loss", config, test_overrides=dict(TEST_OVERRIDES))
+
+
+__all__ = ["NeuSModel", "NeuSModelConfig", "neus", "neus_s3im", "neus_small"]

@@ -22,7 +22,7 @@ from recon.cameras import Cameras, RayBundle
 from recon.engine.callbacks import Callback, Where
 from recon.fields.sdf_field import ColorNetwork, SDFField, SDFFieldConfig
 from recon.losses import eikonal_loss
-from recon.model import Export, ModelConfig, Output, RayModel, SceneInfo
+from recon.model import Export, Output, RayModel, RayModelConfig, SceneInfo
 from recon.render.rays import accumulate, expected_depth, intersect_aabb, intervals_from_points, pdf_samples, stratified_samples
 from recon.render.sdf import LearnedVariance, cosine_anneal, neus_alpha, neus_alpha_from_gradients, weights_from_alpha
 
@@ -168,7 +168,7 @@ class NeuSModel(RayModel):
 
 
 @dataclass
-class NeuSModelConfig(ModelConfig):
+class NeuSModelConfig(RayModelConfig):
     """NeuS hyper-parameters; defaults follow the official release's DTU configuration."""
 
     field: SDFFieldConfig = field(default_factory=_neus_field_defaults)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from recon.cameras import RayBundle
 from recon.fields.encodings import FrequencyEncoding
 from recon.fields.mlp import MLP
-from recon.model import Export, ModelConfig, RayModel, SceneInfo
+from recon.model import Export, RayModel, RayModelConfig, SceneInfo
 from recon.render.rays import accumulate, expected_depth, intersect_aabb, intervals_from_points, pdf_samples, render_weights, stratified_samples
 
 
@@ -102,7 +102,7 @@ class VanillaNeRFModel(RayModel):
 
 
 @dataclass
-class VanillaNeRFModelConfig(ModelConfig):
+class VanillaNeRFModelConfig(RayModelConfig):
     """NeRF hyper-parameters; defaults are the paper's (sec. 5.3, appendix A)."""
 
     num_coarse_samples: int = 64

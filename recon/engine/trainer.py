@@ -144,6 +144,7 @@ class Trainer:
         self.outputs = load_dataset(config)
         self.datamanager = config.datamanager.setup(outputs=self.outputs, device=self.device, seed=config.seed)
         self.model: Model = config.model.setup(scene=scene_info(self.outputs)).to(self.device)
+        self.model.check_datamanager(self.datamanager)
         self.optimizers = Optimizers(config.optimizers, self.model.param_groups())
         self.start_step = 0
         self.step = 0
@@ -242,7 +243,7 @@ class Trainer:
         run_callbacks(self.callbacks, Where.BEFORE_STEP, step)
         batch = self.datamanager.next_train(step)
         outputs = self.model(batch)
-        losses = self.model.losses(batch, outputs, step)
+        losses = self.model.loss_dict(batch, outputs, step)
         loss = sum(losses.values())
         self.optimizers.zero_grad()
         loss.backward()

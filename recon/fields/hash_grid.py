@@ -229,11 +229,15 @@ class HashGridEncoding(nn.Module):
     def _torch_forward(self, positions: Tensor) -> Tensor:
         n, levels, feats = positions.shape[0], self.num_levels, self.features_per_level
         idx, weights = self.corner_indices_and_weights(positions)
-        corner_feats = gather_rows(self.table, idx.view(-1)).view(8, levels * n, feats)
+        # Corners innermost ([L*N, 8]): the 8 rows a point reads are then adjacent in the gathered
+        # tensor, which feeds the weighted sum below without a copy, and the backward scatters the
+        # 8 corner gradients of one cell together (nearby table rows: fewer cache misses).
+        idx = idx.view(8, levels * n).t().contiguous()
+        w = weights.view(8, levels * n).t().contiguous()
+        corner_feats = gather_rows(self.table, idx.view(-1)).view(levels * n, 8, feats)
         # Weighted sum of the 8 corners as a batched [1, 8] x [8, F] product per (level, point);
-        # bmm takes the strided view directly and is much faster than broadcast-multiply + sum.
-        w = weights.to(corner_feats.dtype).view(8, levels * n).t()[:, None, :]  # [L*N, 1, 8]
-        out = torch.bmm(w, corner_feats.transpose(0, 1))  # [L*N, 1, F]
+        # bmm is much faster than broadcast-multiply + sum.
+        out = torch.bmm(w.to(corner_feats.dtype)[:, None, :], corner_feats)  # [L*N, 1, F]
         return out.view(levels, n, feats).transpose(0, 1).reshape(n, levels * feats)
 
 
@@ -271,7 +275,15 @@ class _ScatterRows(torch.autograd.Function):
     def forward(ctx, values: Tensor, idx: Tensor, num_rows: int) -> Tensor:
         ctx.save_for_backward(idx)
         # index_add_ is several times slower with int32 indices on CPU: widen here, not in forward.
-        return values.new_zeros(num_rows, values.shape[1]).index_add_(0, idx.long(), values)
+        idx = idx.long()
+        complex_dtype = {torch.float32: torch.complex64, torch.float64: torch.complex128}.get(values.dtype)
+        if values.shape[1] == 2 and complex_dtype is not None and values.device.type == "cpu":
+            # Rows of two reals accumulated as one complex number: about 2x faster on CPU than
+            # index_add_ over [M, 2] rows (one scalar add loop instead of a strided inner loop).
+            out = torch.zeros(num_rows, dtype=complex_dtype, device=values.device)
+            out.index_add_(0, idx, torch.view_as_complex(values.contiguous()))
+            return torch.view_as_real(out)
+        return values.new_zeros(num_rows, values.shape[1]).index_add_(0, idx, values)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

@@ -47,7 +47,7 @@ from scipy.spatial import cKDTree
 
 from recon.geometry.mesh import sample_points_on_mesh
 
-__all__ = ["DEFAULT_THRESHOLD_FRACTION", "mesh_metrics", "point_metrics", "points_inside", "volumetric_iou"]
+__all__ = ["DEFAULT_THRESHOLD_FRACTION", "mesh_metrics", "point_metrics", "points_inside", "visible_surface_fscore", "volumetric_iou"]
 
 # Default F-score threshold as a fraction of the reference bounding-box diagonal (Tatarchenko 2019).
 DEFAULT_THRESHOLD_FRACTION = 0.01
@@ -173,6 +173,36 @@ def mesh_metrics(
         diag = float(np.linalg.norm(gt_pts.max(0) - gt_pts.min(0)))
         threshold = DEFAULT_THRESHOLD_FRACTION * diag
     return point_metrics(pred_pts, gt_pts, threshold, pred_n, gt_n, max_dist=max_dist)
+
+
+def visible_surface_fscore(
+    pred: trimesh.Trimesh,
+    gt: trimesh.Trimesh,
+    visible_points,
+    threshold: float,
+    num_points: int = 200_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """F-score of a reconstruction against a reference of which the cameras saw only a part.
+
+    A reference mesh of a synthetic scene also has surfaces no camera sees (the underside of a
+    ground slab, faces of objects resting on it), which no method can recover, so plain recall
+    against it is capped well below 1. Here recall is measured against ``visible_points`` [V, 3]
+    (points on the reference surface that the cameras saw, e.g. back-projected ground-truth
+    depth), and precision against the whole reference ``gt`` (a predicted point is right when
+    any true surface is near it). Same sampling and definitions as :func:`mesh_metrics`.
+
+    Returns precision, recall, fscore, threshold.
+    """
+    gt_pts, _ = _surface_points(gt, num_points, seed + 1)
+    pred_pts, _ = _surface_points(pred, num_points, seed)
+    visible = _np(visible_points, "visible_points")
+    if len(pred_pts) == 0 or len(visible) == 0 or len(gt_pts) == 0:
+        return {"precision": 0.0, "recall": 0.0, "fscore": 0.0, "threshold": float(threshold)}
+    precision = float((cKDTree(gt_pts).query(pred_pts)[0] <= threshold).mean())
+    recall = float((cKDTree(pred_pts).query(visible)[0] <= threshold).mean())
+    fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": precision, "recall": recall, "fscore": fscore, "threshold": float(threshold)}
 
 
 # --- inside test ------------------------------------------------------------------------------

@@ -126,3 +126,29 @@ def test_volumetric_iou(sphere):
     # Sphere in its bounding box: pi / 6 by volume.
     cube = trimesh.creation.box(extents=[1.0, 1.0, 1.0])
     assert volumetric_iou(sphere, cube) == pytest.approx(sphere.volume / cube.volume, abs=0.01)
+
+
+def test_visible_surface_fscore_scores_only_what_cameras_saw():
+    """Reference: a unit cube of which only the top face was seen. A prediction of just that face
+    is perfect; shifted by 3 thresholds it gets nothing; with an equally large floater far away
+    its precision halves while its recall stays."""
+    from recon.geometry.metrics import visible_surface_fscore
+
+    cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    top = trimesh.creation.box(extents=(1.0, 1.0, 1e-4))
+    top.apply_translation((0, 0, 0.5))
+    rng = np.random.default_rng(0)
+    seen = np.concatenate([rng.uniform(-0.45, 0.45, (2000, 2)), np.full((2000, 1), 0.5)], 1)
+    tau = 0.02
+    exact = visible_surface_fscore(top, cube, seen, tau, num_points=50_000)
+    assert exact["precision"] > 0.99 and exact["recall"] > 0.99 and exact["fscore"] > 0.99
+    # Plain recall against the whole cube would be about 1/6 for the same prediction.
+    assert mesh_metrics(top, cube, num_points=50_000, threshold=tau)["recall"] < 0.3
+    shifted = top.copy()
+    shifted.apply_translation((0, 0, 3 * tau))
+    assert visible_surface_fscore(shifted, cube, seen, tau, num_points=50_000)["fscore"] < 0.05
+    floater = top.copy()
+    floater.apply_translation((0, 0, 2.0))
+    both = trimesh.util.concatenate([top, floater])
+    r = visible_surface_fscore(both, cube, seen, tau, num_points=50_000)
+    assert abs(r["precision"] - 0.5) < 0.03 and r["recall"] > 0.99

@@ -61,10 +61,11 @@ def dtu(steps: int, scale: float, out: Path, device: str, method: str = "neus-sm
     data = shared_data() / "dtu_scan24"
     trainer, row = train_and_evaluate(method, data, out, steps, 1, device, **{"datamanager.image_scale": scale, **changes})
     mesh, normalised, mesh_s = export_mesh(trainer, 256)
-    mesh_path = out / f"dtu_scan24_{method}_mesh.ply"
+    name = f"dtu_scan24_{changes.get('timestamp', method)}"
+    mesh_path = out / f"{name}_mesh.ply"
     mesh.export(mesh_path)
     # The first training camera (normalised frame, like the normalised copy of the mesh).
-    picture = mesh_picture(normalised, trainer.datamanager.train_dataset.cameras[0], out / f"dtu_scan24_{method}_mesh.png")
+    picture = mesh_picture(normalised, trainer.datamanager.train_dataset.cameras[0], out / f"{name}_mesh.png")
     return {**row, "data": f"dtu_scan24 x{scale}", "mesh_s": mesh_s, "vertices": len(mesh.vertices), "mesh": str(mesh_path), "picture": str(picture)}
 
 

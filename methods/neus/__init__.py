@@ -67,6 +67,15 @@ def neus_small() -> MethodSpec:
     return MethodSpec("neus-small", "NeuS sized for a CPU (small MLPs, 32 + 32 samples, 3k steps)", config, test_overrides=dict(TEST_OVERRIDES))
 
 
+def volsdf() -> MethodSpec:
+    """VolSDF (Yariv et al. 2021) as a variant of ``neus``: Laplace-CDF density with a learned beta
+    (init 0.1) instead of the logistic opacity, no cosine annealing; sampling, networks, losses and
+    schedules are neus's (VolSDF's error-bounded sampler is not implemented; see README.md)."""
+    base = neus()
+    config = override(base.config, method_name="volsdf", **{"model.density": "volsdf", "model.anneal_end": 0})
+    return MethodSpec("volsdf", "VolSDF: SDF volume rendering with a Laplace-CDF density (Yariv et al. 2021)", config, test_overrides={k: v for k, v in TEST_OVERRIDES.items() if k != "model.anneal_end"})
+
+
 S3IM_WEIGHT = 1.0
 """No released NeuS value (the authors' sdfstudio port leaves it to the user); see methods/s3im/README.md."""
 
@@ -79,4 +88,4 @@ def neus_s3im() -> MethodSpec:
     return MethodSpec("neus-s3im", f"{base.description}, with the S3IM loss", config, test_overrides=dict(TEST_OVERRIDES))
 
 
-__all__ = ["NeuSModel", "NeuSModelConfig", "neus", "neus_s3im", "neus_small"]
+__all__ = ["NeuSModel", "NeuSModelConfig", "neus", "neus_s3im", "neus_small", "volsdf"]

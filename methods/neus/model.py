@@ -24,7 +24,7 @@ from recon.fields.sdf_field import ColorNetwork, SDFField, SDFFieldConfig
 from recon.losses import eikonal_loss
 from recon.model import Export, Output, RayModel, RayModelConfig, SceneInfo
 from recon.render.rays import accumulate, expected_depth, intersect_aabb, intervals_from_points, pdf_samples, stratified_samples
-from recon.render.sdf import LearnedVariance, cosine_anneal, neus_alpha, neus_alpha_from_gradients, weights_from_alpha
+from recon.render.sdf import LearnedBeta, LearnedVariance, cosine_anneal, neus_alpha, neus_alpha_from_gradients, weights_from_alpha
 
 
 def _neus_field_defaults() -> SDFFieldConfig:
@@ -49,7 +49,10 @@ class NeuSModel(RayModel):
             dir_frequencies=config.dir_frequencies,
             weight_norm=config.color_weight_norm,
         )
-        self.variance = LearnedVariance(config.init_variance)
+        if config.density not in ("neus", "volsdf"):
+            raise ValueError(f"density must be 'neus' or 'volsdf', got {config.density!r}")
+        # The learned sharpness of the opacity: NeuS's variance, or VolSDF's Laplace scale beta.
+        self.variance = LearnedVariance(config.init_variance) if config.density == "neus" else LearnedBeta(config.init_beta)
         self.register_buffer("aabb", scene.aabb.float().clone(), persistent=False)
         bg = {"white": torch.ones(3), "black": torch.zeros(3)}.get(config.background)
         if bg is None:  # "auto": the colour the dataset's transparent pixels were composited onto
@@ -133,7 +136,11 @@ class NeuSModel(RayModel):
         dirs = rays.directions[:, None].expand(r, s, 3).reshape(-1, 3)
         rgb = self.color(pts, grad, dirs, feature).reshape(r, s, 3)
         cos = (grad * dirs).sum(-1).reshape(r, s)
-        alpha = neus_alpha_from_gradients(sdf.reshape(r, s), cos, ends - starts, self.variance(), float(self.cos_anneal_ratio))
+        if self.config.density == "volsdf":
+            # VolSDF (Yariv et al. 2021): density = Laplace CDF of -sdf / beta, alpha = 1 - exp(-density * delta).
+            alpha = 1.0 - torch.exp(-self.variance.density(sdf.reshape(r, s)) * (ends - starts))
+        else:
+            alpha = neus_alpha_from_gradients(sdf.reshape(r, s), cos, ends - starts, self.variance(), float(self.cos_anneal_ratio))
         weights, _ = weights_from_alpha(alpha)
         acc = accumulate(weights)
         color = accumulate(weights, rgb) + (1.0 - acc) * self.background
@@ -153,7 +160,8 @@ class NeuSModel(RayModel):
         return out
 
     def metrics(self, batch: dict[str, Any], outputs: dict[str, Tensor]) -> dict[str, float]:
-        return {**super().metrics(batch, outputs), "inv_s": float(self.variance().detach()), "cos_anneal_ratio": float(self.cos_anneal_ratio)}
+        sharpness = {"inv_s": float(self.variance().detach())} if self.config.density == "neus" else {"beta": float(self.variance().detach())}
+        return {**super().metrics(batch, outputs), **sharpness, "cos_anneal_ratio": float(self.cos_anneal_ratio)}
 
     @torch.no_grad()
     def render(self, camera: Cameras) -> dict[str, Tensor]:
@@ -181,8 +189,13 @@ class NeuSModelConfig(RayModelConfig):
     """Weight-normalise the colour network."""
     dir_frequencies: int = 4
     """Frequency bands of the view-direction encoding (NeuS: 4)."""
+    density: Literal["neus", "volsdf"] = "neus"
+    """Opacity from the SDF: NeuS's logistic form (learned inv_s, cosine annealing) or VolSDF's
+    Laplace-CDF density with a learned beta (the ``volsdf`` preset)."""
     init_variance: float = 0.3
     """Initial variance parameter; inv_s = exp(10 * variance) (NeuS: 0.3, s ~ 20)."""
+    init_beta: float = 0.1
+    """Initial Laplace scale of the VolSDF density (VolSDF / MonoSDF: 0.1); used when density is volsdf."""
     num_samples: int = 64
     """Uniform (stratified) samples per ray in [near, far]."""
     num_importance: int = 64

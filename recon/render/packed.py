@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from recon.render.backend import nerfacc_for
+
 __all__ = [
     "accumulate_packed",
     "exclusive_sum_packed",
@@ -57,10 +59,15 @@ def pack(mask: Tensor) -> tuple[Tensor, Tensor]:
 def exclusive_sum_packed(values: Tensor, ray_indices: Tensor, num_rays: int) -> Tensor:
     """Per-ray exclusive prefix sum of values [N] -> [N] (0 at each ray's first sample).
 
-    Differentiable; computed in float64 and returned in the dtype of ``values``.
+    Differentiable; computed in float64 and returned in the dtype of ``values``. On CUDA, nerfacc's
+    segmented scan runs instead when nerfacc imports (recon.render.backend), in the input dtype.
     """
     if values.numel() == 0:
         return values.clone()
+    nerfacc = nerfacc_for(values)
+    if nerfacc is not None:
+        info = packed_info_from_ray_indices(ray_indices, num_rays)
+        return nerfacc.exclusive_sum(values, packed_info=info)
     v = values.to(_acc_dtype(values))
     excl = torch.cumsum(v, 0) - v  # global exclusive sum
     starts = packed_info_from_ray_indices(ray_indices, num_rays)[:, 0]
@@ -77,6 +84,7 @@ def render_weights_packed(
 
     densities, t_starts, t_ends, ray_indices: [N]. Returns ``weights`` [N] and ``transmittance`` [N]
     (light reaching the start of each interval): ``T_i = exp(-sum_{j<i, same ray} sigma_j delta_j)``.
+    The scan dispatches like :func:`exclusive_sum_packed`.
     """
     sigma_delta = densities * (t_ends - t_starts)
     alphas = 1.0 - torch.exp(-sigma_delta)

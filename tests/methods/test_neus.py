@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import pytest
 import torch
 
 from methods.neus import NeuSModelConfig, neus, neus_small
@@ -54,15 +56,16 @@ def test_config_round_trips_through_yaml(tmp_path):
     assert loaded.model == cfg.model and loaded.optimizers == cfg.optimizers
 
 
-def _small_model() -> torch.nn.Module:
-    cfg = neus_small().config.model
+def _small_model(**changes) -> torch.nn.Module:
+    cfg = dataclasses.replace(neus_small().config.model, **changes)
     scene = SceneInfo(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]), num_train_cameras=1)
     torch.manual_seed(0)
     return cfg.setup(scene=scene).eval()
 
 
-def test_sdf_pipeline_at_initialisation():
-    model = _small_model()
+@pytest.mark.parametrize("density", ["neus", "volsdf"])
+def test_sdf_pipeline_at_initialisation(density):
+    model = _small_model(density=density)
     bias = model.config.field.bias
     torch.manual_seed(1)
     dirs = torch.nn.functional.normalize(torch.randn(512, 3), dim=-1)
@@ -144,3 +147,15 @@ def test_mesh_quality_on_synthetic_scene(tmp_path, quiet_config):
     trained = score()
     assert trained["fscore"] > MESH_FSCORE, (trained, untrained)
     assert untrained["fscore"] < MESH_FSCORE / 2, untrained
+
+
+def test_volsdf_preset_is_neus_with_laplace_density():
+    from methods.neus import volsdf
+    from recon.render.sdf import LearnedBeta
+
+    cfg = volsdf().config
+    assert cfg.model.density == "volsdf" and cfg.model.anneal_end == 0
+    assert dataclasses.replace(cfg.model, density="neus", anneal_end=neus().config.model.anneal_end) == neus().config.model
+    model = _small_model(density="volsdf")
+    assert isinstance(model.variance, LearnedBeta) and abs(float(model.variance()) - 0.1) < 1e-3
+    assert model.param_groups()["variance"] == [model.variance.beta_param]

@@ -182,3 +182,47 @@ class RayDataManager(DataManager):
 
 
 RayDataManagerConfig._target = RayDataManager  # the config is declared first so the class can name it in hints
+
+
+@dataclass
+class ImageDataManagerConfig(DataManagerConfig):
+    """Whole training images, one camera per step, in epochs of random order (3DGS's sampling)."""
+
+
+class ImageDataManager(DataManager):
+    """Batches of one whole image: ``{"camera": Cameras [1], "image": [H, W, 3] composited RGB,
+    "alpha": [H, W, 1] (RGBA datasets), "mask": [H, W] (if any), "index": int}``.
+
+    Every training image is used once per epoch, in an order drawn from the datamanager's generator
+    (so a resumed run draws the same images as an uninterrupted one).
+    """
+
+    config: ImageDataManagerConfig
+
+    def __init__(self, config: ImageDataManagerConfig, outputs: DataparserOutputs, device: torch.device, seed: int = 0):
+        super().__init__(config, outputs, device, seed)
+        self.cameras = self.train_dataset.cameras.to(device)
+        self._order: list[int] = []
+
+    def next_train(self, step: int) -> dict[str, Any]:
+        if not self._order:
+            self._order = torch.randperm(len(self.train_dataset), generator=self.generator).tolist()
+        i = self._order.pop()
+        ds = self.train_dataset
+        pixels = ds.images[i]
+        batch: dict[str, Any] = {"camera": self.cameras[i : i + 1], "image": ds.composite(pixels).to(self.device), "index": i}
+        if pixels.shape[-1] == 4:
+            batch["alpha"] = (pixels[..., 3:].float() / 255.0).to(self.device)
+        if ds.masks is not None:
+            batch["mask"] = ds.masks[i].to(self.device)
+        return batch
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {**super().state_dict(), "order": torch.tensor(self._order, dtype=torch.long)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        super().load_state_dict(state)
+        self._order = state["order"].tolist()
+
+
+ImageDataManagerConfig._target = ImageDataManager

@@ -92,6 +92,11 @@ class Model(nn.Module):
         """Named parameter groups; the trainer config has one optimizer entry per name."""
         raise NotImplementedError
 
+    def lr_multipliers(self) -> dict[str, float]:
+        """Factors on the configured learning-rate schedule of named groups (default: none), for rates
+        that depend on the scene (3DGS scales its position rate by the camera extent)."""
+        return {}
+
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Outputs for one training batch."""
         raise NotImplementedError

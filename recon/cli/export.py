@@ -1,4 +1,4 @@
-"""``ns-export {pointcloud,tsdf,marching-cubes} --load-config outputs/.../config.yml --output-dir exports/``.
+"""``ns-export {pointcloud,tsdf,marching-cubes,gaussian-splat} --load-config outputs/.../config.yml --output-dir exports/``.
 
 Geometry is written in the input poses' coordinates (the dataset normalisation is undone), as
 PLY, OBJ or GLB through trimesh; every file is written atomically.
@@ -36,11 +36,16 @@ class ExportConfig:
     """Scale of the rendered training views relative to the training resolution."""
 
 
-def _open(cfg: ExportConfig, capability: Export) -> tuple[LoadedRun, object]:
-    run = load_run(cfg.load_config, cfg.device, cfg.step)
+def _require(run: LoadedRun, capability: Export, problem: str | None = None) -> None:
+    """A one-line error when the run's model cannot export ``capability``."""
     if capability not in run.model.exports:
         supported = ", ".join(sorted(e.value for e in run.model.exports)) or "none"
-        raise ConfigError(f"method {run.config.method_name!r} cannot export {capability.value} (it supports: {supported})")
+        raise ConfigError(f"method {run.config.method_name!r} {problem or 'cannot export ' + capability.value} (it supports: {supported})")
+
+
+def _open(cfg: ExportConfig, capability: Export) -> tuple[LoadedRun, object]:
+    run = load_run(cfg.load_config, cfg.device, cfg.step)
+    _require(run, capability)
     train = run.outputs.split("train")
     scale = getattr(run.config.datamanager, "image_scale", 1.0) * cfg.image_scale
     cameras = train.cameras.scaled(scale) if scale != 1.0 else train.cameras
@@ -130,9 +135,7 @@ class MarchingCubesExport(ExportConfig):
         from recon.geometry.marching_cubes import extract_mesh, simplify
 
         run = load_run(self.load_config, self.device, self.step)
-        if Export.MARCHING_CUBES not in run.model.exports:
-            supported = ", ".join(sorted(e.value for e in run.model.exports)) or "none"
-            raise ConfigError(f"method {run.config.method_name!r} has no implicit surface to mesh (it supports: {supported})")
+        _require(run, Export.MARCHING_CUBES, "has no implicit surface to mesh")
         aabb = run.outputs.scene_box.aabb.clone()
         if self.bounding_box_min is not None:
             aabb[0] = torch.tensor(self.bounding_box_min)
@@ -152,10 +155,37 @@ class MarchingCubesExport(ExportConfig):
         return out
 
 
+@dataclass
+class GaussianSplatExport(ExportConfig):
+    """The Gaussians of a splatting model as a standard 3DGS PLY (x y z, normals, f_dc, f_rest,
+    opacity, scale, rot) that other splat viewers read; NaN/Inf and invisible Gaussians are dropped."""
+
+    frame: Literal["input", "normalised"] = "input"
+    """input: the input poses' coordinates (normalisation undone, colours rotated with the frame);
+    normalised: recon's internal frame (what the viewer and ns-render use)."""
+    filename: str = "splat.ply"
+    """Output file name (.ply)."""
+
+    def run(self) -> Path:
+        from recon.export.splat_ply import write_splat_ply
+        from recon.render.gaussians.transform import inverse_similarity, transform_splats
+
+        run = load_run(self.load_config, self.device, self.step)
+        _require(run, Export.GAUSSIAN_SPLAT, "has no Gaussians to export")
+        params = {k: v.detach().cpu() for k, v in run.model.splat_parameters().items()}
+        if self.frame == "input":
+            T = run.outputs.dataparser_transform.double()
+            params = transform_splats(params, *inverse_similarity(T[:, :3], T[:, 3], float(run.outputs.dataparser_scale)))
+        out, kept = write_splat_ply(self.output_dir / self.filename, params)
+        console.print(f"wrote {kept} of {len(params['means'])} Gaussians to {out}")
+        return out
+
+
 Commands = Union[
     Annotated[PointcloudExport, tyro.conf.subcommand("pointcloud")],
     Annotated[TSDFExport, tyro.conf.subcommand("tsdf")],
     Annotated[MarchingCubesExport, tyro.conf.subcommand("marching-cubes")],
+    Annotated[GaussianSplatExport, tyro.conf.subcommand("gaussian-splat")],
 ]
 
 

@@ -75,7 +75,9 @@ def exponential(lr: float, lr_final: float, max_steps: int, eps: float = 1e-15, 
 class Optimizers:
     """One optimizer per named parameter group, stepped together."""
 
-    def __init__(self, configs: dict[str, OptimizerConfig], groups: dict[str, list[nn.Parameter]]):
+    def __init__(self, configs: dict[str, OptimizerConfig], groups: dict[str, list[nn.Parameter]], lr_multipliers: dict[str, float] | None = None):
+        """``lr_multipliers`` scale a group's whole schedule (e.g. 3DGS's position rate times the scene extent)."""
+        self.lr_multipliers = dict(lr_multipliers or {})
         missing = sorted(set(groups) - set(configs))
         if missing:
             raise ConfigError(f"no optimizer configured for parameter group(s): {', '.join(missing)}")
@@ -89,7 +91,7 @@ class Optimizers:
     def step(self, step: int) -> None:
         for name, opt in self.optimizers.items():
             cfg = self.configs[name]
-            lr = cfg.scheduler.lr_at(cfg.lr, step)
+            lr = cfg.scheduler.lr_at(cfg.lr, step) * self.lr_multipliers.get(name, 1.0)
             for group in opt.param_groups:
                 group["lr"] = lr
                 if cfg.max_grad_norm is not None:

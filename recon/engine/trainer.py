@@ -120,8 +120,18 @@ def scene_info(outputs: Any) -> SceneInfo:
         far=getattr(outputs, "far", None),
         points3d=getattr(outputs, "points3d", None),
         points3d_rgb=getattr(outputs, "points3d_rgb", None),
-        metadata=dict(getattr(outputs, "metadata", {})),
+        metadata={**dict(getattr(outputs, "metadata", {})), **_camera_extent(outputs)},
     )
+
+
+def _camera_extent(outputs: Any) -> dict[str, float]:
+    """``camera_extent``: 1.1 x the largest distance of a training camera from the cameras' centroid
+    (3DGS's ``cameras_extent``, which scales its position learning rate and densification)."""
+    cameras, train = getattr(outputs, "cameras", None), outputs.splits.get("train") if hasattr(outputs, "splits") else None
+    if cameras is None or train is None or len(train) == 0:
+        return {}
+    centres = cameras.camera_to_worlds[torch.as_tensor(train, dtype=torch.long), :3, 3]
+    return {"camera_extent": 1.1 * float((centres - centres.mean(0)).norm(dim=-1).max())}
 
 
 def load_dataset(config: TrainerConfig) -> Any:
@@ -145,7 +155,7 @@ class Trainer:
         self.datamanager = config.datamanager.setup(outputs=self.outputs, device=self.device, seed=config.seed)
         self.model: Model = config.model.setup(scene=scene_info(self.outputs)).to(self.device)
         self.model.check_datamanager(self.datamanager)
-        self.optimizers = Optimizers(config.optimizers, self.model.param_groups())
+        self.optimizers = Optimizers(config.optimizers, self.model.param_groups(), self.model.lr_multipliers())
         self.start_step = 0
         self.step = 0
         self.history: list[tuple[int, float]] = []
@@ -178,7 +188,7 @@ class Trainer:
         train_state = load_train_state(state_path)
         load_into_model(self.model, {k: v.to(self.device) for k, v in state.items()}, model_path)
         # The optimizer is rebuilt after loading: models may change size when they load.
-        self.optimizers = Optimizers(self.config.optimizers, self.model.param_groups())
+        self.optimizers = Optimizers(self.config.optimizers, self.model.param_groups(), self.model.lr_multipliers())
         try:
             self.optimizers.load_state_dict(train_state["optimizers"])
             self.datamanager.load_state_dict(train_state["datamanager"])

@@ -52,3 +52,8 @@ def test_method_conformance(name, tiny_scene, tiny_csl, tmp_path, quiet_config):
     if Export.TSDF in model.exports or Export.POINTCLOUD in model.exports:
         out = model.render(resumed.datamanager.eval_dataset.cameras[0])
         assert {"rgb", "depth", "accumulation"} <= set(out) and out["rgb"].shape[-1] == 3
+    if Export.GAUSSIAN_SPLAT in model.exports:
+        params = model.splat_parameters()
+        n = len(params["means"])
+        assert n > 0 and params["quats"].shape == (n, 4) and params["sh0"].shape == (n, 1, 3)
+        assert all(torch.isfinite(v).all() for v in params.values())

@@ -23,7 +23,14 @@ from recon.render.gaussians import (
     spherical_harmonics,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "torch_backend")
+
+
+@pytest.fixture
+def torch_backend(monkeypatch):
+    """These tests check the PyTorch reference: force it (``auto`` would pick Warp on CPU);
+    tests/recon/test_gaussian_warp.py checks the Warp backend against it."""
+    monkeypatch.setenv("RECON_BACKEND", "torch")
 
 F64 = torch.float64
 THR = 1.0 / 255.0
@@ -579,18 +586,20 @@ def test_covars_input_equals_quats_scales():
 
 
 def test_backend_selection(monkeypatch):
+    from recon.render.gaussians import warp_available
+
     means, quats, scales, opac, colors, _ = _scene(5)
     viewmats, Ks, W, H = _cameras()
     args = (means, quats, scales, opac, colors, viewmats, Ks, W, H)
     monkeypatch.delenv("RECON_BACKEND", raising=False)
-    assert rasterization(*args)[2]["backend"] == "torch"
+    auto = "warp" if warp_available() else "torch"  # auto: Warp on CPU when it imports
+    assert rasterization(*args)[2]["backend"] == auto
     assert rasterization(*args, backend="torch")[2]["backend"] == "torch"
-    for name in ("warp", "gsplat"):
-        with pytest.raises(NotImplementedError, match=name):
-            rasterization(*args, backend=name)
-        monkeypatch.setenv("RECON_BACKEND", name)
-        with pytest.raises(NotImplementedError, match="RECON_BACKEND"):
-            rasterization(*args)
+    with pytest.raises(NotImplementedError, match="gsplat"):
+        rasterization(*args, backend="gsplat")
+    monkeypatch.setenv("RECON_BACKEND", "gsplat")
+    with pytest.raises(NotImplementedError, match="RECON_BACKEND"):
+        rasterization(*args)
     monkeypatch.setenv("RECON_BACKEND", "torch")
     assert rasterization(*args)[2]["backend"] == "torch"
     with pytest.raises(ValueError):

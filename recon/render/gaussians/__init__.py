@@ -1,4 +1,5 @@
-"""3D Gaussian splatting rasterizer: the pure-PyTorch reference (CPU and any torch device).
+"""3D Gaussian splatting rasterizer: a pure-PyTorch reference (CPU and any torch device) and NVIDIA
+Warp compositing kernels (CPU and CUDA).
 
 Method: 3D Gaussian Splatting (Kerbl et al. 2023, "3D Gaussian Splatting for Real-Time Radiance Field
 Rendering") with EWA projection (Zwicker et al. 2001, "EWA Volume Splatting"), reproducing the
@@ -25,8 +26,17 @@ Pipeline and thresholds (``_constants.py``)
 3. ``rasterize_to_pixels``: front to back per pixel, skip sigma < 0 or alpha < 1/255,
    alpha = min(0.999, o exp(-sigma)), stop before a Gaussian that would take T to <= 1e-4,
    render_alpha = 1 - T_final, colour += T_final * background.
+   Two implementations: ``composite.py`` (PyTorch, chunked, the test oracle) and
+   ``warp_backend.py`` (Warp, one thread per pixel, hand-written backward kernel).
 4. ``rasterization``: the whole render; SH colours max(SH(mean - camera centre) + 0.5, 0);
    render modes RGB, D (sum w z), ED (D / max(alpha, 1e-10)), RGB+D, RGB+ED.
+
+Backends (``backend=`` argument of ``rasterization`` / ``rasterize_to_pixels``, else the
+``RECON_BACKEND`` environment variable): "torch" always runs the reference; "warp" runs the Warp
+compositing kernels (projection and binning stay in torch); "auto" (default) uses Warp for CPU
+tensors when warp-lang imports (forward + backward 4x faster than the reference at 5k Gaussians /
+128x128 and 11x at 20k / 256x256 on a busy 2-core CPU), the reference otherwise (CUDA included,
+until the gsplat path exists); "gsplat" is not implemented yet.
 
 Differentiable (first order) w.r.t. means, quats, scales / covars, opacities, colors / SH and
 backgrounds; every op keeps the input dtype (float64 for gradcheck). The compositing backward is a
@@ -51,14 +61,19 @@ from ._constants import (
     TRANSMITTANCE_THRESHOLD,
 )
 from .binning import isect_offset_encode, isect_tiles
-from .composite import rasterize_to_pixels
 from .projection import (
     Projection,
     project_gaussians,
     quat_scale_to_covar,
     quat_to_rotmat,
 )
-from .rendering import RENDER_MODES, rasterization, spherical_harmonics
+from .rendering import (
+    RENDER_MODES,
+    rasterization,
+    rasterize_to_pixels,
+    spherical_harmonics,
+)
+from .warp_backend import rasterize_to_pixels_warp, warp_available
 
 __all__ = [
     "ALPHA_THRESHOLD",
@@ -74,5 +89,7 @@ __all__ = [
     "quat_to_rotmat",
     "rasterization",
     "rasterize_to_pixels",
+    "rasterize_to_pixels_warp",
     "spherical_harmonics",
+    "warp_available",
 ]

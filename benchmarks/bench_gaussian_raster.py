@@ -1,0 +1,196 @@
+"""Benchmark: forward and forward+backward time of the 3DGS rasterizer per backend.
+
+Prints a table (config, backend, Gaussians, image size, forward ms, forward+backward ms, peak memory,
+device) and appends it, with the machine description, to benchmarks/RESULTS.md (not with ``--quick``
+or ``--no-record``).
+
+    python benchmarks/bench_gaussian_raster.py [--repeats 5] [--configs random20k,garden] [--backends torch,warp]
+    python benchmarks/bench_gaussian_raster.py --quick --no-record   # seconds: smoke test
+
+Configs: ``random20k`` is 20,000 random Gaussians in front of a 256x256 camera; ``garden`` is the
+garden SfM points (``garden_points.npz`` in the shared data) as small isotropic Gaussians coloured
+by their points, seen from its first camera scaled to 320 px wide. The whole ``rasterization`` call
+is timed (projection and binning in torch, compositing by the backend); the loss is a weighted sum
+of the image and alpha so that every gradient is non-trivial. Time: median of ``--repeats`` runs after
+one warm-up run (which also compiles the Warp kernels). Backends: torch, warp (when warp-lang
+imports) and gsplat (only on CUDA when gsplat imports). Each backend runs in its own process, so the
+CPU peak memory (peak resident set size) belongs to that backend alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import (
+    REPO,
+    append_results,
+    machine_description,
+    peak_memory_mb,
+    reset_peak_memory,
+    shared_data,
+)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _random_scene(n: int, size: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    f = 1.2 * size
+    xy = (torch.rand(n, 2, generator=g) - 0.5) * 0.9
+    z = 2 + 4 * torch.rand(n, 1, generator=g)
+    means = torch.cat([xy * z * size / f, z], 1)
+    K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1.0]])
+    return {
+        "means": means,
+        "quats": torch.randn(n, 4, generator=g),
+        "scales": 0.005 + 0.03 * torch.rand(n, 3, generator=g),
+        "opacities": 0.1 + 0.85 * torch.rand(n, generator=g),
+        "colors": torch.rand(n, 3, generator=g),
+        "viewmats": torch.eye(4)[None],
+        "Ks": K[None],
+        "width": size,
+        "height": size,
+    }
+
+
+def _garden_scene(width: int, device: torch.device, stride: int = 1) -> dict:
+    data = np.load(shared_data() / "garden_points.npz")
+    pts = torch.from_numpy(data["means3d"][::stride].astype(np.float32))
+    rgb = torch.from_numpy(data["colors"][::stride].astype(np.float32) / 255.0)
+    K = torch.from_numpy(data["Ks"][:1].astype(np.float32)).clone()
+    full_w, full_h = int(data["width"]), int(data["height"])
+    K[:, :2] *= width / full_w
+    n = pts.shape[0]
+    return {
+        "means": pts,
+        "quats": torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
+        "scales": torch.full((n, 3), 0.02),
+        "opacities": torch.full((n,), 0.9),
+        "colors": rgb,
+        "viewmats": torch.from_numpy(data["viewmats"][:1].astype(np.float32)),
+        "Ks": K,
+        "width": width,
+        "height": round(full_h * width / full_w),
+    }
+
+
+def scene(config: str, quick: bool, device: torch.device) -> dict:
+    if config == "random20k":
+        s = _random_scene(2000 if quick else 20000, 64 if quick else 256, device)
+    elif config == "garden":
+        s = _garden_scene(80 if quick else 320, device, stride=16 if quick else 1)
+    else:
+        raise SystemExit(f"unknown config {config!r} (random20k, garden)")
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in s.items()}
+
+
+def run(config: str, backend: str, repeats: int, quick: bool, device: torch.device) -> dict:
+    if backend == "gsplat":  # gsplat's own rasterization (same call), for comparison
+        import gsplat
+
+        def rasterization(*a, backend=None, **k):
+            img, alpha, meta = gsplat.rasterization(*a, **k)
+            return img, alpha, {**meta, "backend": "gsplat"}
+    else:
+        from recon.render.gaussians import rasterization
+
+    s = scene(config, quick, device)
+    params = {k: s[k].clone().requires_grad_() for k in ("means", "scales", "opacities", "colors")}
+    fixed = {k: s[k] for k in ("quats", "viewmats", "Ks")}
+    H, W = s["height"], s["width"]
+    w_img = torch.linspace(0, 1, H * W * 3, device=device).reshape(1, H, W, 3)
+    fwd, both = [], []
+    reset_peak_memory(device)
+    for i in range(repeats + 1):  # the first run is a warm-up (kernel compilation, allocator)
+        for p in params.values():
+            p.grad = None
+        _sync(device)
+        t0 = time.perf_counter()
+        img, alpha, meta = rasterization(
+            params["means"], fixed["quats"], params["scales"], params["opacities"], params["colors"],
+            fixed["viewmats"], fixed["Ks"], W, H, backend=backend,
+        )
+        _sync(device)
+        t1 = time.perf_counter()
+        ((img * w_img).sum() + alpha.square().sum()).backward()
+        _sync(device)
+        t2 = time.perf_counter()
+        if i:
+            fwd.append(t1 - t0)
+            both.append(t2 - t0)
+    return {
+        "config": config,
+        "backend": meta["backend"],
+        "gaussians": s["means"].shape[0],
+        "image": f"{W}x{H}",
+        "intersections": int(meta["flatten_ids"].numel()),
+        "fwd_ms": statistics.median(fwd) * 1e3,
+        "fwd_bwd_ms": statistics.median(both) * 1e3,
+        "peak_mem_mb": peak_memory_mb(device),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def available_backends(device: torch.device) -> list[str]:
+    names = ["torch"]
+    from recon.render.gaussians import warp_available
+
+    if warp_available():
+        names.append("warp")
+    if device.type == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("gsplat") is not None:  # only on CUDA: elsewhere its JIT build fails
+            names.append("gsplat")
+    return names
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--configs", default="random20k,garden")
+    ap.add_argument("--backends", default="available", help="comma-separated, or 'available'")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    ap.add_argument("--quick", action="store_true", help="small scenes, 1 repeat, not recorded")
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: "config,backend" in this process, JSON out
+    args = ap.parse_args()
+    if args.quick:
+        args.repeats = 1
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.one:
+        config, backend = args.one.split(",")
+        print(json.dumps(run(config, backend, args.repeats, args.quick, device)))
+        return
+    backends = available_backends(device) if args.backends == "available" else args.backends.split(",")
+    rows = []
+    for config in args.configs.split(","):
+        for backend in backends:
+            cmd = [sys.executable, "-m", "benchmarks.bench_gaussian_raster", "--one", f"{config},{backend}",
+                   "--repeats", str(args.repeats), "--device", str(device)] + (["--quick"] if args.quick else [])
+            out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+            if out.returncode:
+                print(f"{config} / {backend} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    columns = ["config", "backend", "gaussians", "image", "intersections", "fwd_ms", "fwd_bwd_ms", "peak_mem_mb", "device", "threads"]
+    record = not (args.quick or args.no_record)
+    table = append_results("3DGS rasterization per backend (benchmarks/bench_gaussian_raster.py)", columns, rows, record=record)
+    print(machine_description())
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

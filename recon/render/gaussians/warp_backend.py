@@ -29,6 +29,8 @@ is imported lazily, only when this backend runs. On the CPU Warp runs a launch o
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from typing import Any
 
 import torch
@@ -46,7 +48,20 @@ def _warp() -> Any:
     wp.config.quiet = True  # warp < 1.10
     if hasattr(wp, "LOG_ERROR"):
         wp.config.log_level = wp.LOG_ERROR  # warp >= 1.10: no start-up banner / compile messages
-    wp.init()
+    if torch.cuda.is_available():
+        wp.init()
+        return wp
+    # Without a GPU, Warp's native library reports the missing CUDA driver on the C-level stderr
+    # while it initialises; that line only confuses CPU users, so it is silenced (errors still raise).
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            wp.init()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
     return wp
 
 

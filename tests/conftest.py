@@ -30,3 +30,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def garden_view(shared_data):
+    """``garden_view(width, stride)``: every ``stride``-th point of ``garden_points.npz`` (points
+    [N, 3] float32, colours [N, 3] in [0, 1]) and its first camera scaled to ``width`` pixels
+    (view matrix [1, 4, 4], intrinsics [1, 3, 3], width, height)."""
+    import numpy as np
+    import torch
+
+    data = np.load(shared_data / "garden_points.npz")
+
+    def view(width: int, stride: int):
+        pts = torch.from_numpy(data["means3d"][::stride].astype(np.float32))
+        rgb = torch.from_numpy(data["colors"][::stride].astype(np.float32) / 255.0)
+        viewmat = torch.from_numpy(data["viewmats"][:1].astype(np.float32))
+        K = torch.from_numpy(data["Ks"][:1].astype(np.float32)).clone()
+        full_w, full_h = int(data["width"]), int(data["height"])
+        K[:, :2] *= width / full_w
+        return pts, rgb, viewmat, K, width, round(full_h * width / full_w)
+
+    return view

@@ -419,17 +419,8 @@ def test_rasterize_to_pixels_full_gradcheck():
 # --------------------------------------------------------------------------------------------
 
 
-def test_garden_points_render(shared_data):
-    data = np.load(shared_data / "garden_points.npz")
-    stride = 16
-    pts = torch.from_numpy(data["means3d"][::stride].astype(np.float32))
-    rgb = torch.from_numpy(data["colors"][::stride].astype(np.float32) / 255.0)
-    view = torch.from_numpy(data["viewmats"][:1].astype(np.float32))
-    K = torch.from_numpy(data["Ks"][:1].astype(np.float32)).clone()
-    full_w, full_h = int(data["width"]), int(data["height"])
-    W = 80
-    H = round(full_h * W / full_w)
-    K[:, :2] *= W / full_w
+def test_garden_points_render(garden_view):
+    pts, rgb, view, K, W, H = garden_view(80, 16)
     N = pts.shape[0]
     means = pts.clone().requires_grad_()
     quats = torch.tensor([1.0, 0, 0, 0]).repeat(N, 1)

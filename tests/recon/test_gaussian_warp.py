@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -205,17 +204,8 @@ def test_warp_composite_gradcheck_float64():
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
-def test_garden_points_warp_matches_torch(shared_data):
-    data = np.load(shared_data / "garden_points.npz")
-    stride = 32
-    pts = torch.from_numpy(data["means3d"][::stride].astype(np.float32))
-    rgb = torch.from_numpy(data["colors"][::stride].astype(np.float32) / 255.0)
-    view = torch.from_numpy(data["viewmats"][:1].astype(np.float32))
-    K = torch.from_numpy(data["Ks"][:1].astype(np.float32)).clone()
-    full_w, full_h = int(data["width"]), int(data["height"])
-    W = 64
-    H = round(full_h * W / full_w)
-    K[:, :2] *= W / full_w
+def test_garden_points_warp_matches_torch(garden_view):
+    pts, rgb, view, K, W, H = garden_view(64, 32)
     N = pts.shape[0]
     quats = torch.tensor([1.0, 0, 0, 0]).repeat(N, 1)
     results = []

@@ -10,17 +10,22 @@ or ``--no-record``).
 Configs: ``random20k`` is 20,000 random Gaussians in front of a 256x256 camera; ``garden`` is the
 garden SfM points (``garden_points.npz`` in the shared data) as small isotropic Gaussians coloured
 by their points, seen from its first camera scaled to 320 px wide. The whole ``rasterization`` call
-is timed (projection and binning in torch, compositing by the backend); the loss is a weighted sum
+is timed (projection and compositing by the backend, binning in torch); the loss is a weighted sum
 of the image and alpha so that every gradient is non-trivial. Time: median of ``--repeats`` runs after
 one warm-up run (which also compiles the Warp kernels). Backends: torch, warp (when warp-lang
-imports) and gsplat (only on CUDA when gsplat imports). Each backend runs in its own process, so the
-CPU peak memory (peak resident set size) belongs to that backend alone.
+imports) and gsplat (only on CUDA when gsplat imports). Each backend runs in its own processes, so
+the memory belongs to that backend alone: ``peak_mem_mb`` is the peak resident set size of the
+process (CUDA: peak allocated), ``work_mem_mb`` the peak during one render + backward above the
+memory in use before it (the scene, the parameters, the loaded kernels). On the CPU the memory is
+measured in a second process whose glibc malloc returns freed buffers to the system (see
+``_measuring_env``), else the resident set keeps freed buffers and hides the peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -32,6 +37,7 @@ import torch
 from benchmarks.common import (
     REPO,
     append_results,
+    current_memory_mb,
     machine_description,
     peak_memory_mb,
     reset_peak_memory,
@@ -111,10 +117,13 @@ def run(config: str, backend: str, repeats: int, quick: bool, device: torch.devi
     H, W = s["height"], s["width"]
     w_img = torch.linspace(0, 1, H * W * 3, device=device).reshape(1, H, W, 3)
     fwd, both = [], []
-    reset_peak_memory(device)
     for i in range(repeats + 1):  # the first run is a warm-up (kernel compilation, allocator)
         for p in params.values():
             p.grad = None
+        if i == 1:  # the working memory is measured from here: what one render + backward needs
+            _sync(device)
+            reset_peak_memory(device)
+            base_mb = current_memory_mb(device)
         _sync(device)
         t0 = time.perf_counter()
         img, alpha, meta = rasterization(
@@ -138,9 +147,17 @@ def run(config: str, backend: str, repeats: int, quick: bool, device: torch.devi
         "fwd_ms": statistics.median(fwd) * 1e3,
         "fwd_bwd_ms": statistics.median(both) * 1e3,
         "peak_mem_mb": peak_memory_mb(device),
+        "work_mem_mb": peak_memory_mb(device) - base_mb,
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
+
+
+def _measuring_env() -> dict:
+    """The environment of a measuring process: glibc's malloc with a fixed mmap threshold, so that
+    large freed buffers go back to the system and the resident set size follows the live memory
+    (with the default dynamic threshold, freed buffers stay resident and hide later peaks)."""
+    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def available_backends(device: torch.device) -> list[str]:
@@ -178,14 +195,25 @@ def main() -> None:
     rows = []
     for config in args.configs.split(","):
         for backend in backends:
-            cmd = [sys.executable, "-m", "benchmarks.bench_gaussian_raster", "--one", f"{config},{backend}",
-                   "--repeats", str(args.repeats), "--device", str(device)] + (["--quick"] if args.quick else [])
-            out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-            if out.returncode:
-                print(f"{config} / {backend} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-                continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    columns = ["config", "backend", "gaussians", "image", "intersections", "fwd_ms", "fwd_bwd_ms", "peak_mem_mb", "device", "threads"]
+            row = {}
+            # Two processes: the times with the default allocator, the memory in the measuring
+            # environment (its fixed mmap threshold slows allocation-heavy code down many times).
+            for repeats, env in ((args.repeats, None), (1, _measuring_env())):
+                cmd = [sys.executable, "-m", "benchmarks.bench_gaussian_raster", "--one", f"{config},{backend}",
+                       "--repeats", str(repeats), "--device", str(device)] + (["--quick"] if args.quick else [])
+                out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False, env=env)
+                if out.returncode:
+                    print(f"{config} / {backend} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+                    break
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                if env is None:
+                    row = result
+                else:
+                    row.update(peak_mem_mb=result["peak_mem_mb"], work_mem_mb=result["work_mem_mb"])
+            else:
+                rows.append(row)
+    columns = ["config", "backend", "gaussians", "image", "intersections", "fwd_ms", "fwd_bwd_ms", "peak_mem_mb",
+               "work_mem_mb", "device", "threads"]
     record = not (args.quick or args.no_record)
     table = append_results("3DGS rasterization per backend (benchmarks/bench_gaussian_raster.py)", columns, rows, record=record)
     print(machine_description())

@@ -38,16 +38,46 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB, {gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def _proc_status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB, or None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or on Linux the process's peak resident set
+    size (writing 5 to /proc/self/clear_refs resets VmHWM to the current VmRSS)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def current_memory_mb(device: torch.device) -> float:
+    """Memory in use now: allocated GPU memory on CUDA, else the resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    rss = _proc_status_mb("VmRSS")
+    return rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated on CUDA; on CPU the process's peak resident set size."""
+    """Peak GPU memory allocated on CUDA; on CPU the process's peak resident set size (since the last
+    :func:`reset_peak_memory` where Linux allows the reset, else since start)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hwm = _proc_status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _fmt(value: Any) -> str:

@@ -1,5 +1,5 @@
 """3D Gaussian splatting rasterizer: a pure-PyTorch reference (CPU and any torch device) and NVIDIA
-Warp compositing kernels (CPU and CUDA).
+Warp kernels (CPU and CUDA) for the projection, binning keys and compositing.
 
 Method: 3D Gaussian Splatting (Kerbl et al. 2023, "3D Gaussian Splatting for Real-Time Radiance Field
 Rendering") with EWA projection (Zwicker et al. 2001, "EWA Volume Splatting"), reproducing the
@@ -27,16 +27,20 @@ Pipeline and thresholds (``_constants.py``)
    alpha = min(0.999, o exp(-sigma)), stop before a Gaussian that would take T to <= 1e-4,
    render_alpha = 1 - T_final, colour += T_final * background.
    Two implementations: ``composite.py`` (PyTorch, chunked, the test oracle) and
-   ``warp_backend.py`` (Warp, one thread per pixel, hand-written backward kernel).
+   ``warp_backend.py`` (Warp, one thread per pixel, hand-written backward kernel, an exp-free
+   early-out for pairs certainly below 1/255).
 4. ``rasterization``: the whole render; SH colours max(SH(mean - camera centre) + 0.5, 0);
    render modes RGB, D (sum w z), ED (D / max(alpha, 1e-10)), RGB+D, RGB+ED.
 
 Backends (``backend=`` argument of ``rasterization`` / ``rasterize_to_pixels``, else the
-``RECON_BACKEND`` environment variable): "torch" always runs the reference; "warp" runs the Warp
-compositing kernels (projection and binning stay in torch); "auto" (default) uses Warp for CPU
-tensors when warp-lang imports (forward + backward 4x faster than the reference at 5k Gaussians /
-128x128 and 11x at 20k / 256x256 on a busy 2-core CPU), the reference otherwise (CUDA included,
-until the gsplat path exists); "gsplat" is not implemented yet.
+``RECON_BACKEND`` environment variable): "torch" always runs the reference; "warp" runs NVIDIA Warp
+kernels with hand-written backward kernels: the projection (``warp_projection.py``; with quaternions
+and scales, when the cameras need no gradient), the intersection keys of the binning
+(``warp_binning.py``; float32) and the compositing (``warp_backend.py``); on the CPU each launch is
+cut into blocks that ``torch.get_num_threads()`` threads run concurrently. "auto" (default) uses Warp
+for CPU tensors when warp-lang imports (forward + backward 5-8x faster than the reference and a
+quarter of its working memory or less, ``benchmarks/RESULTS.md``), the reference otherwise (CUDA
+included, until the gsplat path exists); "gsplat" is not implemented yet.
 
 Differentiable (first order) w.r.t. means, quats, scales / covars, opacities, colors / SH and
 backgrounds; every op keeps the input dtype (float64 for gradcheck). The compositing backward is a

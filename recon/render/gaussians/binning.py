@@ -28,6 +28,8 @@ def isect_tiles(
     tile_size: int,
     tile_width: int,
     tile_height: int,
+    *,
+    backend: str = "torch",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Bin projected Gaussians into screen tiles (gsplat's ``isect_tiles``, non-packed).
 
@@ -38,8 +40,9 @@ def isect_tiles(
     and ``flatten_ids`` [M] int32, sorted by (camera, tile, depth). ``flatten_ids`` index the
     flattened [C * N] Gaussian rows. ``isect_ids`` use gsplat's encoding
     ``camera << (32 + tile_bits) | tile << 32 | float32 bits of the depth`` (tile_bits =
-    floor(log2(tile_width * tile_height)) + 1). The sort itself compares the depths in their own dtype
-    (gsplat sorts the float32 bit pattern, which orders positive depths the same way).
+    floor(log2(tile_width * tile_height)) + 1). For float32 depths one stable sort of these keys
+    orders the list, as gsplat's radix sort (the float32 bit pattern orders positive depths as the
+    depths); float64 depths are compared as float64 (their float32 bits may tie where they do not).
     """
     if means2d.dim() != 3 or means2d.shape[-1] != 2:
         raise ValueError(f"means2d must be [C, N, 2], got {tuple(means2d.shape)}")
@@ -63,26 +66,47 @@ def isect_tiles(
     tiles_per_gauss = count.to(torch.int32)
 
     count_f = count.reshape(-1)
-    gauss = torch.repeat_interleave(torch.arange(C * N, device=device), count_f)  # flatten id per isect
-    n_isects = gauss.numel()
+    n_isects = int(count_f.sum())
     if n_isects == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
         return tiles_per_gauss, empty, empty.to(torch.int32)
-    first = torch.cumsum(count_f, 0) - count_f  # first isect of each Gaussian
-    local = torch.arange(n_isects, device=device) - first[gauss]
-    box_w = (x1 - x0).reshape(-1)[gauss]
-    tile = (y0.reshape(-1)[gauss] + local // box_w) * tile_width + x0.reshape(-1)[gauss] + local % box_w
-    cam = gauss // N
-    key = cam * n_tiles + tile  # [M] camera-major tile key
+    tile_bits = _bits(n_tiles)
+    if backend == "warp" and depths.dtype != torch.float64:
+        from .warp_binning import intersection_keys
 
-    depth = depths.detach().reshape(-1)[gauss]
-    order = torch.argsort(depth, stable=True)
-    order = order[torch.argsort(key[order], stable=True)]
-    gauss, tile, cam = gauss[order], tile[order], cam[order]
-
-    depth_bits = depths.detach().to(torch.float32).reshape(-1)[gauss].view(torch.int32).to(torch.int64)
-    depth_bits = depth_bits & 0xFFFFFFFF  # zero-extended, as gsplat
-    isect_ids = (cam << (32 + _bits(n_tiles))) | (tile << 32) | depth_bits
+        keys, ids = intersection_keys(
+            x0.reshape(-1), x1.reshape(-1), y0.reshape(-1), count_f, depths.reshape(-1), N, tile_width, tile_bits, n_isects
+        )
+        isect_ids, order = torch.sort(keys, stable=True)
+        del keys
+        return tiles_per_gauss, isect_ids, ids[order]
+    # Per intersection: its Gaussian (flattened row) and tile; int32 keeps the [M] temporaries small.
+    index_t = torch.int32 if C * N < 2**31 and n_isects < 2**31 else torch.int64
+    gauss = torch.repeat_interleave(torch.arange(C * N, device=device, dtype=index_t), count_f, output_size=n_isects)
+    first = (torch.cumsum(count_f, 0) - count_f).to(index_t)  # first isect of each Gaussian
+    local = torch.arange(n_isects, device=device, dtype=index_t) - first[gauss]
+    box_w = (x1 - x0).reshape(-1).to(index_t)[gauss]
+    row = y0.reshape(-1).to(index_t)[gauss] + torch.div(local, box_w, rounding_mode="floor")
+    col = x0.reshape(-1).to(index_t)[gauss] + local % box_w
+    del local, box_w
+    # gsplat's key: camera << (32 + tile_bits) | tile << 32 | float32 bits of the (positive) depth.
+    key = ((gauss // N).long() << tile_bits) | (row * tile_width + col).long()
+    del row, col
+    if depths.dtype == torch.float64:
+        # The float64 reference orders by the float64 depth (the float32 bits can tie where it does not).
+        depth = depths.detach().reshape(-1)[gauss]
+        order = torch.argsort(depth, stable=True)
+        order = order[torch.argsort(key[order], stable=True)]
+        gauss = gauss[order]
+        key = key[order]
+        depth_bits = depths.detach().to(torch.float32).reshape(-1)[gauss].view(torch.int32).long() & 0xFFFFFFFF
+        isect_ids = (key << 32) | depth_bits
+    else:
+        # One stable sort of the 64-bit keys, as gsplat's radix sort (ties keep the Gaussian order).
+        depth_bits = depths.detach().to(torch.float32).reshape(-1)[gauss].view(torch.int32).long() & 0xFFFFFFFF
+        isect_ids, order = torch.sort((key << 32) | depth_bits, stable=True)
+        del key, depth_bits
+        gauss = gauss[order]
     return tiles_per_gauss, isect_ids, gauss.to(torch.int32)
 
 
@@ -95,10 +119,8 @@ def isect_offset_encode(isect_ids: Tensor, n_cameras: int, tile_width: int, tile
     [C * tiles] order; M after the last tile); an empty tile has the same offset as the next one."""
     n_tiles = tile_width * tile_height
     tile_bits = _bits(n_tiles)
-    key = isect_ids >> 32
-    cam = key >> tile_bits
-    tile = key & ((1 << tile_bits) - 1)
-    flat = cam * n_tiles + tile
-    bounds = torch.arange(n_cameras * n_tiles, device=isect_ids.device, dtype=flat.dtype)
-    offsets = torch.searchsorted(flat, bounds)
+    cams = torch.arange(n_cameras, device=isect_ids.device, dtype=torch.int64)
+    tiles = torch.arange(n_tiles, device=isect_ids.device, dtype=torch.int64)
+    bounds = ((cams[:, None] << tile_bits) | tiles[None, :]).reshape(-1) << 32  # first id of each tile
+    offsets = torch.searchsorted(isect_ids, bounds)
     return offsets.to(torch.int32).reshape(n_cameras, tile_height, tile_width)

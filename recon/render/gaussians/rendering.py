@@ -1,12 +1,13 @@
 """``rasterization``: the full 3DGS render (projection, SH colour, binning, compositing).
 
 Same call and outputs as gsplat 1.5.3 ``gsplat.rendering.rasterization`` in non-packed mode
-(Ye et al. 2024), on top of the pure-PyTorch pieces of this package, with the compositing step on the PyTorch reference
-or the Warp kernels (``warp_backend.py``).
+(Ye et al. 2024), with the projection and compositing steps on the PyTorch reference or on the Warp
+kernels (``warp_projection.py``, ``warp_backend.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -20,6 +21,7 @@ from .binning import isect_offset_encode, isect_tiles
 from .composite import rasterize_to_pixels as _rasterize_to_pixels_torch
 from .projection import project_gaussians
 from .warp_backend import rasterize_to_pixels_warp, warp_available
+from .warp_projection import project_gaussians_warp
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 RASTERIZE_MODES = ("classic", "antialiased")
@@ -160,7 +162,9 @@ def rasterization(
     "gaussian_ids" (None: non-packed) and "backend".
 
     ``backend``: None reads RECON_BACKEND (default "auto"). "torch" runs the PyTorch reference,
-    "warp" the Warp compositing kernels (projection and binning stay in torch), "auto" Warp for CPU
+    "warp" the Warp kernels (projection when ``covars`` is None and the cameras need no gradient,
+    the intersection keys of the binning (the sort is torch's) and compositing; SH colours stay in
+    torch), "auto" Warp for CPU
     tensors when warp-lang imports, else torch; "gsplat" raises NotImplementedError (not yet
     available). ``meta["backend"]`` names the one that ran.
     """
@@ -177,7 +181,11 @@ def rasterization(
         raise ValueError(f"opacities must be [N={N}], got {tuple(opacities.shape)}")
     dtype = means.dtype
 
-    radii, means2d, depths, conics, compensations = project_gaussians(
+    # The Warp projection covers quaternions + scales with fixed cameras; full covariances or cameras
+    # that need gradients (pose optimisation) take the reference projection.
+    warp_projection = backend_name == "warp" and covars is None and not (viewmats.requires_grad or Ks.requires_grad)
+    project = project_gaussians_warp if warp_projection else functools.partial(project_gaussians, covars=covars)
+    radii, means2d, depths, conics, compensations = project(
         means,
         quats,
         scales,
@@ -185,7 +193,6 @@ def rasterization(
         Ks,
         width,
         height,
-        covars=covars,
         opacities=opacities,
         eps2d=eps2d,
         near_plane=near_plane,
@@ -227,7 +234,9 @@ def rasterization(
             backgrounds = backgrounds.new_zeros(C, 1)
 
     tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    tiles_per_gauss, isect_ids, flatten_ids = isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height)
+    tiles_per_gauss, isect_ids, flatten_ids = isect_tiles(
+        means2d, radii, depths, tile_size, tile_width, tile_height, backend=backend_name
+    )
     isect_offsets = isect_offset_encode(isect_ids, C, tile_width, tile_height)
 
     render_colors, render_alphas = rasterize_to_pixels(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -38,6 +39,12 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._constants import ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_THRESHOLD
+
+GAUSS_FIELDS = 8  # per projected Gaussian: mean x, y, conic a, b, c, opacity, skip bound, padding
+GRAD_FIELDS = 6  # its gradient: mean x, y, conic a, b, c, opacity
+# Margin of the exp-free early-out (sigma > ln(255 o) + margin implies alpha < 1/255 in float32 and
+# float64 alike); pairs inside the margin take the exact test, so the rule is unchanged.
+SKIP_MARGIN = 1e-3
 
 
 @functools.cache
@@ -76,32 +83,34 @@ def warp_available() -> bool:
 
 
 @functools.cache
-def _kernels(scalar: str) -> tuple[Any, Any]:
-    """(forward, backward) Warp kernels for ``scalar`` in ("float32", "float64")."""
+def _kernels(scalar: str, n_ch: int) -> tuple[Any, Any]:
+    """(forward, backward) Warp kernels for ``scalar`` in ("float32", "float64") and ``n_ch`` channels."""
     wp = _warp()
     float_t = wp.float32 if scalar == "float32" else wp.float64
+    vec_t = wp.types.vector(length=n_ch, dtype=float_t)
+    gauss_t = wp.types.vector(length=GAUSS_FIELDS, dtype=float_t)
+    grad_t = wp.types.vector(length=GRAD_FIELDS, dtype=float_t)
     max_alpha = MAX_ALPHA
     alpha_thr = ALPHA_THRESHOLD
     t_thr = TRANSMITTANCE_THRESHOLD
 
     @wp.kernel(enable_backward=False, module="unique")
     def forward(
-        means: wp.array2d(dtype=float_t),  # [C*N, 2]
-        conics: wp.array2d(dtype=float_t),  # [C*N, 3]
-        colors: wp.array2d(dtype=float_t),  # [C*N, D]
-        opac: wp.array(dtype=float_t),  # [C*N]
+        gauss: wp.array(dtype=gauss_t),  # [C*N] (mx, my, a, b, c, opacity, skip_sigma, 0)
+        colors: wp.array(dtype=vec_t),  # [C*N]
         offsets: wp.array(dtype=wp.int32),  # [C*th*tw]
         flatten_ids: wp.array(dtype=wp.int32),  # [M]
+        pix0: int,
         width: int,
         height: int,
         tile_size: int,
         tiles_w: int,
         tiles_h: int,
-        accum: wp.array2d(dtype=float_t),  # [C*H*W, D] out (zeros on entry)
+        accum: wp.array(dtype=vec_t),  # [C*H*W] out
         t_final: wp.array(dtype=float_t),  # [C*H*W] out
         last: wp.array(dtype=wp.int32),  # [C*H*W] out: list position of the last contributor, -1 none
     ):
-        pix = wp.tid()
+        pix = pix0 + wp.tid()
         hw = width * height
         cam = pix // hw
         rem = pix - cam * hw
@@ -114,38 +123,38 @@ def _kernels(scalar: str) -> tuple[Any, Any]:
             end = offsets[tile + 1]
         fx = float_t(px) + float_t(0.5)
         fy = float_t(py) + float_t(0.5)
-        n_ch = colors.shape[1]
+        acc = vec_t()
+        p = gauss_t()  # (names the closure's vector type for Warp's annotation lookup)
         T = float_t(1.0)
         last_k = int(-1)  # noqa: UP018, RUF046  (Warp: a dynamic variable, mutated in the loop)
         for k in range(start, end):
             g = flatten_ids[k]
-            dx = means[g, 0] - fx
-            dy = means[g, 1] - fy
-            sigma = float_t(0.5) * (conics[g, 0] * dx * dx + conics[g, 2] * dy * dy) + conics[g, 1] * dx * dy
-            if sigma < float_t(0.0):
+            p = gauss[g]
+            dx = p[0] - fx
+            dy = p[1] - fy
+            sigma = float_t(0.5) * (p[2] * dx * dx + p[4] * dy * dy) + p[3] * dx * dy
+            if sigma < float_t(0.0) or sigma > p[6]:
                 continue
-            alpha = wp.min(float_t(max_alpha), opac[g] * wp.exp(-sigma))
+            alpha = wp.min(float_t(max_alpha), p[5] * wp.exp(-sigma))
             if alpha < float_t(alpha_thr):
                 continue
             next_T = T * (float_t(1.0) - alpha)
             if next_T <= float_t(t_thr):
                 break
-            w = alpha * T
-            for d in range(n_ch):
-                accum[pix, d] = accum[pix, d] + colors[g, d] * w
+            acc = acc + colors[g] * (alpha * T)
             T = next_T
             last_k = k
+        accum[pix] = acc
         t_final[pix] = T
         last[pix] = last_k
 
     @wp.kernel(enable_backward=False, module="unique")
     def backward(
-        means: wp.array2d(dtype=float_t),
-        conics: wp.array2d(dtype=float_t),
-        colors: wp.array2d(dtype=float_t),
-        opac: wp.array(dtype=float_t),
+        gauss: wp.array(dtype=gauss_t),
+        colors: wp.array(dtype=vec_t),
         offsets: wp.array(dtype=wp.int32),
         flatten_ids: wp.array(dtype=wp.int32),
+        pix0: int,
         width: int,
         height: int,
         tile_size: int,
@@ -153,14 +162,12 @@ def _kernels(scalar: str) -> tuple[Any, Any]:
         tiles_h: int,
         t_final: wp.array(dtype=float_t),
         last: wp.array(dtype=wp.int32),
-        g_accum: wp.array2d(dtype=float_t),  # [C*H*W, D]
+        g_accum: wp.array(dtype=vec_t),  # [C*H*W]
         g_t: wp.array(dtype=float_t),  # [C*H*W]
-        v_means: wp.array2d(dtype=float_t),  # outs, zeros on entry
-        v_conics: wp.array2d(dtype=float_t),
-        v_colors: wp.array2d(dtype=float_t),
-        v_opac: wp.array(dtype=float_t),
+        v_gauss: wp.array(dtype=grad_t),  # [C*N] out (mx, my, a, b, c, opacity), zeros on entry
+        v_colors: wp.array(dtype=vec_t),  # [C*N] out, zeros on entry
     ):
-        pix = wp.tid()
+        pix = pix0 + wp.tid()
         last_k = last[pix]
         if last_k < 0:
             return
@@ -173,62 +180,121 @@ def _kernels(scalar: str) -> tuple[Any, Any]:
         start = offsets[tile]
         fx = float_t(px) + float_t(0.5)
         fy = float_t(py) + float_t(0.5)
-        n_ch = colors.shape[1]
+        gc = vec_t()  # (names the closure's types for Warp's annotation lookup)
+        gc = g_accum[pix]
         T_f = t_final[pix]
         T = T_f
         gT_Tf = g_t[pix] * T_f
         behind = float_t(0.0)  # (colour composited behind the current Gaussian) . g
+        p = gauss_t()
         k = last_k
         while k >= start:
             g = flatten_ids[k]
             k = k - 1
-            dx = means[g, 0] - fx
-            dy = means[g, 1] - fy
-            ca = conics[g, 0]
-            cb = conics[g, 1]
-            cc = conics[g, 2]
-            sigma = float_t(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-            if sigma < float_t(0.0):
+            p = gauss[g]
+            dx = p[0] - fx
+            dy = p[1] - fy
+            sigma = float_t(0.5) * (p[2] * dx * dx + p[4] * dy * dy) + p[3] * dx * dy
+            if sigma < float_t(0.0) or sigma > p[6]:
                 continue
             vis = wp.exp(-sigma)
-            raw = opac[g] * vis
+            raw = p[5] * vis
             alpha = wp.min(float_t(max_alpha), raw)
             if alpha < float_t(alpha_thr):
                 continue
             one_minus = float_t(1.0) - alpha
             T = T / one_minus  # transmittance in front of this Gaussian
             w = alpha * T
-            cg = float_t(0.0)
-            for d in range(n_ch):
-                gd = g_accum[pix, d]
-                cg = cg + colors[g, d] * gd
-                wp.atomic_add(v_colors, g, d, w * gd)
-            v_alpha = T * cg - (behind + gT_Tf) / one_minus
+            cg = wp.dot(colors[g], gc)
+            wp.atomic_add(v_colors, g, gc * w)
             if raw <= float_t(max_alpha):
+                v_alpha = T * cg - (behind + gT_Tf) / one_minus
                 v_sigma = -raw * v_alpha
-                wp.atomic_add(v_opac, g, vis * v_alpha)
-                wp.atomic_add(v_conics, g, 0, float_t(0.5) * v_sigma * dx * dx)
-                wp.atomic_add(v_conics, g, 1, v_sigma * dx * dy)
-                wp.atomic_add(v_conics, g, 2, float_t(0.5) * v_sigma * dy * dy)
-                wp.atomic_add(v_means, g, 0, v_sigma * (ca * dx + cb * dy))
-                wp.atomic_add(v_means, g, 1, v_sigma * (cb * dx + cc * dy))
+                wp.atomic_add(
+                    v_gauss,
+                    g,
+                    grad_t(
+                        v_sigma * (p[2] * dx + p[3] * dy),
+                        v_sigma * (p[3] * dx + p[4] * dy),
+                        float_t(0.5) * v_sigma * dx * dx,
+                        v_sigma * dx * dy,
+                        float_t(0.5) * v_sigma * dy * dy,
+                        vis * v_alpha,
+                    ),
+                )
             behind = behind + w * cg
 
     return forward, backward
 
 
-def _launch(kernel: Any, dim: int, inputs: list, device: torch.device) -> None:
+class Launcher:
+    """Runs a Warp kernel over ``n_items`` threads (pixels, or camera-Gaussian pairs).
+
+    On CUDA: one launch on torch's current stream. On the CPU Warp runs a launch on one thread, so
+    the items are cut into blocks (whole multiples of ``granule``, e.g. image rows, about eight per
+    worker) that ``n_workers`` = ``torch.get_num_threads()`` Python threads launch concurrently (Warp
+    calls a CPU kernel through ctypes, which releases the GIL); the blocks are dealt out round-robin,
+    so that busy and empty image regions balance and each worker's share is fixed. A kernel that
+    accumulates into shared outputs gets one output buffer per worker (Warp's CPU ``atomic_add`` is a
+    plain add), summed afterwards: with the fixed shares the sums, hence training runs, are
+    reproducible for a given thread count.
+    """
+
+    def __init__(self, device: torch.device, n_items: int, granule: int = 1):
+        self.device = device
+        self.n_pixels = n_items
+        granule = max(1, granule)
+        if device.type == "cpu" and n_items:
+            workers = max(1, torch.get_num_threads())
+            block = max(4 * granule, -(-n_items // (8 * workers)))
+            block = -(-block // granule) * granule
+            self.blocks = [(s, min(block, n_items - s)) for s in range(0, n_items, block)]
+            self.n_workers = max(1, min(workers, len(self.blocks)))
+        else:
+            self.blocks = [(0, n_items)]
+            self.n_workers = 1
+
+    def __call__(self, kernel: Any, make_inputs: Any) -> None:
+        """Launch ``kernel`` over every block; ``make_inputs(pix0, worker)`` gives its inputs."""
+        wp = _warp()
+        wp_device = wp.device_from_torch(self.device)
+        if self.device.type == "cuda":
+            wp.launch(kernel, dim=self.n_pixels, inputs=make_inputs(0, 0), device=wp_device,
+                      stream=wp.stream_from_torch(self.device))
+            return
+        if self.n_workers == 1:
+            for pix0, count in self.blocks:
+                wp.launch(kernel, dim=count, inputs=make_inputs(pix0, 0), device=wp_device)
+            return
+        wp.load_module(kernel.module, device=wp_device)  # compile/load once, before the threads
+
+        def work(worker: int) -> None:
+            for pix0, count in self.blocks[worker :: self.n_workers]:
+                wp.launch(kernel, dim=count, inputs=make_inputs(pix0, worker), device=wp_device)
+
+        pool = _pool(self.n_workers)
+        for future in [pool.submit(work, w) for w in range(self.n_workers)]:
+            future.result()
+
+
+@functools.cache
+def _pool(n_workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="recon-warp")
+
+
+def to_warp(t: Tensor, dtype: Any = None) -> Any:
+    """A Warp view of a contiguous torch tensor (no copy), optionally as an array of ``dtype`` vectors."""
+    return _warp().from_torch(t, dtype=dtype, requires_grad=False)
+
+
+def _vec_types(scalar: str, n_ch: int) -> tuple[Any, Any, Any]:
     wp = _warp()
-    wp_device = wp.device_from_torch(device)
-    if device.type == "cuda":
-        wp.launch(kernel, dim=dim, inputs=inputs, device=wp_device, stream=wp.stream_from_torch(device))
-    else:
-        wp.launch(kernel, dim=dim, inputs=inputs, device=wp_device)
-        wp.synchronize_device(wp_device)
-
-
-def _wp(t: Tensor) -> Any:
-    return _warp().from_torch(t, requires_grad=False)
+    float_t = wp.float32 if scalar == "float32" else wp.float64
+    return (
+        wp.types.vector(length=GAUSS_FIELDS, dtype=float_t),
+        wp.types.vector(length=n_ch, dtype=float_t),
+        wp.types.vector(length=GRAD_FIELDS, dtype=float_t),
+    )
 
 
 class _WarpComposite(torch.autograd.Function):
@@ -239,49 +305,53 @@ class _WarpComposite(torch.autograd.Function):
     def forward(ctx, means2d, conics, colors, opacities, offsets, flatten_ids, layout):
         C, H, W, ts, th, tw = layout
         scalar = "float64" if means2d.dtype == torch.float64 else "float32"
-        fwd, _ = _kernels(scalar)
-        P = C * H * W
         D = colors.shape[1]
-        accum = means2d.new_zeros(P, D)
+        fwd, _ = _kernels(scalar, D)
+        gauss_t, vec_t, _ = _vec_types(scalar, D)
+        P = C * H * W
+        with torch.no_grad():
+            # The early-out bound: o exp(-sigma) < 1/255 for sure when sigma > ln(255 o) + margin.
+            o = opacities.detach()
+            skip = torch.where(o > 0, torch.log(o.clamp_min(1e-30) / ALPHA_THRESHOLD) + SKIP_MARGIN, -1.0)
+            gauss = torch.cat([means2d.detach(), conics.detach(), o[:, None], skip[:, None],
+                               o.new_zeros(o.shape[0], GAUSS_FIELDS - 7)], 1).contiguous()
+        accum = means2d.new_empty(P, D)
         T = means2d.new_empty(P)
         last = torch.empty(P, dtype=torch.int32, device=means2d.device)
+        launcher = Launcher(means2d.device, P, W)
         if P:
-            _launch(
-                fwd,
-                P,
-                [_wp(means2d), _wp(conics), _wp(colors), _wp(opacities), _wp(offsets), _wp(flatten_ids),
-                 W, H, ts, tw, th, _wp(accum), _wp(T), _wp(last)],
-                means2d.device,
-            )
+            shared = [to_warp(gauss, gauss_t), to_warp(colors, vec_t), to_warp(offsets), to_warp(flatten_ids)]
+            rest = [W, H, ts, tw, th, to_warp(accum, vec_t), to_warp(T), to_warp(last)]
+            launcher(fwd, lambda pix0, worker: [*shared, pix0, *rest])
         ctx.layout = layout
-        ctx.save_for_backward(means2d, conics, colors, opacities, offsets, flatten_ids, T, last)
+        ctx.launcher = launcher
+        ctx.save_for_backward(gauss, colors, offsets, flatten_ids, T, last)
         ctx.mark_non_differentiable(last)
         return accum.reshape(C, H, W, D), T.reshape(C, H, W)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_accum, g_T):
-        means2d, conics, colors, opacities, offsets, flatten_ids, T, last = ctx.saved_tensors
+        gauss, colors, offsets, flatten_ids, T, last = ctx.saved_tensors
         C, H, W, ts, th, tw = ctx.layout
-        scalar = "float64" if means2d.dtype == torch.float64 else "float32"
-        _, bwd = _kernels(scalar)
-        P, D = C * H * W, colors.shape[1]
-        g_accum = means2d.new_zeros(P, D) if g_accum is None else g_accum.reshape(P, D).to(means2d.dtype).contiguous()
-        g_T = means2d.new_zeros(P) if g_T is None else g_T.reshape(P).to(means2d.dtype).contiguous()
-        v_means = torch.zeros_like(means2d)
-        v_conics = torch.zeros_like(conics)
-        v_colors = torch.zeros_like(colors)
-        v_opac = torch.zeros_like(opacities)
+        launcher = ctx.launcher
+        scalar = "float64" if gauss.dtype == torch.float64 else "float32"
+        D = colors.shape[1]
+        _, bwd = _kernels(scalar, D)
+        gauss_t, vec_t, grad_t = _vec_types(scalar, D)
+        P, M = C * H * W, gauss.shape[0]
+        g_accum = gauss.new_zeros(P, D) if g_accum is None else g_accum.reshape(P, D).to(gauss.dtype).contiguous()
+        g_T = gauss.new_zeros(P) if g_T is None else g_T.reshape(P).to(gauss.dtype).contiguous()
+        workers = launcher.n_workers
+        v_gauss = gauss.new_zeros(workers, M, GRAD_FIELDS)
+        v_colors = gauss.new_zeros(workers, M, D)
         if P:
-            _launch(
-                bwd,
-                P,
-                [_wp(means2d), _wp(conics), _wp(colors), _wp(opacities), _wp(offsets), _wp(flatten_ids),
-                 W, H, ts, tw, th, _wp(T), _wp(last), _wp(g_accum), _wp(g_T),
-                 _wp(v_means), _wp(v_conics), _wp(v_colors), _wp(v_opac)],
-                means2d.device,
-            )
-        return v_means, v_conics, v_colors, v_opac, None, None, None
+            shared = [to_warp(gauss, gauss_t), to_warp(colors, vec_t), to_warp(offsets), to_warp(flatten_ids)]
+            rest = [W, H, ts, tw, th, to_warp(T), to_warp(last), to_warp(g_accum, vec_t), to_warp(g_T)]
+            outs = [(to_warp(v_gauss[w], grad_t), to_warp(v_colors[w], vec_t)) for w in range(workers)]
+            launcher(bwd, lambda pix0, worker: [*shared, pix0, *rest, *outs[worker]])
+        v_gauss, v_colors = v_gauss.sum(0), v_colors.sum(0)
+        return v_gauss[:, 0:2], v_gauss[:, 2:5], v_colors, v_gauss[:, 5], None, None, None
 
 
 def rasterize_to_pixels_warp(

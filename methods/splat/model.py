@@ -147,10 +147,11 @@ class SplatModel(Model):
     def rasterize(self, camera: Cameras, render_mode: str = "RGB+ED") -> tuple[Tensor, Tensor, dict[str, Any]]:
         p = self.params
         viewmats, Ks = camera_matrices(camera)
-        colors = torch.cat([p["sh0"], p["shN"]], 1)
         degree = int(self.active_sh_degree)
+        # Only the active bands (the rest would be copied, and get zero gradients, every step).
+        colors = torch.cat([p["sh0"], p["shN"][:, : (degree + 1) ** 2 - 1]], 1)
         return rasterization(
-            p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors[:, : (degree + 1) ** 2],
+            p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors,
             viewmats, Ks, int(camera.width[0]), int(camera.height[0]), sh_degree=degree,
             backgrounds=self.background.expand(len(camera), 3), render_mode=render_mode,
             near_plane=self.config.near_plane, rasterize_mode=self.config.rasterize_mode,

@@ -44,3 +44,12 @@ def nerfacc_for(tensor: Tensor) -> ModuleType | None:
     if not tensor.is_cuda or forced_backend() == "torch":
         return None
     return _optional_module("nerfacc")
+
+
+def gsplat_module(tensor: Tensor) -> ModuleType | None:
+    """The gsplat module when ``tensor`` is on CUDA and gsplat imports, else None. gsplat is never
+    imported for CPU tensors (on a machine with nvcc but no GPU its import starts a JIT build that
+    fails with a misleading error)."""
+    if not tensor.is_cuda:
+        return None
+    return _optional_module("gsplat")

@@ -8,6 +8,7 @@ back compositing with a Python loop over depth-sorted Gaussians) in float64 with
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -586,11 +587,14 @@ def test_backend_selection(monkeypatch):
     auto = "warp" if warp_available() else "torch"  # auto: Warp on CPU when it imports
     assert rasterization(*args)[2]["backend"] == auto
     assert rasterization(*args, backend="torch")[2]["backend"] == "torch"
-    with pytest.raises(NotImplementedError, match="gsplat"):
+    # gsplat is CUDA-only: a clear error for CPU tensors, and gsplat is never imported for them
+    gsplat_loaded = "gsplat" in sys.modules
+    with pytest.raises(ValueError, match="gsplat.*CUDA-only"):
         rasterization(*args, backend="gsplat")
     monkeypatch.setenv("RECON_BACKEND", "gsplat")
-    with pytest.raises(NotImplementedError, match="RECON_BACKEND"):
+    with pytest.raises(ValueError, match="RECON_BACKEND=gsplat"):
         rasterization(*args)
+    assert ("gsplat" in sys.modules) == gsplat_loaded
     monkeypatch.setenv("RECON_BACKEND", "torch")
     assert rasterization(*args)[2]["backend"] == "torch"
     with pytest.raises(ValueError):
@@ -621,3 +625,27 @@ def test_per_camera_colors_and_empty_scenes():
     empty = [t[:0] for t in (means, quats, scales, opac, colors)]
     img, alpha, meta = rasterization(*empty, viewmats, Ks, W, H, render_mode="RGB+ED")
     assert img.shape == (2, H, W, 4) and (img == 0).all() and (alpha == 0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("render_mode", ["RGB", "RGB+ED"])
+def test_gsplat_matches_reference_on_cuda(render_mode):
+    """gsplat's kernels (``backend="gsplat"``, the CUDA fast path) against the reference on CUDA:
+    images, alphas and the gradients of every 3D input, float32."""
+    pytest.importorskip("gsplat")
+    means, quats, scales, opac, colors, _ = _scene(6)
+    viewmats, Ks, W, H = _cameras()
+    inputs = [t.float().cuda() for t in (means, quats, scales, opac, colors)]
+    results = []
+    for backend in ("torch", "gsplat"):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        img, alpha, meta = rasterization(*leaves, viewmats.float().cuda(), Ks.float().cuda(), W, H,
+                                         render_mode=render_mode, backend=backend)
+        assert meta["backend"] == backend
+        w = torch.linspace(0, 1, img.numel(), device="cuda").reshape(img.shape)
+        ((img * w).sum() + alpha.sum()).backward()
+        results.append([img.detach(), alpha.detach(), *(t.grad for t in leaves)])
+    for a, b in zip(results[1], results[0], strict=True):
+        scale = max(1.0, float(b.abs().max()))
+        assert float((a - b).abs().max()) <= 1e-3 * scale

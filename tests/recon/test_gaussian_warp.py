@@ -366,7 +366,7 @@ def test_backend_dispatch(monkeypatch):
     ref = composite.rasterize_to_pixels(*inputs, *geo)[0]
     for backend in (None, "warp", "torch", "auto"):
         _assert_close(rasterize_to_pixels(*inputs, *geo, backend=backend)[0], ref, 1e-9)
-    with pytest.raises(NotImplementedError, match="gsplat"):
+    with pytest.raises(ValueError, match="CUDA-only"):
         rasterize_to_pixels(*inputs, *geo, backend="gsplat")
 
 

@@ -37,10 +37,12 @@ Backends (``backend=`` argument of ``rasterization`` / ``rasterize_to_pixels``, 
 kernels with hand-written backward kernels: the projection (``warp_projection.py``; with quaternions
 and scales, when the cameras need no gradient), the intersection keys of the binning
 (``warp_binning.py``; float32) and the compositing (``warp_backend.py``); on the CPU each launch is
-cut into blocks that ``torch.get_num_threads()`` threads run concurrently. "auto" (default) uses Warp
-for CPU tensors when warp-lang imports (forward + backward 5-8x faster than the reference and a
-quarter of its working memory or less, ``benchmarks/RESULTS.md``), the reference otherwise (CUDA
-included, until the gsplat path exists); "gsplat" is not implemented yet.
+cut into blocks that ``torch.get_num_threads()`` threads run concurrently. "gsplat" calls gsplat's
+own CUDA ``rasterization`` (float32 CUDA tensors; the optional ``cuda`` extra; gsplat is never
+imported for CPU tensors). "auto" (default) uses gsplat for float32 CUDA tensors when it imports,
+Warp for CPU tensors when warp-lang imports (forward + backward 5-8x faster than the reference and a
+quarter of its working memory or less, ``benchmarks/RESULTS.md``), the reference otherwise. The Warp
+kernels also run on CUDA, when asked for (``backend="warp"``).
 
 Differentiable (first order) w.r.t. means, quats, scales / covars, opacities, colors / SH and
 backgrounds; every op keeps the input dtype (float64 for gradcheck). The compositing backward is a

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon.fields.spherical_harmonics import eval_sh
-from recon.render.backend import forced_backend
+from recon.render.backend import forced_backend, gsplat_module
 
 from .binning import isect_offset_encode, isect_tiles
 from .composite import rasterize_to_pixels as _rasterize_to_pixels_torch
@@ -52,27 +52,30 @@ def spherical_harmonics(degrees_to_use: int, dirs: Tensor, coeffs: Tensor, masks
     return out
 
 
-# "auto" on CPU tensors runs the Warp kernels when warp-lang imports (forward + backward of the whole
-# rasterization on a busy 2-core CPU: 150 vs 592 ms at 5k Gaussians / 128x128, 708 vs 7892 ms at
-# 20k / 256x256); on CUDA tensors it keeps the torch reference until the gsplat path exists (the
-# Warp CUDA kernels, untested on a GPU so far, run only when asked for: backend="warp").
+# "auto": gsplat's CUDA kernels for float32 CUDA tensors when gsplat imports; the Warp kernels for CPU
+# tensors when warp-lang imports (forward + backward 5-8x faster than the reference on a 2-core CPU,
+# benchmarks/RESULTS.md); else the torch reference. The Warp CUDA kernels run only when asked for
+# (backend="warp") until the GPU test tier has run them.
 AUTO_WARP_DEVICES = ("cpu",)
 
 
-def _resolve_backend(backend: str | None, device: torch.device | None = None) -> str:
-    """The Gaussian backend to run, "torch" or "warp", for tensors on ``device``.
+def _resolve_backend(backend: str | None, device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
+    """The Gaussian backend to run, "torch", "warp" or "gsplat", for tensors on ``device``.
 
     ``backend`` (else RECON_BACKEND): "torch" forces the reference; "warp" forces the Warp kernels
-    (ImportError when warp-lang is missing); "auto" (and RECON_BACKEND=nerfacc, which concerns the
-    volume-rendering scans) picks Warp on CPU when it imports, else torch; "gsplat" is not
-    implemented yet (NotImplementedError)."""
+    (ImportError when warp-lang is missing); "gsplat" forces gsplat's CUDA kernels (ValueError for
+    CPU or non-float32 tensors, ImportError when gsplat does not import); "auto" (and
+    RECON_BACKEND=nerfacc, which concerns the volume-rendering scans) picks as described above."""
     explicit = backend is not None
     name = (backend if explicit else forced_backend()).strip().lower()
     source = f"backend={backend!r}" if explicit else f"RECON_BACKEND={name}"
+    device = torch.device("cpu") if device is None else torch.device(device)
     if name == "torch":
         return "torch"
     if name == "auto" or (name == "nerfacc" and not explicit):
-        if device is not None and device.type in AUTO_WARP_DEVICES and warp_available():
+        if device.type == "cuda" and dtype in (None, torch.float32) and gsplat_module(torch.empty(0, device=device)) is not None:
+            return "gsplat"
+        if device.type in AUTO_WARP_DEVICES and warp_available():
             return "warp"
         return "torch"
     if name == "warp":
@@ -80,9 +83,13 @@ def _resolve_backend(backend: str | None, device: torch.device | None = None) ->
             raise ImportError(f"{source}: warp-lang does not import; install it (pip install warp-lang) or use 'torch'")
         return "warp"
     if name == "gsplat":
-        raise NotImplementedError(
-            f"{source}: the 'gsplat' Gaussian rasterizer is not available yet; use 'torch', 'warp' or 'auto'"
-        )
+        if device.type != "cuda":
+            raise ValueError(f"{source}: gsplat's kernels are CUDA-only and these tensors are on {device.type}; use 'auto', 'warp' or 'torch'")
+        if dtype not in (None, torch.float32):
+            raise ValueError(f"{source}: gsplat computes in float32, got {dtype}; use 'torch' or 'warp' for other dtypes")
+        if gsplat_module(torch.empty(0, device=device)) is None:
+            raise ImportError(f"{source}: gsplat does not import; install the CUDA extra (pip install 'recon[cuda]') or use 'auto'")
+        return "gsplat"
     raise ValueError(f"backend must be None, 'auto', 'torch', 'warp' or 'gsplat', got {backend!r}")
 
 
@@ -107,11 +114,14 @@ def rasterize_to_pixels(
     :func:`isect_offset_encode`; backgrounds [C, D] or None.
     Returns render_colors [C, H, W, D] and render_alphas [C, H, W, 1] (= 1 - final transmittance).
     Differentiable w.r.t. means2d, conics, colors, opacities and backgrounds (first order only).
-    ``backend``: None (RECON_BACKEND, default "auto"), "auto", "torch" or "warp"; see
-    :func:`rasterization`. Both backends give the same results up to rounding.
+    ``backend``: None (RECON_BACKEND, default "auto"), "auto", "torch", "warp" or "gsplat"; see
+    :func:`rasterization`. All give the same results up to rounding.
     """
     args = (means2d, conics, colors, opacities, image_width, image_height, tile_size, isect_offsets, flatten_ids)
-    if _resolve_backend(backend, means2d.device) == "warp":
+    name = _resolve_backend(backend, means2d.device, means2d.dtype)
+    if name == "gsplat":
+        return gsplat_module(means2d).rasterize_to_pixels(*args, backgrounds=backgrounds)
+    if name == "warp":
         return rasterize_to_pixels_warp(*args, backgrounds=backgrounds)
     return _rasterize_to_pixels_torch(*args, backgrounds=backgrounds)
 
@@ -161,18 +171,24 @@ def rasterization(
     "tile_width", "tile_height", "tile_size", "width", "height", "n_cameras", "camera_ids" and
     "gaussian_ids" (None: non-packed) and "backend".
 
-    ``backend``: None reads RECON_BACKEND (default "auto"). "torch" runs the PyTorch reference,
+    ``backend``: None reads RECON_BACKEND (default "auto"). "gsplat" calls gsplat's own
+    ``rasterization`` (CUDA, float32; the ``cuda`` extra), "torch" runs the PyTorch reference,
     "warp" the Warp kernels (projection when ``covars`` is None and the cameras need no gradient,
     the intersection keys of the binning (the sort is torch's) and compositing; SH colours stay in
-    torch), "auto" Warp for CPU
-    tensors when warp-lang imports, else torch; "gsplat" raises NotImplementedError (not yet
-    available). ``meta["backend"]`` names the one that ran.
+    torch); "auto" gsplat for float32 CUDA tensors when it imports, Warp for CPU tensors when
+    warp-lang imports, else torch. ``meta["backend"]`` names the one that ran.
     """
-    backend_name = _resolve_backend(backend, means.device)
+    backend_name = _resolve_backend(backend, means.device, means.dtype)
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
     if rasterize_mode not in RASTERIZE_MODES:
         raise ValueError(f"rasterize_mode must be one of {RASTERIZE_MODES}, got {rasterize_mode!r}")
+    if backend_name == "gsplat":
+        return _rasterization_gsplat(
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=near_plane,
+            far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d, sh_degree=sh_degree, tile_size=tile_size,
+            backgrounds=backgrounds, render_mode=render_mode, rasterize_mode=rasterize_mode, covars=covars,
+        )
     if width <= 0 or height <= 0 or tile_size <= 0:
         raise ValueError(f"width, height and tile_size must be positive, got {width}, {height}, {tile_size}")
     N = means.shape[0]
@@ -279,3 +295,13 @@ def rasterization(
         "backend": backend_name,
     }
     return render_colors, render_alphas, meta
+
+
+def _rasterization_gsplat(*args, **kwargs) -> tuple[Tensor, Tensor, dict]:
+    """gsplat 1.5's ``rasterization`` (non-packed), with this module's meta keys."""
+    gsplat = gsplat_module(args[0])
+    colors, alphas, meta = gsplat.rasterization(*args, packed=False, **kwargs)
+    meta = dict(meta)
+    meta.setdefault("compensations", None)
+    meta["backend"] = "gsplat"
+    return colors, alphas, meta

@@ -54,6 +54,9 @@ class ViewerCommand:
             if not Path(path).is_file():
                 raise ReconError("file not found", Path(path))
         settings = ViewerSettings(host=self.viewer_host, port=self.viewer_port, max_res=self.max_res)
+        # Read every file before the server starts, so a bad one fails with nothing served.
+        mesh = load_mesh(self.mesh) if self.mesh is not None else None
+        splats = load_splats(self.splat) if self.splat is not None else None
         if self.load_config is not None:
             from recon.engine.run import load_run
             from viewer.panels import builtin_panels
@@ -66,14 +69,10 @@ class ViewerCommand:
         else:
             viewer = Viewer(settings)
         viewer.start()
-        try:
-            if self.mesh is not None:
-                add_mesh(viewer.server.scene, self.mesh)
-            if self.splat is not None:
-                add_splat(viewer.server.scene, self.splat)
-        except BaseException:
-            viewer.stop()
-            raise
+        if mesh is not None:
+            viewer.server.scene.add_mesh_trimesh("/mesh", mesh)
+        if splats is not None:
+            viewer.server.scene.add_gaussian_splats("/splat", **splats)
         return viewer
 
     def run(self) -> None:
@@ -86,8 +85,8 @@ class ViewerCommand:
             viewer.stop()
 
 
-def add_mesh(scene, path: Path):
-    """Show a mesh file; a clear error for a file trimesh cannot read as a mesh."""
+def load_mesh(path: Path):
+    """A mesh file as a trimesh; a clear error for a file trimesh cannot read as a mesh."""
     import trimesh
 
     try:
@@ -96,11 +95,12 @@ def add_mesh(scene, path: Path):
         raise ReconError(f"cannot read mesh ({type(exc).__name__}: {exc})", path) from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise ReconError("no triangles in this file", path)
-    return scene.add_mesh_trimesh("/mesh", mesh)
+    return mesh
 
 
-def add_splat(scene, path: Path):
-    """Show a 3DGS PLY as viser Gaussian splats (degree-0 colour, covariance from scale and rotation)."""
+def load_splats(path: Path) -> dict[str, np.ndarray]:
+    """A 3DGS PLY as the arrays of viser's Gaussian splats: centres, covariances R S S^T R^T, the
+    degree-0 colour and opacities (higher SH degrees are not shown)."""
     import torch
 
     from recon.camera_paths import quaternion_to_rotation
@@ -115,9 +115,7 @@ def add_splat(scene, path: Path):
     cov = M @ M.transpose(1, 2)
     rgb = (torch.as_tensor(params["sh0"]).double()[:, 0] * C0 + 0.5).clamp(0, 1)
     alpha = torch.sigmoid(torch.as_tensor(params["opacities"]).double()).reshape(-1, 1)
-    return scene.add_gaussian_splats(
-        "/splat", centers=means.float().numpy(), covariances=cov.float().numpy(), rgbs=rgb.float().numpy(), opacities=alpha.float().numpy()
-    )
+    return {"centers": means.float().numpy(), "covariances": cov.float().numpy(), "rgbs": rgb.float().numpy(), "opacities": alpha.float().numpy()}
 
 
 def entrypoint() -> None:

@@ -1,14 +1,13 @@
 """The viewer's built-in panels, written against the same :mod:`recon.panels` API as a method's.
 
 * :class:`CropBoxPanel`: an axis-aligned box (gizmo + numbers) that limits what is shown, saved to
-  ``<run>/viewer_crop.json`` for ``ns-export ... --crop-from-viewer``.
+  ``<run>/viewer_crop.json`` (:mod:`recon.export.crop`) for ``ns-export ... --crop-from-viewer``.
 * :class:`CameraPathPanel`: keyframes from the browser camera, a duration, a frame rate and a
   smoothness, saved as a camera-path JSON that ``ns-render camera-path`` renders headless.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from pathlib import Path
@@ -19,12 +18,9 @@ import torch
 from torch import Tensor
 
 from recon.cameras import Cameras
-from recon.io import atomic_write
+from recon.export.crop import write_viewer_crop
 from recon.panels import Panel, PanelContext
 from viewer.render import ViewCamera, to_cameras
-
-CROP_FILE = "viewer_crop.json"
-
 
 def builtin_panels(run_dir: Path | None) -> list[Panel]:
     return [CropBoxPanel(run_dir), CameraPathPanel(run_dir)]
@@ -42,17 +38,6 @@ def crop_mask(camera: Cameras, depth: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     points = rays.origins + rays.directions * t[:, None]
     inside = ((points >= lo.to(points)) & (points <= hi.to(points))).all(-1)
     return inside.reshape(h, w)
-
-
-def read_crop(run_dir: Path) -> tuple[Tensor, Tensor] | None:
-    """The crop box saved by the viewer for a run (normalised frame), or None when none is active."""
-    path = Path(run_dir) / CROP_FILE
-    if not path.is_file():
-        return None
-    doc = json.loads(path.read_text())
-    if not doc.get("enabled"):
-        return None
-    return torch.tensor(doc["min"], dtype=torch.float32), torch.tensor(doc["max"], dtype=torch.float32)
 
 
 class CropBoxPanel(Panel):
@@ -111,11 +96,7 @@ class CropBoxPanel(Panel):
         """Write the box to ``<run>/viewer_crop.json`` (with ``enabled``) for ns-export."""
         if self.run_dir is None or not Path(self.run_dir).is_dir():
             return None
-        lo, hi = self.bounds
-        path = Path(self.run_dir) / CROP_FILE
-        with atomic_write(path) as tmp:
-            Path(tmp).write_text(json.dumps({"enabled": self.enabled, "frame": "normalised", "min": lo.tolist(), "max": hi.tolist()}, indent=2))
-        return path
+        return write_viewer_crop(Path(self.run_dir), *self.bounds, self.enabled)
 
     def process_outputs(self, camera: Cameras, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
         if not self.enabled or "depth" not in outputs:
@@ -149,7 +130,7 @@ class CameraPathPanel(Panel):
         gui, scene = context.gui, context.scene
         add = gui.add_button("Add keyframe")
         clear = gui.add_button("Clear keyframes")
-        count = gui.add_markdown("0 keyframes")
+        count = gui.add_markdown("Keyframes: 0")
         duration = gui.add_number("Duration (s)", initial_value=4.0, min=0.1, max=600.0, step=0.1)
         fps = gui.add_number("FPS", initial_value=24.0, min=1.0, max=120.0, step=1.0)
         smooth = gui.add_slider("Smoothness", min=0.0, max=1.0, step=0.05, initial_value=1.0,
@@ -165,7 +146,7 @@ class CameraPathPanel(Panel):
             self.keyframes.append(ViewCamera(tuple(cam.wxyz), tuple(cam.position), float(cam.fov), int(cam.image_width), int(cam.image_height)))
             i = len(self.keyframes) - 1
             self._frustums.append(scene.add_camera_frustum(f"/camera_path/{i:03d}", fov=float(cam.fov), aspect=cam.aspect, scale=0.08, wxyz=cam.wxyz, position=cam.position, color=(220, 60, 60)))
-            count.content = f"{len(self.keyframes)} keyframes"
+            count.content = f"Keyframes: {len(self.keyframes)}"
 
         @clear.on_click
         def _(_: Any) -> None:
@@ -173,7 +154,7 @@ class CameraPathPanel(Panel):
                 frustum.remove()
             self._frustums.clear()
             self.keyframes.clear()
-            count.content = "0 keyframes"
+            count.content = "Keyframes: 0"
 
         @save.on_click
         def _(_: Any) -> None:

@@ -116,6 +116,8 @@ class Viewer:
         self._stop = threading.Event()
         self._next_allowed = 0.0
         self.frames_sent = 0
+        self.last_frame: np.ndarray | None = None
+        """The last frame sent ([H, W, 3] uint8), for tests and benchmarks."""
         self.render_seconds = 0.0
         self.output_names: list[str] = ["rgb"]
         self.server: viser.ViserServer | None = None
@@ -335,8 +337,11 @@ class Viewer:
         bg = torch.tensor(self.background_rgb.value, dtype=torch.float32) / 255.0
         image = output_image(outputs, name, self.colormap_dropdown.value, background=bg, model_background=self._model_background())
         elapsed = time.perf_counter() - start
+        if c.handle.client_id not in self._clients:
+            return  # the browser left while this frame was rendered
         c.handle.scene.set_background_image(image, format="jpeg", jpeg_quality=self.settings.jpeg_quality)
         self.frames_sent += 1
+        self.last_frame = image
         self.render_seconds += elapsed
         c.rendered_version, c.rendered_full, c.rendered_at, c.rendered_step = version, res >= int(self.max_res_slider.value), time.perf_counter(), step
         self._next_allowed = time.perf_counter() + self.settings.train_render_ratio * elapsed

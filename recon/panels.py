@@ -42,6 +42,8 @@ class Panel:
     """Base of viewer panels. Subclasses set :attr:`title` and override what they need."""
 
     title: str = "Panel"
+    tab: str = "Control"
+    """The viewer tab the panel's folder goes into ("Control" or "Render"; another name adds a tab)."""
 
     def populate(self, context: PanelContext) -> None:
         """Add widgets and scene handles; called once when the viewer starts."""

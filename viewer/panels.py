@@ -119,6 +119,7 @@ class CameraPathPanel(Panel):
     """Record a camera path: keyframes from the browser camera, then a JSON for ``ns-render camera-path``."""
 
     title = "Camera path"
+    tab = "Render"
 
     def __init__(self, run_dir: Path | None):
         self.run_dir = run_dir

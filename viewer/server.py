@@ -138,9 +138,14 @@ class Viewer:
         self.server = viser.ViserServer(host=self.settings.host, port=self.settings.port, verbose=False)
         self.server.gui.configure_theme(control_width="medium", show_share_button=False)
         self._build_scene()
-        self._build_controls()
+        tab_group = self.server.gui.add_tab_group()
+        tabs = {name: tab_group.add_tab(name, icon) for name, icon in (("Control", viser.Icon.SETTINGS), ("Render", viser.Icon.CAMERA))}
+        with tabs["Control"]:
+            self._build_controls()
         for panel in self.panels:
-            with self.server.gui.add_folder(panel.title):
+            if panel.tab not in tabs:
+                tabs[panel.tab] = tab_group.add_tab(panel.tab)
+            with tabs[panel.tab], self.server.gui.add_folder(panel.title):
                 panel.populate(_Context(self))
         self.server.on_client_connect(self._on_connect)
         self.server.on_client_disconnect(self._on_disconnect)

@@ -324,3 +324,40 @@ def test_ns_viewer_bad_input_one_line(tmp_path, args, needle):
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+
+
+def test_method_panel_api(scene, tmp_path, viser_client, free_port, one_thread):
+    """A method's panel (``Model.viewer_panels``) adds a control to the viewer and changes the frames."""
+    from recon.panels import Panel
+
+    class InvertPanel(Panel):
+        title = "Invert"
+
+        def __init__(self):
+            self.on = False
+
+        def populate(self, context):
+            box = context.gui.add_checkbox("Invert colours", initial_value=False)
+
+            @box.on_update
+            def _(_):
+                self.on = bool(box.value)
+                context.rerender()
+
+        def process_outputs(self, camera, outputs):
+            return {**outputs, "rgb": 1.0 - outputs["rgb"]} if self.on else outputs
+
+    trainer = Trainer(tiny_config(scene, tmp_path, 10))
+    trainer.model.viewer_panels = lambda: [InvertPanel()]
+    viewer = attach_viewer(trainer, ViewerSettings(port=free_port, max_res=32, moving_res=32, rest_delay=0.0))
+    try:
+        client = viser_client(free_port)
+        client.send_camera(**view_of(trainer.outputs.split("train").cameras, 1, 32, 24))
+        client.wait_for(lambda m: m["type"] == "GuiFolderMessage" and m["props"]["label"] == "Invert")
+        plain = next_frame(client, (32, 24), after=0)
+        n = len(client.drain())
+        set_value(client, "Invert colours", True)
+        inverted = next_frame(client, (32, 24), after=n)
+    finally:
+        viewer.stop()
+    assert np.abs(inverted.astype(float) - (255.0 - plain.astype(float))).mean() < 6.0

@@ -115,6 +115,10 @@ class Viewer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._next_allowed = 0.0
+        self.render_pending = threading.Event()
+        """Set while the render thread waits for or holds ``lock``: the trainer yields between steps
+        (Python locks are not fair; without this a trainer that re-takes its lock at once would
+        starve the viewer)."""
         self.frames_sent = 0
         self.last_frame: np.ndarray | None = None
         """The last frame sent ([H, W, 3] uint8), for tests and benchmarks."""
@@ -325,13 +329,17 @@ class Viewer:
         view = ViewCamera(tuple(cam.wxyz), tuple(cam.position), float(cam.fov), int(cam.image_width), int(cam.image_height))
         camera = to_cameras(view, res)
         start = time.perf_counter()
-        with self.lock:
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                outputs = self.model.render(camera.to(self.model.device))
-            finally:
-                self.model.train(was_training)
+        self.render_pending.set()
+        try:
+            with self.lock:
+                was_training = self.model.training
+                self.model.eval()
+                try:
+                    outputs = self.model.render(camera.to(self.model.device))
+                finally:
+                    self.model.train(was_training)
+        finally:
+            self.render_pending.clear()
         for panel in self.panels:
             outputs = panel.process_outputs(camera, outputs)
         names = [k for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.ndim == 3]

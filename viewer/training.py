@@ -36,6 +36,8 @@ def attach_viewer(trainer: Any, settings: ViewerSettings | None = None, status_i
     last_status = [0.0]
 
     def between_steps(trainer: Any, step: int) -> None:
+        while viewer.render_pending.is_set() and not state.stopped.is_set():
+            time.sleep(0.0005)  # let a waiting frame take the lock now (its cost is bounded by the time share)
         state.step = step
         if trainer.history:
             state.loss = trainer.history[-1][1]

@@ -116,6 +116,13 @@ def test_live_viewer_beside_training(scene, tmp_path, viser_client, free_port, o
         assert moving.shape == (12, 16, 3)
         assert rest.std() > 2.0, "the frame is blank"
 
+        # A click on a training camera's frustum moves the browser's camera there.
+        n = len(client.drain())
+        client.send({"type": "SceneNodeClickMessage", "name": "/cameras/0003", "instance_index": None, "ray_origin": [0.0, 0.0, 0.0],
+                     "ray_direction": [0.0, 0.0, 1.0], "screen_pos": [0.5, 0.5], "modifier": None, "owner": ""})
+        moved = client.wait_for(lambda m: m["type"] == "SetCameraPositionMessage", after=n)
+        assert np.allclose(moved["position"], cameras.camera_to_worlds[3, :, 3].numpy(), atol=1e-4)
+
         # Pause: the step count stops; the viewer keeps rendering, and what it sends is the model's render.
         client.click("Pause training")
         wait_until(lambda: viewer.training.paused)

@@ -18,6 +18,7 @@ Scheduling (the idea of nerfstudio's viewer, written anew here):
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import viser
 
 from recon.cameras import Cameras
 from recon.engine.logging import console
+from recon.errors import ConfigError
 from recon.panels import Panel
 from viewer.render import COLORMAPS, ViewCamera, output_image, to_cameras
 
@@ -54,6 +56,22 @@ class ViewerSettings:
     frustum_scale: float = 0.1
     max_frustum_images: int = 100
     """Training cameras shown with their image (the others as plain frustums)."""
+
+    def check(self) -> None:
+        """A one-line :class:`ConfigError` for values the viewer cannot use (before anything starts)."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"viewer port {self.port} is not a port number (0 to 65535)")
+        if self.max_res < 16:
+            raise ConfigError(f"viewer max resolution {self.max_res} is too small (at least 16 pixels)")
+        if not self.train_render_ratio >= 0:
+            raise ConfigError(f"viewer train/render ratio {self.train_render_ratio} must be 0 or more")
+        # viser retries a failing bind on the next port a thousand times: check the address first.
+        try:
+            family, _, _, _, address = socket.getaddrinfo(self.host, 0, type=socket.SOCK_STREAM)[0]
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve the viewer on host {self.host!r} ({exc.strerror or exc})") from None
 
 
 @dataclass
@@ -139,6 +157,7 @@ class Viewer:
         return f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0', '::') else host}:{self.port}"
 
     def start(self) -> "Viewer":
+        self.settings.check()
         self.server = viser.ViserServer(host=self.settings.host, port=self.settings.port, verbose=False)
         self.server.gui.configure_theme(control_width="medium", show_share_button=False)
         self._build_scene()

@@ -368,3 +368,12 @@ def test_method_panel_api(scene, tmp_path, viser_client, free_port, one_thread):
     finally:
         viewer.stop()
     assert np.abs(inverted.astype(float) - (255.0 - plain.astype(float))).mean() < 6.0
+
+
+@pytest.mark.parametrize("flag,value,needle", [("--viewer-port", "70000", "not a port number"), ("--viewer-host", "203.0.113.7", "cannot serve the viewer")])
+def test_ns_train_bad_viewer_flags_one_line(scene, tmp_path, flag, value, needle):
+    proc = subprocess.run([sys.executable, "-m", "recon.cli.train", "vanilla-nerf", "--data", str(scene), "--output-dir", str(tmp_path),
+                           "--device", "cpu", "--viewer", flag, value], capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing is written for a bad flag"

@@ -249,6 +249,8 @@ class Viewer:
             ratio = gui.add_number("Train/render time", initial_value=self.settings.train_render_ratio, min=0.0, max=100.0, step=0.5,
                                    hint="Seconds of training per second of rendering while training runs.")
             ratio.on_update(lambda _: setattr(self.settings, "train_render_ratio", float(ratio.value)))
+        if self.model is None:
+            return  # files only: nothing is rendered
         self.output_dropdown = gui.add_dropdown("Output", options=tuple(self.output_names), initial_value="rgb")
         self.colormap_dropdown = gui.add_dropdown("Colormap", options=COLORMAPS, initial_value="turbo", hint="For one-channel outputs.")
         self.max_res_slider = gui.add_slider("Max res", min=32, max=2048, step=16, initial_value=min(max(self.settings.max_res, 32), 2048))

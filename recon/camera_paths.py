@@ -202,19 +202,20 @@ def _nearest_neighbour_order(centers: Tensor) -> list[int]:
     return order
 
 
-def _catmull_rom(p: Tensor, seg: Tensor, t: Tensor) -> Tensor:
-    """Uniform Catmull-Rom (Catmull & Rom 1974) through key points p [K, 3].
+def _catmull_rom(p: Tensor, seg: Tensor, t: Tensor, tension: float = 0.0) -> Tensor:
+    """Cardinal spline through key points p [K, 3]; ``tension`` 0 is the uniform Catmull-Rom spline
+    (Catmull & Rom 1974), 1 gives straight segments (zero tangents: easing in and out at each key).
 
-    seg: [N] segment index in [0, K-2]; t: [N] local parameter in [0, 1]. The end tangents use
-    mirrored phantom points, so the curve passes through every key.
+    seg: [N] segment index in [0, K-2]; t: [N] local parameter in [0, 1]. Cubic Hermite segments with
+    key tangents ``(1 - tension) (p[i+1] - p[i-1]) / 2``; the end tangents use mirrored phantom
+    points, so the curve passes through every key.
     """
     ext = torch.cat([2 * p[:1] - p[1:2], p, 2 * p[-1:] - p[-2:-1]], dim=0)  # phantom ends
     p0, p1, p2, p3 = ext[seg], ext[seg + 1], ext[seg + 2], ext[seg + 3]
+    m1, m2 = (1.0 - tension) * 0.5 * (p2 - p0), (1.0 - tension) * 0.5 * (p3 - p1)
     t = t[:, None]
     t2, t3 = t * t, t * t * t
-    return 0.5 * (
-        2 * p1 + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t3
-    )
+    return (2 * t3 - 3 * t2 + 1) * p1 + (t3 - 2 * t2 + t) * m1 + (-2 * t3 + 3 * t2) * p2 + (t3 - t2) * m2
 
 
 def interpolate_path(
@@ -222,12 +223,15 @@ def interpolate_path(
     num_frames: int,
     order: Sequence[int] | str | None = None,
     positions: str = "catmull_rom",
+    tension: float = 0.0,
 ) -> Cameras:
     """Smooth path through the key cameras.
 
     order: indices of ``cameras`` to visit (a subset or permutation), ``"nearest"`` for a greedy
         nearest-neighbour tour starting at camera 0, or None to use them as given.
     positions: ``"catmull_rom"`` (C1-smooth, passes through the keys) or ``"linear"``.
+    tension: for ``"catmull_rom"``, 0 (the Catmull-Rom spline) to 1 (straight segments between the
+        keys, easing in and out of each): the viewer's "smoothness" is ``1 - tension``.
 
     With K keys, frame f (0-based) sits at path parameter ``s = f (K - 1) / (N - 1)``: key k is
     hit exactly at frame ``k (N - 1) / (K - 1)`` when that is an integer (choose
@@ -273,7 +277,7 @@ def interpolate_path(
 
     centers = c2w[:, :, 3]
     if positions == "catmull_rom":
-        pos = _catmull_rom(centers, seg, t) if k > 2 else centers[seg] + (centers[seg + 1] - centers[seg]) * t[:, None]
+        pos = _catmull_rom(centers, seg, t, tension) if k > 2 else centers[seg] + (centers[seg + 1] - centers[seg]) * t[:, None]
     elif positions == "linear":
         pos = centers[seg] + (centers[seg + 1] - centers[seg]) * t[:, None]
     else:

@@ -132,6 +132,10 @@ class Model(nn.Module):
         """Training-time heuristics as hook objects."""
         return []
 
+    def viewer_panels(self) -> list[Any]:
+        """The method's own controls in the live viewer (:class:`recon.panels.Panel` objects)."""
+        return []
+
     def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
         """Load weights saved by :meth:`state_dict`; models whose size changes override this."""
         self.load_state_dict(state, strict=True)

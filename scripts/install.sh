@@ -28,3 +28,14 @@ echo "install: $pin (constraints in $constraints)"
 target="."
 [ -n "$extras" ] && target=".[$extras]"
 "$py" -m pip install --quiet --constraint "$constraints" -e "$target"
+
+# The viewer's browser test drives a real headless Chromium (Debian's package): install it with the
+# test extras when it is missing and apt is usable (as root); otherwise that one test is skipped.
+if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install: chromium (Debian package, for the viewer's browser test)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "install: chromium is missing and apt-get is not usable here; the viewer's browser test will be skipped"
+  fi
+fi

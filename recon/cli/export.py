@@ -34,6 +34,16 @@ class ExportConfig:
     """Where to render."""
     image_scale: float = 1.0
     """Scale of the rendered training views relative to the training resolution."""
+    crop_from_viewer: bool = False
+    """Keep only what lies inside the crop box last set in the viewer's Crop panel (<run>/viewer_crop.json)."""
+
+    def crop_box(self, run: LoadedRun):
+        """(lo, hi) of the viewer's crop box in the normalised frame, or None without --crop-from-viewer."""
+        if not self.crop_from_viewer:
+            return None
+        from recon.export.crop import read_viewer_crop
+
+        return read_viewer_crop(run.run_dir)
 
 
 def _require(run: LoadedRun, capability: Export, problem: str | None = None) -> None:
@@ -56,6 +66,17 @@ def _render_fn(run: LoadedRun):
     return lambda camera: run.model.render(camera.to(run.device))
 
 
+def _crop(mesh, box):
+    if box is None:
+        return mesh
+    from recon.export.crop import crop_mesh
+
+    mesh = crop_mesh(mesh, *box)
+    if len(mesh.faces) == 0:
+        raise ConfigError("no face of the mesh lies inside the viewer's crop box; nothing written")
+    return mesh
+
+
 @dataclass
 class PointcloudExport(ExportConfig):
     """Points back-projected from the depth the model renders at the training views."""
@@ -73,10 +94,18 @@ class PointcloudExport(ExportConfig):
         from recon.export.pointcloud import pointcloud_from_render
 
         run, cameras = _open(self, Export.POINTCLOUD)
+        box = self.crop_box(run)
         points, colors, normals = pointcloud_from_render(
             _render_fn(run), cameras, num_points=self.num_points, accumulation_threshold=self.accumulation_threshold,
             aabb=run.outputs.scene_box.aabb, remove_outliers=self.remove_outliers,
         )
+        if box is not None:
+            from recon.export.crop import inside_box
+
+            keep = inside_box(points, *box)
+            points, colors, normals = (None if a is None else a[keep] for a in (points, colors, normals))
+            if len(points) == 0:
+                raise ConfigError("no point lies inside the viewer's crop box; nothing written")
         pts = run.outputs.transform_to_input(torch.as_tensor(points, dtype=torch.float32))
         if normals is not None:
             normals = torch.as_tensor(normals, dtype=torch.float32) @ run.outputs.dataparser_transform[:, :3]
@@ -102,12 +131,14 @@ class TSDFExport(ExportConfig):
         from recon.geometry.tsdf import tsdf_from_render
 
         run, cameras = _open(self, Export.TSDF)
+        box = self.crop_box(run)
         mesh = tsdf_from_render(
             _render_fn(run), cameras, run.outputs.scene_box.aabb, self.resolution, truncation=self.truncation,
             accumulation_threshold=self.accumulation_threshold,
         )
         if len(mesh.vertices) == 0:
             raise ConfigError("TSDF fusion found no surface (is the model trained?); nothing written")
+        mesh = _crop(mesh, box)
         mesh.vertices = run.outputs.transform_to_input(torch.as_tensor(mesh.vertices, dtype=torch.float32)).numpy()
         out = write_mesh(mesh, self.output_dir / self.filename)
         console.print(f"wrote mesh with {len(mesh.vertices)} vertices and {len(mesh.faces)} faces to {out}")
@@ -136,6 +167,7 @@ class MarchingCubesExport(ExportConfig):
 
         run = load_run(self.load_config, self.device, self.step)
         _require(run, Export.MARCHING_CUBES, "has no implicit surface to mesh")
+        box = self.crop_box(run)
         aabb = run.outputs.scene_box.aabb.clone()
         if self.bounding_box_min is not None:
             aabb[0] = torch.tensor(self.bounding_box_min)
@@ -149,6 +181,7 @@ class MarchingCubesExport(ExportConfig):
             raise ConfigError("the field has no zero crossing inside the box (is the model trained?); nothing written")
         if self.simplify_target_faces is not None:
             mesh = simplify(mesh, self.simplify_target_faces)
+        mesh = _crop(mesh, box)
         mesh.vertices = run.outputs.transform_to_input(torch.as_tensor(mesh.vertices, dtype=torch.float32)).numpy()
         out = write_mesh(mesh, self.output_dir / self.filename)
         console.print(f"wrote mesh with {len(mesh.vertices)} vertices and {len(mesh.faces)} faces to {out}")
@@ -173,6 +206,12 @@ class GaussianSplatExport(ExportConfig):
         run = load_run(self.load_config, self.device, self.step)
         _require(run, Export.GAUSSIAN_SPLAT, "has no Gaussians to export")
         params = {k: v.detach().cpu() for k, v in run.model.splat_parameters().items()}
+        box = self.crop_box(run)
+        if box is not None:
+            from recon.export.crop import inside_box
+
+            keep = torch.from_numpy(inside_box(params["means"], *box))
+            params = {k: v[keep] for k, v in params.items()}
         if self.frame == "input":
             T = run.outputs.dataparser_transform.double()
             params = transform_splats(params, *inverse_similarity(T[:, :3], T[:, 3], float(run.outputs.dataparser_scale)))

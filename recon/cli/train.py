@@ -75,7 +75,19 @@ def parse_args(args: list[str]) -> TrainerConfig:
 
 def main(args: list[str]) -> None:
     config = parse_args(args)
-    Trainer(config).train()
+    trainer = Trainer(config)
+    if not config.viewer:
+        trainer.train()
+        return
+    # The viewer package (and viser) is imported only when asked for.
+    from viewer.training import attach_viewer, finish
+
+    viewer = attach_viewer(trainer)
+    try:
+        trainer.train()
+        finish(viewer, config.viewer_quit_on_completion)
+    finally:
+        viewer.stop()
 
 
 def entrypoint() -> None:

@@ -94,6 +94,18 @@ class TrainerConfig:
     """Where to train: CUDA when available with auto."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Progress and TensorBoard options."""
+    viewer: bool = False
+    """Serve the live web viewer while training (its URL is printed)."""
+    viewer_host: str = "127.0.0.1"
+    """Address the viewer binds; 0.0.0.0 makes it reachable from other machines."""
+    viewer_port: int = 7007
+    """Port of the viewer (0 picks a free one)."""
+    viewer_train_render_ratio: float = 3.0
+    """Seconds of training per second of viewer rendering while training runs (3 = 75 % training)."""
+    viewer_max_res: int = 512
+    """Longest side, in pixels, of the viewer's frames when the camera rests."""
+    viewer_quit_on_completion: bool = False
+    """Stop the viewer when training ends (by default it keeps serving the final model until Ctrl-C)."""
 
     def resolve_device(self) -> torch.device:
         if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()):
@@ -167,6 +179,11 @@ class Trainer:
         datamanager_hooks = getattr(self.datamanager, "callbacks", lambda: [])()
         self.callbacks: list[Callback] = datamanager_hooks + self.model.callbacks() + self._own_callbacks()
         self.writer: Writer | None = None
+        self.lock = threading.RLock()
+        """Held for each training step; whoever reads the model from another thread (the viewer) takes it."""
+        self.between_steps: list[Any] = []
+        """Functions ``fn(trainer, step)`` run after every step, outside :attr:`lock` (the viewer's
+        pause gate, read-outs and checkpoint-now button)."""
 
     # -- folders and checkpoints ------------------------------------------------------------------
     def _run_dir(self) -> Path:
@@ -295,10 +312,13 @@ class Trainer:
             with bar:
                 task = bar.add_task(c.method_name, total=c.max_num_iterations, completed=step, rate="", info="", visible=c.logging.progress_bar)
                 while step < c.max_num_iterations:
-                    values = self.train_step(step)
+                    with self.lock:
+                        values = self.train_step(step)
                     self.history.append((step, float(values["loss"])))
                     step += 1
                     self.step = step
+                    for fn in self.between_steps:
+                        fn(self, step)
                     if step % max(c.logging.steps_per_log, 1) == 0 or step == c.max_num_iterations:
                         now = time.perf_counter()
                         rate = (step - s_last) / max(now - t_last, 1e-9)

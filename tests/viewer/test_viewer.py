@@ -1,0 +1,379 @@
+"""The live viewer as a browser sees it: viser's websocket protocol on a free loopback port."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.synthetic import SyntheticSceneConfig, generate_scene
+from recon.camera_paths import load_camera_path_json, rotation_to_quaternion
+from recon.config import get_method, override
+from recon.engine.trainer import Trainer
+from viewer.render import output_image
+from viewer.server import ViewerSettings
+from viewer.training import attach_viewer
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    cfg = SyntheticSceneConfig(width=32, height=32, num_train_views=8, num_test_views=2, supersample=1, num_points=500)
+    return generate_scene(tmp_path_factory.mktemp("viewer") / "scene", cfg)
+
+
+def tiny_config(scene: Path, out: Path, steps: int, **changes):
+    spec = get_method("vanilla-nerf")
+    return override(
+        spec.config, data=scene, output_dir=out, max_num_iterations=steps, steps_per_save=0, steps_per_eval_image=0, eval_at_end=False,
+        device="cpu", timestamp="run", **{"logging.tensorboard": False, "logging.progress_bar": False}, **spec.test_overrides, **changes,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_run(scene, tmp_path_factory) -> Path:
+    """config.yml of a tiny vanilla-nerf run trained for 60 steps."""
+    torch.set_num_threads(1)
+    return Trainer(tiny_config(scene, tmp_path_factory.mktemp("runs"), 60)).train() / "config.yml"
+
+
+def view_of(cameras, i: int, width: int = 64, height: int = 48) -> dict:
+    """The browser camera of training camera i (viser's pose convention is OpenCV, like recon's)."""
+    c2w = cameras.camera_to_worlds[i]
+    fov = 2 * math.atan(0.5 * float(cameras.height[i]) / float(cameras.fy[i]))
+    return {"wxyz": rotation_to_quaternion(c2w[:, :3].double()).tolist(), "position": c2w[:, 3].tolist(), "width": width, "height": height, "fov": fov}
+
+
+def decode(message: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(message["rgb_data"])).convert("RGB"))
+
+
+def next_frame(client, size: tuple[int, int], after: int, timeout: float = 30.0) -> np.ndarray:
+    """The first rendered frame of ``size`` (W, H) received after message index ``after``."""
+    m = client.wait_for(
+        lambda m: m["type"] == "BackgroundImageMessage" and m["rgb_data"] and Image.open(io.BytesIO(m["rgb_data"])).size == size,
+        timeout=timeout, after=after,
+    )  # fmt: skip
+    return decode(m)
+
+
+def wait_until(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on the port any more (a connection is refused)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def set_value(client, label: str, value) -> None:
+    client.send({"type": "GuiUpdateMessage", "uuid": client.gui_uuid(label), "updates": {"value": value}})
+
+
+def test_live_viewer_beside_training(scene, tmp_path, viser_client, free_port, one_thread):
+    threads_before = set(threading.enumerate())
+    trainer = Trainer(tiny_config(scene, tmp_path, 10**7))
+    viewer = attach_viewer(trainer, ViewerSettings(port=free_port, max_res=64, moving_res=16, rest_delay=0.15, refresh_interval=0.3))
+
+    def train():
+        try:
+            trainer.train()
+        except KeyboardInterrupt:
+            pass
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{free_port}/", timeout=10) as page:
+            assert page.status == 200 and b"<html" in page.read(4096).lower()
+
+        client = viser_client(free_port)
+        cameras = trainer.outputs.split("train").cameras
+        client.send_camera(**view_of(cameras, 0))
+        moving = next_frame(client, (16, 12), after=0)  # low resolution first ...
+        rest = next_frame(client, (64, 48), after=0)  # ... the full size once the camera rests
+        assert moving.shape == (12, 16, 3)
+        assert rest.std() > 2.0, "the frame is blank"
+
+        # A click on a training camera's frustum moves the browser's camera there.
+        n = len(client.drain())
+        client.send({"type": "SceneNodeClickMessage", "name": "/cameras/0003", "instance_index": None, "ray_origin": [0.0, 0.0, 0.0],
+                     "ray_direction": [0.0, 0.0, 1.0], "screen_pos": [0.5, 0.5], "modifier": None, "owner": ""})
+        moved = client.wait_for(lambda m: m["type"] == "SetCameraPositionMessage", after=n)
+        assert np.allclose(moved["position"], cameras.camera_to_worlds[3, :, 3].numpy(), atol=1e-4)
+
+        # Pause: the step count stops; the viewer keeps rendering, and what it sends is the model's render.
+        client.click("Pause training")
+        wait_until(lambda: viewer.training.paused)
+        time.sleep(0.3)
+        paused_step = trainer.step
+        time.sleep(0.7)
+        assert trainer.step == paused_step > 0
+        n = len(client.drain())
+        client.send_camera(**view_of(cameras, 3))
+        frame = next_frame(client, (64, 48), after=n)
+        with trainer.lock:
+            trainer.model.eval()
+            from viewer.render import ViewCamera, to_cameras
+
+            v = view_of(cameras, 3)
+            direct = trainer.model.render(to_cameras(ViewCamera(tuple(v["wxyz"]), tuple(v["position"]), v["fov"], 64, 48), 64))
+            trainer.model.train()
+        expected = output_image(direct, "rgb")
+        assert np.abs(frame.astype(float) - expected.astype(float)).mean() < 6.0  # JPEG round trip
+
+        # Another output, colour-mapped: a different picture of the same view.
+        n = len(client.drain())
+        set_value(client, "Output", "depth")
+        depth_frame = next_frame(client, (64, 48), after=n)
+        assert np.abs(depth_frame.astype(float) - frame.astype(float)).mean() > 10.0
+
+        # "Save checkpoint now" while paused writes the paused step's checkpoint.
+        client.click("Save checkpoint now")
+        wait_until(lambda: (trainer.checkpoint_dir / f"step-{paused_step:09d}.safetensors").is_file())
+
+        client.click("Pause training")  # resume
+        wait_until(lambda: trainer.step > paused_step + 5)
+
+        # A browser that goes away does not stop training.
+        client.close()
+        step = trainer.step
+        wait_until(lambda: trainer.step > step + 5)
+    finally:
+        trainer.request_stop()  # what Ctrl-C does
+        thread.join(timeout=60)
+        viewer.stop()
+    assert not thread.is_alive()
+    assert port_is_free(free_port)
+    wait_until(lambda: not (set(threading.enumerate()) - threads_before), timeout=10)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_ns_train_viewer_flag(scene, tmp_path, viser_client, free_port):
+    """``ns-train --viewer`` prints the URL, serves frames, and Ctrl-C leaves no server or process behind."""
+    cmd = [
+        sys.executable, "-m", "recon.cli.train", "vanilla-nerf", "--data", str(scene), "--output-dir", str(tmp_path), "--timestamp", "t",
+        "--max-num-iterations", "1000000", "--steps-per-eval-image", "0", "--device", "cpu", "--logging.no-progress-bar",
+        "--model.hidden-dim", "32", "--model.num-layers", "2", "--model.skips", "--model.num-coarse-samples", "8",
+        "--model.num-fine-samples", "8", "--datamanager.train-num-rays-per-batch", "128",
+        "--viewer", "--viewer-port", str(free_port), "--viewer-max-res", "40",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any(f"viewer at http://localhost:{free_port}" in line for line in lines), timeout=60)
+        client = viser_client(free_port)
+        client.send_camera(wxyz=(1.0, 0.0, 0.0, 0.0), position=(0.0, 0.0, -3.0), width=80, height=60)
+        frame = next_frame(client, (40, 30), after=0)
+        assert frame.shape == (30, 40, 3)
+        # The step read-out: training has started (so Ctrl-C now is the trainer's, which saves).
+        client.wait_for(lambda m: m["type"] == "GuiUpdateMessage" and re.search(r"step [1-9]\d* /", str(m["updates"].get("_markdown", ""))))
+        children = _children(proc.pid)
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        reader.join(timeout=5)
+    assert code == 130, "".join(lines)[-2000:]
+    assert any("checkpoint written" in line for line in lines), "".join(lines)[-3000:]
+    assert port_is_free(free_port)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+
+
+def test_ns_viewer_run_crop_and_camera_path(trained_run, tmp_path, viser_client, free_port, one_thread):
+    """``ns-viewer --load-config``: frames of the trained model; the crop box hides what lies outside it
+    and is what ``ns-export --crop-from-viewer`` uses; a recorded camera path renders with ns-render."""
+    from recon.cli.export import PointcloudExport
+    from recon.cli.render import CameraPathRender
+    from recon.export.crop import read_viewer_crop
+    from viewer.cli import ViewerCommand
+
+    viewer = ViewerCommand(load_config=trained_run, viewer_port=free_port, max_res=48, device="cpu").open()
+    run_dir = trained_run.parent
+    try:
+        client = viser_client(free_port)
+        from recon.engine.run import load_run
+
+        cameras = load_run(trained_run, "cpu").outputs.split("train").cameras
+        client.send_camera(**view_of(cameras, 0))
+        full = next_frame(client, (48, 36), after=0)
+        assert full.std() > 2.0
+
+        # Crop to a tiny box in a corner of the scene: only the background is left.
+        n = len(client.drain())
+        set_value(client, "Crop center", (0.9, 0.9, 0.9))
+        set_value(client, "Crop size", (0.05, 0.05, 0.05))
+        set_value(client, "Crop viewport", True)
+        wait_until(lambda: (run_dir / "viewer_crop.json").is_file() and json.loads((run_dir / "viewer_crop.json").read_text())["enabled"])
+        lo, hi = read_viewer_crop(run_dir)
+        assert torch.allclose(lo, torch.full((3,), 0.875)) and torch.allclose(hi, torch.full((3,), 0.925))
+        n = len(client.drain())
+        client.send_camera(**view_of(cameras, 0))
+        cropped = next_frame(client, (48, 36), after=n)
+        assert cropped.std() < 3.0 and np.abs(cropped.astype(float) - full.astype(float)).mean() > 5.0
+
+        # Camera path: two keyframes, 0.5 s at 4 fps, 16 px high.
+        for count, i in enumerate((2, 5), 1):
+            client.send_camera(**view_of(cameras, i))
+            time.sleep(0.3)
+            client.click("Add keyframe")  # the server reads the camera when it handles the click: wait for that
+            client.wait_for(lambda m: m["type"] == "GuiUpdateMessage" and re.search(rf"Keyframes: {count}\b", str(m["updates"].get("_markdown", ""))))
+        set_value(client, "Render height", 16)
+        set_value(client, "Duration (s)", 0.5)
+        set_value(client, "FPS", 4.0)
+        time.sleep(0.3)
+        client.click("Save camera path")
+        path_file = run_dir / "camera_paths" / "camera_path.json"
+        wait_until(path_file.is_file)
+    finally:
+        viewer.stop()
+    assert port_is_free(free_port)
+
+    path = load_camera_path_json(path_file)
+    assert len(path.cameras) == 2 and int(path.cameras.height[0]) == 16 and path.fps == 4.0
+    assert torch.allclose(path.cameras.camera_to_worlds[0], cameras.camera_to_worlds[2], atol=1e-4), (path.cameras.camera_to_worlds, cameras.camera_to_worlds[[2, 5]])
+    assert torch.allclose(path.cameras.camera_to_worlds[-1], cameras.camera_to_worlds[5], atol=1e-4)
+    CameraPathRender(load_config=trained_run, camera_path_filename=path_file, output_path=tmp_path / "frames", device="cpu").run()
+    frames = sorted((tmp_path / "frames").glob("*.png"))
+    assert len(frames) == 2 and Image.open(frames[0]).size[1] == 16
+
+    # ns-export --crop-from-viewer keeps only points inside the viewer's box (here: half the scene box).
+    from recon.export.crop import write_viewer_crop
+
+    lo, hi = torch.tensor([-1.0, -1.0, -1.0]), torch.tensor([1.0, 1.0, 0.0])
+    write_viewer_crop(run_dir, lo, hi, enabled=True)
+    common = dict(load_config=trained_run, device="cpu", accumulation_threshold=0.0, remove_outliers=False, num_points=2000)
+    whole = PointcloudExport(output_dir=tmp_path / "all", **common).run()
+    part = PointcloudExport(output_dir=tmp_path / "crop", crop_from_viewer=True, **common).run()
+    run = load_run(trained_run, "cpu")
+    import trimesh
+
+    pts_all, pts_crop = (torch.as_tensor(np.asarray(trimesh.load(p).vertices), dtype=torch.float32) for p in (whole, part))
+    T = run.outputs.dataparser_transform
+    normalised = (pts_crop @ T[:, :3].T + T[:, 3]) * run.outputs.dataparser_scale  # inverse of transform_to_input
+    assert 0 < len(pts_crop) < len(pts_all)
+    assert bool(((normalised >= lo - 1e-4) & (normalised <= hi + 1e-4)).all())
+
+
+def test_ns_viewer_mesh_and_splat_files(tmp_path, viser_client, free_port):
+    import trimesh
+
+    from recon.export.splat_ply import write_splat_ply
+    from viewer.cli import ViewerCommand
+
+    mesh_path = tmp_path / "box.ply"
+    trimesh.creation.box().export(mesh_path)
+    n = 50
+    g = torch.Generator().manual_seed(0)
+    params = {"means": torch.randn(n, 3, generator=g), "scales": torch.full((n, 3), -3.0), "quats": torch.randn(n, 4, generator=g),
+              "opacities": torch.full((n,), 2.0), "sh0": torch.randn(n, 1, 3, generator=g) * 0.5, "shN": torch.zeros(n, 3, 3)}
+    splat_path, _ = write_splat_ply(tmp_path / "splat.ply", params)
+    viewer = ViewerCommand(mesh=mesh_path, splat=splat_path, viewer_port=free_port).open()
+    try:
+        client = viser_client(free_port)
+        client.send_camera(wxyz=(1.0, 0.0, 0.0, 0.0), position=(0.0, 0.0, -3.0), width=64, height=48)
+        glb = client.wait_for(lambda m: m["type"] == "GlbMessage")
+        loaded = trimesh.load(io.BytesIO(glb["props"]["glb_data"]), file_type="glb", force="mesh")
+        assert len(loaded.faces) == 12
+        splats = client.wait_for(lambda m: m["type"] == "GaussianSplatsMessage")
+        assert splats["name"] == "/splat"
+    finally:
+        viewer.stop()
+    assert port_is_free(free_port)
+
+
+@pytest.mark.parametrize("args,needle", [([], "nothing to show"), (["--mesh", "missing.ply"], "file not found"), (["--splat", "BAD"], "BAD")])
+def test_ns_viewer_bad_input_one_line(tmp_path, args, needle):
+    if args and args[0] == "--splat":
+        (tmp_path / "bad.ply").write_text("not a ply")
+        args = ["--splat", str(tmp_path / "bad.ply")]
+        needle = "bad.ply"
+    proc = subprocess.run([sys.executable, "-m", "viewer.cli", *args, "--viewer-port", "0"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+
+
+def test_method_panel_api(scene, tmp_path, viser_client, free_port, one_thread):
+    """A method's panel (``Model.viewer_panels``) adds a control to the viewer and changes the frames."""
+    from recon.panels import Panel
+
+    class InvertPanel(Panel):
+        title = "Invert"
+
+        def __init__(self):
+            self.on = False
+
+        def populate(self, context):
+            box = context.gui.add_checkbox("Invert colours", initial_value=False)
+
+            @box.on_update
+            def _(_):
+                self.on = bool(box.value)
+                context.rerender()
+
+        def process_outputs(self, camera, outputs):
+            return {**outputs, "rgb": 1.0 - outputs["rgb"]} if self.on else outputs
+
+    trainer = Trainer(tiny_config(scene, tmp_path, 10))
+    trainer.model.viewer_panels = lambda: [InvertPanel()]
+    viewer = attach_viewer(trainer, ViewerSettings(port=free_port, max_res=32, moving_res=32, rest_delay=0.0))
+    try:
+        client = viser_client(free_port)
+        client.send_camera(**view_of(trainer.outputs.split("train").cameras, 1, 32, 24))
+        client.wait_for(lambda m: m["type"] == "GuiFolderMessage" and m["props"]["label"] == "Invert")
+        plain = next_frame(client, (32, 24), after=0)
+        n = len(client.drain())
+        set_value(client, "Invert colours", True)
+        inverted = next_frame(client, (32, 24), after=n)
+    finally:
+        viewer.stop()
+    assert np.abs(inverted.astype(float) - (255.0 - plain.astype(float))).mean() < 6.0
+
+
+@pytest.mark.parametrize("flag,value,needle", [("--viewer-port", "70000", "not a port number"), ("--viewer-host", "203.0.113.7", "cannot serve the viewer")])
+def test_ns_train_bad_viewer_flags_one_line(scene, tmp_path, flag, value, needle):
+    proc = subprocess.run([sys.executable, "-m", "recon.cli.train", "vanilla-nerf", "--data", str(scene), "--output-dir", str(tmp_path),
+                           "--device", "cpu", "--viewer", flag, value], capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing is written for a bad flag"

@@ -1,0 +1,427 @@
+"""The live viewer: a viser server, a render thread, the scene and the control panel.
+
+Threads: viser runs its websocket server on its own event-loop thread and calls our widget and
+camera callbacks on its worker pool; those callbacks only record what changed. One render thread
+(:class:`Viewer._render_loop`) turns the browsers' cameras into frames. The model is read under
+``lock`` (the trainer's step lock while training), so a frame never sees half an optimizer step
+or half a densification. Sending a frame only queues a message in viser's buffer, so a slow or
+vanished browser never blocks the render thread, let alone training.
+
+Scheduling (the idea of nerfstudio's viewer, written anew here):
+
+* a camera that moved less than ``rest_delay`` seconds ago gets a frame at ``moving_res``; once it
+  rests it gets one at the full resolution (capped by the "Max res" control);
+* while training runs, a resting camera is refreshed every ``refresh_interval`` seconds;
+* while training runs (not paused), after a frame that took ``t`` seconds no frame starts for
+  ``train_render_ratio * t`` seconds, so training gets that share of the machine.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import viser
+
+from recon.cameras import Cameras
+from recon.engine.logging import console
+from recon.errors import ConfigError
+from recon.panels import Panel
+from viewer.render import COLORMAPS, ViewCamera, output_image, to_cameras
+
+
+@dataclass
+class ViewerSettings:
+    """How the viewer serves and renders."""
+
+    host: str = "127.0.0.1"
+    port: int = 7007
+    max_res: int = 512
+    """Longest side of a frame when the camera rests."""
+    moving_res: int = 96
+    """Longest side of a frame while the camera moves."""
+    rest_delay: float = 0.25
+    """Seconds without camera updates after which the camera counts as resting."""
+    refresh_interval: float = 1.0
+    """While training runs, seconds between refreshes of a resting view."""
+    train_render_ratio: float = 3.0
+    """While training runs: seconds of training per second of rendering."""
+    jpeg_quality: int = 80
+    frustum_scale: float = 0.1
+    max_frustum_images: int = 100
+    """Training cameras shown with their image (the others as plain frustums)."""
+
+    def check(self) -> None:
+        """A one-line :class:`ConfigError` for values the viewer cannot use (before anything starts)."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"viewer port {self.port} is not a port number (0 to 65535)")
+        if self.max_res < 16:
+            raise ConfigError(f"viewer max resolution {self.max_res} is too small (at least 16 pixels)")
+        if not self.train_render_ratio >= 0:
+            raise ConfigError(f"viewer train/render ratio {self.train_render_ratio} must be 0 or more")
+        # viser retries a failing bind on the next port a thousand times: check the address first.
+        try:
+            family, _, _, _, address = socket.getaddrinfo(self.host, 0, type=socket.SOCK_STREAM)[0]
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve the viewer on host {self.host!r} ({exc.strerror or exc})") from None
+
+
+@dataclass
+class TrainingState:
+    """What the viewer and a running trainer share (written by one side, read by the other)."""
+
+    max_steps: int
+    step: int = 0
+    loss: float | None = None
+    paused: bool = False
+    done: bool = False
+    save_requested: bool = False
+    last_checkpoint: str | None = None
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Client:
+    handle: Any
+    version: int = 0
+    """Camera updates received."""
+    moved_at: float = 0.0
+    rendered_version: int = -1
+    rendered_full: bool = False
+    rendered_at: float = 0.0
+    rendered_step: int = -1
+
+
+class Viewer:
+    """Serve ``model`` (and, optionally, a running training) to browsers.
+
+    cameras / images: the training cameras and ``images(i) -> [H, W, 3]`` (shown in the frustums).
+    aabb: [2, 3] scene box. lock: held while rendering (the trainer's step lock).
+    """
+
+    def __init__(
+        self,
+        settings: ViewerSettings,
+        model: Any = None,
+        cameras: Cameras | None = None,
+        images: Callable[[int], Any] | None = None,
+        aabb: torch.Tensor | None = None,
+        run_dir: Path | None = None,
+        training: TrainingState | None = None,
+        lock: Any = None,
+        panels: list[Panel] | None = None,
+    ):
+        self.settings = settings
+        self.model = model
+        self.cameras = cameras
+        self.images = images
+        self.aabb = aabb
+        self.run_dir = run_dir
+        self.training = training
+        self.lock = lock if lock is not None else threading.RLock()
+        self.panels = list(panels or [])
+        self._clients: dict[int, _Client] = {}
+        self._clients_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._next_allowed = 0.0
+        self.render_pending = threading.Event()
+        """Set while the render thread waits for or holds ``lock``: the trainer yields between steps
+        (Python locks are not fair; without this a trainer that re-takes its lock at once would
+        starve the viewer)."""
+        self.frames_sent = 0
+        self.last_frame: np.ndarray | None = None
+        """The last frame sent ([H, W, 3] uint8), for tests and benchmarks."""
+        self.render_seconds = 0.0
+        self.output_names: list[str] = ["rgb"]
+        self.server: viser.ViserServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.get_port()
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        return f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0', '::') else host}:{self.port}"
+
+    def start(self) -> "Viewer":
+        self.settings.check()
+        self.server = viser.ViserServer(host=self.settings.host, port=self.settings.port, verbose=False)
+        self.server.gui.configure_theme(control_width="medium", show_share_button=False)
+        self._build_scene()
+        tab_group = self.server.gui.add_tab_group()
+        tabs = {name: tab_group.add_tab(name, icon) for name, icon in (("Control", viser.Icon.SETTINGS), ("Render", viser.Icon.CAMERA))}
+        with tabs["Control"]:
+            self._build_controls()
+        for panel in self.panels:
+            if panel.tab not in tabs:
+                tabs[panel.tab] = tab_group.add_tab(panel.tab)
+            with tabs[panel.tab], self.server.gui.add_folder(panel.title):
+                panel.populate(_Context(self))
+        self.server.on_client_connect(self._on_connect)
+        self.server.on_client_disconnect(self._on_disconnect)
+        if self.model is not None:
+            self._thread = threading.Thread(target=self._render_loop, name="recon-viewer-render", daemon=True)
+            self._thread.start()
+        console.print(f"[bold]viewer[/bold] at {self.url}")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self.training is not None:
+            self.training.stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def rerender(self) -> None:
+        with self._clients_lock:
+            for c in self._clients.values():
+                c.rendered_version = -1
+        self._wake.set()
+
+    # -- scene ------------------------------------------------------------------------------
+    def _build_scene(self) -> None:
+        scene = self.server.scene
+        scene.set_up_direction("+z")
+        scene.add_frame("/world_axes", axes_length=0.3, axes_radius=0.01, show_axes=True)
+        if self.aabb is not None:
+            lo, hi = (np.asarray(v, dtype=np.float64) for v in self.aabb.tolist())
+            scene.add_box("/scene_box", color=(255, 200, 0), dimensions=tuple(hi - lo), wireframe=True, position=tuple((lo + hi) / 2))
+        if self.cameras is None:
+            return
+        from recon.camera_paths import rotation_to_quaternion
+
+        cams = self.cameras.to("cpu")
+        quats = rotation_to_quaternion(cams.camera_to_worlds[:, :, :3].double()).numpy()
+        with_images = set(np.unique(np.linspace(0, len(cams) - 1, min(len(cams), self.settings.max_frustum_images)).round().astype(int)).tolist())
+        for i in range(len(cams)):
+            h, w, fy = int(cams.height[i]), int(cams.width[i]), float(cams.fy[i])
+            image = None
+            if self.images is not None and i in with_images:
+                image = _thumbnail(self.images(i), 96)
+            frustum = scene.add_camera_frustum(
+                f"/cameras/{i:04d}", fov=2 * np.arctan(0.5 * h / fy), aspect=w / h, scale=self.settings.frustum_scale,
+                image=image, wxyz=quats[i], position=cams.camera_to_worlds[i, :, 3].numpy(), color=(60, 60, 200),
+            )
+            frustum.on_click(self._go_to_camera(quats[i], cams.camera_to_worlds[i, :, 3].numpy(), 2 * np.arctan(0.5 * h / fy)))
+
+    def _go_to_camera(self, wxyz: np.ndarray, position: np.ndarray, fov: float) -> Callable[[Any], None]:
+        def go(event: Any) -> None:
+            client = event.client
+            with client.atomic():
+                client.camera.wxyz = wxyz
+                client.camera.position = position
+                client.camera.fov = float(fov)
+
+        return go
+
+    # -- controls ---------------------------------------------------------------------------
+    def _build_controls(self) -> None:
+        gui = self.server.gui
+        t = self.training
+        self.status = gui.add_markdown(self._status_text())
+        if t is not None:
+            self.pause_button = gui.add_button("Pause training", icon=viser.Icon.PLAYER_PAUSE)
+            self.pause_button.on_click(lambda _: self.set_paused(not t.paused))
+            save = gui.add_button("Save checkpoint now", icon=viser.Icon.DEVICE_FLOPPY)
+
+            @save.on_click
+            def _(_: Any) -> None:
+                t.save_requested = True
+
+            ratio = gui.add_number("Train/render time", initial_value=self.settings.train_render_ratio, min=0.0, max=100.0, step=0.5,
+                                   hint="Seconds of training per second of rendering while training runs.")
+            ratio.on_update(lambda _: setattr(self.settings, "train_render_ratio", float(ratio.value)))
+        if self.model is None:
+            return  # files only: nothing is rendered
+        self.output_dropdown = gui.add_dropdown("Output", options=tuple(self.output_names), initial_value="rgb")
+        self.colormap_dropdown = gui.add_dropdown("Colormap", options=COLORMAPS, initial_value="turbo", hint="For one-channel outputs.")
+        self.max_res_slider = gui.add_slider("Max res", min=32, max=2048, step=16, initial_value=min(max(self.settings.max_res, 32), 2048))
+        self.background_rgb = gui.add_rgb("Background", initial_value=self._model_background_rgb())
+        for handle in (self.output_dropdown, self.colormap_dropdown, self.max_res_slider, self.background_rgb):
+            handle.on_update(lambda _: self.rerender())
+
+    def _model_background_rgb(self) -> tuple[int, int, int]:
+        bg = self._model_background()
+        return tuple(int(round(float(v) * 255)) for v in (bg if bg is not None else torch.zeros(3)))  # type: ignore[return-value]
+
+    def _model_background(self) -> torch.Tensor | None:
+        bg = getattr(self.model, "background", None)
+        return bg.detach().float().cpu() if isinstance(bg, torch.Tensor) and bg.numel() == 3 else None
+
+    def _status_text(self) -> str:
+        t = self.training
+        if t is None:
+            return "**Viewing** a trained model" if self.model is not None else "**Viewing** files"
+        state = "done" if t.done else "paused" if t.paused else "training"
+        loss = f" · loss {t.loss:.4g}" if t.loss is not None else ""
+        ckpt = f"<br/>saved {t.last_checkpoint}" if t.last_checkpoint else ""
+        return f"**{state}** · step {t.step} / {t.max_steps}{loss}{ckpt}"
+
+    def update_status(self) -> None:
+        if self.server is not None:
+            self.status.content = self._status_text()
+
+    def set_paused(self, paused: bool) -> None:
+        assert self.training is not None
+        self.training.paused = paused
+        if self.server is not None:
+            self.pause_button.label = "Resume training" if paused else "Pause training"
+            self.pause_button.icon = viser.Icon.PLAYER_PLAY if paused else viser.Icon.PLAYER_PAUSE
+            self.update_status()
+        self._wake.set()
+
+    # -- clients ----------------------------------------------------------------------------
+    def _on_connect(self, client: Any) -> None:
+        state = _Client(client, moved_at=time.perf_counter())
+        with self._clients_lock:
+            self._clients[client.client_id] = state
+
+        @client.camera.on_update
+        def _(_: Any) -> None:
+            state.version += 1
+            state.moved_at = time.perf_counter()
+            self._wake.set()
+
+        self._wake.set()
+
+    def _on_disconnect(self, client: Any) -> None:
+        with self._clients_lock:
+            self._clients.pop(client.client_id, None)
+
+    # -- rendering --------------------------------------------------------------------------
+    def _training_active(self) -> bool:
+        t = self.training
+        return t is not None and not t.paused and not t.done
+
+    def _job(self, c: _Client, now: float) -> int | None:
+        """The resolution of the frame this client needs now, or None."""
+        resting = now - c.moved_at >= self.settings.rest_delay
+        full = int(self.max_res_slider.value)
+        if c.rendered_version != c.version:
+            return full if resting else min(self.settings.moving_res, full)
+        if resting and not c.rendered_full:
+            return full
+        t = self.training
+        if t is not None and t.step != c.rendered_step and now - c.rendered_at >= self.settings.refresh_interval:
+            return full
+        return None
+
+    def _render_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.05)
+            self._wake.clear()
+            now = time.perf_counter()
+            if self._training_active() and now < self._next_allowed:
+                continue
+            with self._clients_lock:
+                clients = list(self._clients.values())
+            for c in clients:
+                res = self._job(c, time.perf_counter())
+                if res is None or self._stop.is_set():
+                    continue
+                try:
+                    self._render_client(c, res)
+                except Exception as exc:  # a failed frame must not end the viewer
+                    console.print(f"[red]viewer: rendering failed: {type(exc).__name__}: {exc}[/red]")
+                    c.rendered_version, c.rendered_full = c.version, True
+                break  # one frame per round: fairness between clients and training
+
+    def _render_client(self, c: _Client, res: int) -> None:
+        cam = c.handle.camera
+        version, step = c.version, (self.training.step if self.training is not None else -1)
+        view = ViewCamera(tuple(cam.wxyz), tuple(cam.position), float(cam.fov), int(cam.image_width), int(cam.image_height))
+        camera = to_cameras(view, res)
+        start = time.perf_counter()
+        self.render_pending.set()
+        try:
+            with self.lock:
+                was_training = self.model.training
+                self.model.eval()
+                try:
+                    outputs = self.model.render(camera.to(self.model.device))
+                finally:
+                    self.model.train(was_training)
+        finally:
+            self.render_pending.clear()
+        for panel in self.panels:
+            outputs = panel.process_outputs(camera, outputs)
+        names = [k for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.ndim == 3]
+        if names != self.output_names:
+            self.output_names = names
+            self.output_dropdown.options = tuple(names)
+        name = self.output_dropdown.value if self.output_dropdown.value in outputs else "rgb"
+        bg = torch.tensor(self.background_rgb.value, dtype=torch.float32) / 255.0
+        image = output_image(outputs, name, self.colormap_dropdown.value, background=bg, model_background=self._model_background())
+        elapsed = time.perf_counter() - start
+        if c.handle.client_id not in self._clients:
+            return  # the browser left while this frame was rendered
+        c.handle.scene.set_background_image(image, format="jpeg", jpeg_quality=self.settings.jpeg_quality)
+        self.frames_sent += 1
+        self.last_frame = image
+        self.render_seconds += elapsed
+        c.rendered_version, c.rendered_full, c.rendered_at, c.rendered_step = version, res >= int(self.max_res_slider.value), time.perf_counter(), step
+        self._next_allowed = time.perf_counter() + self.settings.train_render_ratio * elapsed
+
+
+class _Context:
+    """The :class:`recon.panels.PanelContext` the viewer gives a panel."""
+
+    def __init__(self, viewer: Viewer):
+        self.viewer = viewer
+        self.gui = viewer.server.gui
+        self.scene = viewer.server.scene
+        self.model = viewer.model
+        self.run_dir = viewer.run_dir
+
+    def rerender(self) -> None:
+        self.viewer.rerender()
+
+
+def training_views(outputs: Any, image_scale: float = 1.0) -> tuple[Cameras | None, Callable[[int], np.ndarray] | None]:
+    """The training cameras of parsed data (``data.base.DataparserOutputs``) at the training image
+    scale, and a loader of their images; (None, None) for inputs without cameras (cross-sections)."""
+    if not hasattr(outputs, "split") or getattr(outputs, "cameras", None) is None:
+        return None, None
+    train = outputs.split("train")
+    if len(train.cameras) == 0:
+        return None, None
+    cameras = train.cameras.scaled(image_scale) if image_scale != 1.0 else train.cameras
+    background = getattr(outputs, "alpha_color", None)
+
+    def image(i: int) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(train.image_filenames[i]) as im:
+            rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        bg = np.ones(3, np.float32) if background is None else np.asarray(background, np.float32)
+        return rgba[..., :3] * rgba[..., 3:] + bg * (1.0 - rgba[..., 3:])
+
+    return cameras, image
+
+
+def _thumbnail(image: Any, size: int) -> np.ndarray:
+    """[H, W, 3] float or uint8 -> uint8 with the longest side at most ``size`` (nearest pixel)."""
+    from recon.export.video import to_uint8_frame
+
+    img = to_uint8_frame(image)
+    h, w = img.shape[:2]
+    step = max(1, int(np.ceil(max(h, w) / size)))
+    return np.ascontiguousarray(img[::step, ::step])

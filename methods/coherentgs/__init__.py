@@ -1,5 +1,7 @@
 """``coherentgs``: CoherentGS (Paliwal et al. 2024) as a recon method (see README.md beside this file)."""
 
+from typing import Any
+
 from data.parsers import AutoParserConfig
 from methods.coherentgs.model import CoherentGSModel, CoherentGSModelConfig
 from methods.coherentgs.views import CoherentGSDataManager, CoherentGSDataManagerConfig
@@ -18,6 +20,22 @@ def _adam(lr: float) -> OptimizerConfig:
 def _cyclic(max_lr: float, step_size_up: int) -> OptimizerConfig:
     """AdamW (PyTorch defaults: weight decay 0.01, eps 1e-8) with CyclicLR triangular2 from 1e-6."""
     return OptimizerConfig(lr=max_lr, eps=1e-8, weight_decay=0.01, scheduler=SchedulerConfig("cyclic", cyclic_min_lr=1e-6, cyclic_step_size_up=step_size_up))
+
+
+def short_schedule(steps: int, lr_factor: float = 1.0) -> dict[str, Any]:
+    """Overrides that compress the official 13k-step schedule to ``steps`` (every step-numbered
+    event scaled by steps / 13 000) and multiply every learning rate by ``lr_factor``: for CPU runs
+    of a few hundred steps, where the official rates would barely move the decoders [ours]."""
+    r = steps / STEPS
+    at = lambda n: max(1, round(n * r))  # noqa: E731
+    base = coherentgs().config.optimizers
+    return {
+        "max_num_iterations": steps, "model.scale_reset_until": at(8000), "model.scale_reset_every": at(100),
+        "model.sh_degree_start": at(8000), "model.sh_degree_interval": at(1000), "model.multisample_start": at(5000),
+        "model.tv_ramp_steps": steps, "optimizers.depth_decoder.scheduler.cyclic_step_size_up": at(1000),
+        "optimizers.opacity_decoder.scheduler.cyclic_step_size_up": at(2000),
+        **{f"optimizers.{name}.lr": cfg.lr * lr_factor for name, cfg in base.items()},
+    }
 
 
 def coherentgs() -> MethodSpec:
@@ -51,4 +69,4 @@ def coherentgs() -> MethodSpec:
     return MethodSpec("coherentgs", "CoherentGS (Paliwal et al. 2024): sparse-view Gaussians, one per input pixel, with decoders, flow and TV", config, test_overrides=tiny)
 
 
-__all__ = ["CoherentGSDataManager", "CoherentGSDataManagerConfig", "CoherentGSModel", "CoherentGSModelConfig", "coherentgs"]
+__all__ = ["short_schedule", "CoherentGSDataManager", "CoherentGSDataManagerConfig", "CoherentGSModel", "CoherentGSModelConfig", "coherentgs"]

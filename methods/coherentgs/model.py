@@ -122,7 +122,7 @@ class CoherentGSModel(Model):
         self.intrinsics.copy_(torch.stack([cams.fx, cams.fy, cams.cx, cams.cy], -1))
         alpha0 = c.init_opacity if c.init_opacity is not None else pick(INIT_OPACITY, v)
         self.base_opacity.fill_(math.log(alpha0 / (1 - alpha0)))
-        self.residual_scale.copy_(c.residual_depth_scale * views.depth.flatten(1).mean(1))
+        self.residual_scale.copy_(c.residual_depth_scale * torch.stack([d[h].median() for d, h in zip(views.depth, views.hits, strict=True)]))
         self.sh0.copy_(rgb_to_sh(views.images.reshape(-1, 3))[:, None, :])
         self.reset_scales()
 
@@ -279,8 +279,8 @@ class CoherentGSModelConfig(ModelConfig):
     opacity_decoder_width: int | None = None
     """ngf of the opacity decoder; None: 6 / 10 / 12 for 2 / 3 / 4 views."""
     residual_depth_scale: float = 15.0
-    """Bound of the residual depth, as a multiple of the view's mean initial depth [ours]; the
-    official 50 depth units is about 15 mean depths of LLFF in its coordinates."""
+    """Bound of the residual depth, as a multiple of the view's median initial depth [ours]; the
+    official 50 depth units is about 15 median depths of LLFF in its coordinates."""
     opacity_offset_scale: float = 100.0
     """Factor on tanh of the opacity decoder's output (logit offset)."""
     init_opacity: float | None = None

@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from data.base import DataparserOutputs
-from data.datamanager import ImageDataManager, ImageDataManagerConfig
+from data.datamanager import ImageDataManager, ImageDataManagerConfig, ImageDataset
 from data.images import load_depth
 from recon.cameras import Cameras
 from recon.engine.logging import console
@@ -37,7 +38,8 @@ class SparseViews:
 
     images [V, H, W, 3] float RGB; cameras (V, one size); depth [V, H, W] aligned initial z-depth;
     layers [V, C, H, W] one-hot depth-layer masks (float); flows [V, V, H, W, 2] with flows[i, j] =
-    F_{i->j} (zeros on the diagonal); flow_masks [V, V, H, W] float 0/1 (consistent and inside).
+    F_{i->j} (zeros on the diagonal); flow_masks [V, V, H, W] float 0/1 (consistent and inside);
+    hits [V, H, W] bool: pixels that see a surface (False where a depth file marks a miss).
     """
 
     images: Tensor
@@ -46,6 +48,7 @@ class SparseViews:
     layers: Tensor
     flows: Tensor
     flow_masks: Tensor
+    hits: Tensor
 
     @property
     def num_views(self) -> int:
@@ -88,33 +91,48 @@ def flow_loss(positions: Tensor, reference: int, partners: list[int], flows: Ten
 def align_depth(
     depth: Tensor, cameras: Cameras, flows: Tensor, masks: Tensor, steps: int, lr_scale: float, lr_offset: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-view scale s and offset o minimising the flow loss over every ordered pair (Adam, cosine
-    annealing to 0 over ``steps``). D = s D^m + o median(D^m): the offset is relative to the view's
-    median depth, so the learning rates do not depend on the scene's units [ours]. Returns the
-    aligned depth [V, H, W], s [V] and o [V]."""
-    v = depth.shape[0]
+    """Per-view scale s and offset o minimising the flow loss summed over every ordered pair (Adam,
+    cosine annealing to 0 over ``steps``; spec section 2.3 step 5). D = s D^m + o median(D^m): the
+    offset is relative to the view's median depth, so the learning rates do not depend on the
+    scene's units [ours]. Returns the aligned depth [V, H, W], s [V] and o [V].
+
+    A world position c + D r is affine in (s, o), and so is its bilinear warp: the warps of D r and
+    r are computed once, which makes each step a few element-wise operations over the masked
+    pixels (the loss is exactly :func:`flow_loss` over all pairs).
+    """
+    v, h, w = depth.shape
     scale = torch.ones(v, device=depth.device, requires_grad=True)
     offset = torch.zeros(v, device=depth.device, requires_grad=True)
     if steps <= 0 or v < 2:
         return depth, scale.detach(), offset.detach()
     median = depth.flatten(1).median(1).values
-    rays, c2w = camera_rays(cameras), cameras.camera_to_worlds
-    others = [[j for j in range(v) if j != i] for i in range(v)]
+    c2w = cameras.camera_to_worlds
+    rays = torch.einsum("vij,vhwj->vhwi", c2w[:, :, :3], camera_rays(cameras))  # world-rotated, camera z = 1
+    terms = []  # per pair: (i, j, A_i, B_i, warped A_j, warped B_j, c_j - c_i) on the masked pixels
+    with torch.no_grad():
+        for i in range(v):
+            for j in range(v):
+                keep = masks[i, j] > 0
+                if i == j or not keep.any():
+                    continue
+                src = torch.cat([depth[j][..., None] * rays[j], median[j] * rays[j]], -1).permute(2, 0, 1)[None]
+                warped = backward_warp(src, flows[i, j][None])[0][0].permute(1, 2, 0)[keep]
+                a_i, b_i = (depth[i][..., None] * rays[i])[keep], (median[i] * rays[i])[keep]
+                terms.append((i, j, a_i, b_i, warped[:, :3], warped[:, 3:], c2w[j, :, 3] - c2w[i, :, 3]))
     opt = torch.optim.Adam([{"params": [scale], "lr": lr_scale}, {"params": [offset], "lr": lr_offset}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=0.0)
-
-    def aligned() -> Tensor:
-        return (scale[:, None, None] * depth + (offset * median)[:, None, None]).clamp_min(1e-3 * float(median.min()))
-
     for _ in range(steps):
-        x = world_positions(aligned(), rays, c2w)
-        loss = sum(flow_loss(x, i, others[i], flows[i, others[i]], masks[i, others[i]]) for i in range(v))
+        loss = depth.new_zeros(())
+        for i, j, a_i, b_i, a_j, b_j, dc in terms:
+            diff = dc + scale[j] * a_j + offset[j] * b_j - scale[i] * a_i - offset[i] * b_i
+            loss = loss + diff.abs().sum() / (h * w * 3)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
     with torch.no_grad():
-        return aligned(), scale.detach(), offset.detach()
+        aligned = scale[:, None, None] * depth + (offset * median)[:, None, None]
+        return aligned.clamp_min(1e-3 * float(median.min())), scale.detach(), offset.detach()
 
 
 def depth_layers(depth: Tensor, num_layers: int, max_samples: int = 4000) -> Tensor:
@@ -157,6 +175,19 @@ def pairwise_flows(images: np.ndarray, method: FlowMethod, preset: str, erosion:
             if i != j:
                 weights[i, j] = forward_backward_consistency(flows[i, j], flows[j, i], erosion)
     return flows.to(device), weights.to(device), (weights > threshold).float().to(device)
+
+
+def resize_views(flows: Tensor, masks: Tensor, depth: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Flows [V, V, H, W, 2], flow masks [V, V, H, W] and depth [V, H, W] computed at one resolution,
+    brought to ``size`` (H', W'): area-averaged, flow vectors rescaled, a mask kept where every
+    covered pixel was valid."""
+    v, _, h, w = masks.shape
+    hs, ws = size
+    f = F.interpolate(flows.reshape(v * v, h, w, 2).permute(0, 3, 1, 2), size=size, mode="area")
+    f = f * torch.tensor([ws / w, hs / h], device=f.device)[None, :, None, None]
+    m = F.interpolate(masks.reshape(v * v, 1, h, w), size=size, mode="area") > 0.999
+    d = F.interpolate(depth[:, None], size=size, mode="area")[:, 0]
+    return f.permute(0, 2, 3, 1).reshape(v, v, hs, ws, 2), m.float().reshape(v, v, hs, ws), d
 
 
 def covisible(hit: Tensor, flows: Tensor) -> Tensor:
@@ -208,6 +239,9 @@ def sfm_depth(points: np.ndarray, cameras: Cameras) -> Tensor:
 class CoherentGSDataManagerConfig(ImageDataManagerConfig):
     """Whole training images (3DGS sampling) plus CoherentGS's per-view flows, depth and layers."""
 
+    preprocess_full_resolution: bool = True
+    """With image_scale != 1: compute flows and initial depth on the dataset's images, then resize
+    (DIS flow is far more reliable at the higher resolution) [ours]."""
     flow_method: FlowMethod = "dis"
     """Optical flow: OpenCV DIS (default; fast, coarse to fine) or Farneback. Learned flow (FlowFormer++) is not built in."""
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
@@ -225,6 +259,11 @@ class CoherentGSDataManagerConfig(ImageDataManagerConfig):
     """Depth layers per view (C)."""
     align_steps: int = 1000
     """Steps of the per-view scale/offset alignment on the flow loss (0 skips it)."""
+    align_metric_depth: bool = False
+    """Also align depth that is already metric (files, sfm, flow triangulation; every built-in source).
+    Off by default [ours]: the official alignment exists for relative monocular depth, and on metric
+    depth it measurably hurts (with exact depth files on the synthetic scene it shrank depth by 30-40 %,
+    the L1 flow loss in world units favouring smaller depths when the flow is noisy)."""
     align_lr_scale: float = 0.01
     """Alignment learning rate of the scales (cosine-annealed to 0). Official: 1.0 for Depth Anything's relative depth."""
     align_lr_offset: float = 0.01
@@ -250,19 +289,27 @@ class CoherentGSDataManager(ImageDataManager):
         ds.require_single_size("CoherentGS (one Gaussian per pixel of every view)")
         t0 = time.perf_counter()
         rgb = torch.stack([ds.image(i) for i in range(len(ds))])
-        uint8 = (rgb * 255).round().clamp(0, 255).byte().numpy()
         cameras = self.cameras
+        source = ds
+        if c.image_scale != 1.0 and c.preprocess_full_resolution:
+            source = ImageDataset(self.train_outputs, 1.0, load_masks=False)
+        uint8 = (torch.stack([source.image(i) for i in range(len(source))]) * 255).round().clamp(0, 255).byte().numpy()
+        src_cams = source.cameras.to(self.device)
         flows, _, masks = pairwise_flows(uint8, c.flow_method, c.dis_preset, c.flow_erosion, c.flow_mask_threshold, self.device)
-        depth, hit = self._initial_depth(flows, masks, cameras)
+        depth, hit = self._initial_depth(flows, masks, src_cams)
         masks = masks * covisible(hit.float(), flows)
-        depth, s, o = align_depth(depth, cameras, flows, masks, c.align_steps, c.align_lr_scale, c.align_lr_offset)
+        if source is not ds:
+            flows, masks, depth = resize_views(flows, masks, depth, tuple(rgb.shape[1:3]))
+            hit = F.interpolate(hit[:, None].float(), size=tuple(rgb.shape[1:3]), mode="area")[:, 0] > 0.5
+        steps = c.align_steps if c.align_metric_depth else 0  # every built-in depth source is metric
+        depth, s, o = align_depth(depth, cameras, flows, masks, steps, c.align_lr_scale, c.align_lr_offset)
         layers = torch.stack([depth_layers(d, c.num_layers) for d in depth])
         console.print(
             f"coherentgs: {len(ds)} views, flow {c.flow_method} ({float(masks.mean()) * len(ds) / max(len(ds) - 1, 1):.0%} of pixel pairs consistent),"
             f" depth from {self.depth_source}, alignment s={[round(float(x), 3) for x in s]} o={[round(float(x), 3) for x in o]},"
             f" {time.perf_counter() - t0:.1f} s"
         )
-        return SparseViews(rgb.to(self.device), cameras, depth, layers, flows, masks)
+        return SparseViews(rgb.to(self.device), cameras, depth, layers, flows, masks, hit)
 
     @property
     def depth_source(self) -> str:

@@ -60,14 +60,15 @@ def backward_warp(source: Tensor, flow: Tensor, padding_mode: str = "zeros") -> 
     """Sample ``source`` [B, C, H', W'] at p + flow(p) for every pixel p of the flow [B, H, W, 2].
 
     Bilinear, pixel centres at +0.5. Returns the warped image [B, C, H, W] and a mask [B, H, W]
-    of the pixels whose sample point lies inside the source image.
+    of the pixels whose sample point lies between the source's outermost pixel centres (where the
+    bilinear sample does not blend in the padding).
     """
     b, _, hs, ws = source.shape
     pos = pixel_grid(flow.shape[1], flow.shape[2], flow.device, flow.dtype)[None] + flow
     size = torch.tensor([ws, hs], device=flow.device, dtype=flow.dtype)
     grid = 2.0 * pos / size - 1.0
     out = F.grid_sample(source, grid.to(source.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=False)
-    inside = (pos[..., 0] >= 0) & (pos[..., 0] <= ws) & (pos[..., 1] >= 0) & (pos[..., 1] <= hs)
+    inside = (pos[..., 0] >= 0.5) & (pos[..., 0] <= ws - 0.5) & (pos[..., 1] >= 0.5) & (pos[..., 1] <= hs - 0.5)
     return out, inside
 
 

@@ -1,6 +1,6 @@
 """Benchmark: CoherentGS against splat (3DGS) with the same sparse views of LLFF fern (issue 6).
 
-    python benchmarks/bench_coherentgs.py [--views 3] [--steps 200] [--image-scale 0.25] [--lr-factors 1,5]
+    python benchmarks/bench_coherentgs.py [--views 3] [--steps 200] [--image-scale 0.25] [--lr-factors 1,5] [--methods splat-sfm,splat-random,coherentgs]
 
 LLFF protocol: every 8th image (0, 8, 16) is a test view; the K training views are
 ``round(linspace(0, n_train - 1, K))`` over the other 17 (RegNeRF; K = 3 gives images 1, 10, 19);
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--image-scale", type=float, default=0.25, help="scale of images_8 (1 = the full 504x378 protocol)")
     ap.add_argument("--lr-factors", default="1", help="comma-separated learning-rate factors of coherentgs")
     ap.add_argument("--multisample-max", type=int, default=2, help="largest supersampling factor of coherentgs (official 4)")
-    ap.add_argument("--methods", default="splat,coherentgs")
+    ap.add_argument("--methods", default="splat-sfm,splat-random,coherentgs", help="splat-sfm: 3DGS from the COLMAP points (made from all 20 images, test views included); splat-random: 3DGS from random points")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench"))
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
@@ -38,10 +38,12 @@ def main() -> None:
     for views in (int(v) for v in args.views.split(",")):
         common = {"num_train_views": views, "datamanager.image_scale": args.image_scale}
         label = f"fern images_8 x{args.image_scale:g}, {views} views"
-        if "splat" in args.methods:
-            _, row = train_and_evaluate("splat", data, args.output_dir, args.steps, 1, args.device, timestamp=f"splat-{views}", **common)
-            rows.append({**row, "data": label, "lr_factor": ""})
-            print(rows[-1], flush=True)
+        for init in ("sfm", "random"):
+            if f"splat-{init}" in args.methods.split(","):
+                changes = {**common, "model.init": init, "timestamp": f"splat-{init}-{views}"}
+                trainer, row = train_and_evaluate("splat", data, args.output_dir, args.steps, 1, args.device, **changes)
+                rows.append({**row, "method": f"splat ({init} init)", "data": label, "lr_factor": "", "gaussians": trainer.model.num_gaussians})
+                print(rows[-1], flush=True)
         if "coherentgs" in args.methods:
             for factor in (float(f) for f in args.lr_factors.split(",")):
                 changes = {**common, **short_schedule(args.steps, factor), "model.multisample_max": args.multisample_max, "timestamp": f"coherentgs-{views}-{factor:g}"}

@@ -31,8 +31,6 @@ from recon.model import Export, Model, ModelConfig, Output, SceneInfo
 from recon.render.gaussians import rasterization
 from recon.render.gaussians.helpers import camera_matrices, rgb_to_sh
 
-PARAM_GROUPS = ("depth_decoder", "opacity_decoder", "scales", "quats", "sh0", "shN")
-
 # Per number of training views (2, 3, 4): official decoder widths and base opacity (spec 2.1-2.2).
 DEPTH_NGF = {2: 10, 3: 15, 4: 18}
 OPACITY_NGF = {2: 6, 3: 10, 4: 12}

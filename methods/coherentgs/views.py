@@ -25,7 +25,15 @@ from data.images import load_depth
 from recon.cameras import Cameras
 from recon.engine.logging import console
 from recon.errors import DataError
-from recon.geometry.flow import FlowMethod, backward_warp, fill_depth, forward_backward_consistency, optical_flow, triangulate_flow
+from recon.geometry.flow import (
+    FlowMethod,
+    backward_warp,
+    fill_depth,
+    forward_backward_consistency,
+    optical_flow,
+    pixel_grid,
+    triangulate_flow,
+)
 
 DepthSource = Literal["auto", "files", "sfm", "flow"]
 BACKGROUND_DEPTH_FACTOR = 10.0
@@ -57,8 +65,6 @@ class SparseViews:
 
 def camera_rays(cameras: Cameras) -> Tensor:
     """Per-pixel ray directions with camera z = 1 [V, H, W, 3] in camera coordinates (pixel centres)."""
-    from recon.geometry.flow import pixel_grid
-
     h, w = int(cameras.height[0]), int(cameras.width[0])
     p = pixel_grid(h, w, cameras.device)
     x = (p[None, ..., 0] - cameras.cx[:, None, None]) / cameras.fx[:, None, None]

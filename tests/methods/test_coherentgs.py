@@ -13,7 +13,7 @@ import torch
 from methods.coherentgs.decoder import ImplicitDecoder, level_sizes, view_encoding
 from methods.coherentgs.views import SparseViews, align_depth, camera_rays, depth_layers, flow_loss, world_positions
 from recon.cameras import Cameras
-from recon.config import get_method
+from recon.geometry.flow import pixel_grid
 
 
 @pytest.mark.parametrize("size", [(37, 53), (5, 3), (64, 64), (95, 126)])
@@ -47,8 +47,6 @@ def plane_pair(h: int = 24, w: int = 32):
     masks = torch.zeros(2, 2, h, w)
     for i, j in ((0, 1), (1, 0)):
         uv, _ = cams.project(pos[i].reshape(-1, 3), j)
-        from recon.geometry.flow import pixel_grid
-
         flows[i, j] = uv.reshape(h, w, 2) - pixel_grid(h, w)
         target = uv.reshape(h, w, 2)
         masks[i, j] = ((target[..., 0] > 0.5) & (target[..., 0] < w - 0.5) & (target[..., 1] > 0.5) & (target[..., 1] < h - 0.5)).float()
@@ -91,12 +89,11 @@ class _Views:
 
 def test_every_gaussian_stays_on_its_pixel_ray():
     from methods.coherentgs.model import CoherentGSModelConfig
+    from recon.model import SceneInfo
 
     cams, depth, flows, masks = plane_pair(13, 17)
     layers = torch.stack([depth_layers(d, 3) for d in depth])
     views = SparseViews(torch.rand(2, 13, 17, 3), cams, depth, layers, flows, masks, torch.ones_like(depth, dtype=torch.bool))
-    from recon.model import SceneInfo
-
     model = CoherentGSModelConfig(num_layers=3, depth_decoder_width=2, opacity_decoder_width=2).setup(scene=SceneInfo(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]), num_train_cameras=2))
     model.initialize_from_data(_Views(views))
     with torch.no_grad():  # random decoders: large residuals, still on the rays
@@ -104,8 +101,6 @@ def test_every_gaussian_stays_on_its_pixel_ray():
             p.normal_(0.0, 0.3)
     g = model.gaussians()
     assert g["means"].shape == (2 * 13 * 17, 3) and (g["depth"] - depth).abs().max() > 0.05
-    from recon.geometry.flow import pixel_grid
-
     for i in range(2):
         uv, z = cams.project(g["positions"][i].reshape(-1, 3).detach(), i)
         assert torch.allclose(uv, pixel_grid(13, 17).reshape(-1, 2), atol=1e-4)

@@ -3,7 +3,8 @@
 Formulations: eikonal (Gropp et al. 2020, IGR), curvature (Li et al. 2023, Neuralangelo, eq. 9),
 monocular depth and normal cues (Yu et al. 2022, MonoSDF, eq. 12-14), stochastic structural
 similarity (Xie et al. 2023, "S3IM: Stochastic Structural SIMilarity and Its Unreasonable
-Effectiveness for Neural Fields", ICCV).
+Effectiveness for Neural Fields", ICCV), multi-scale L1 and total variation (Paliwal et al. 2024,
+CoherentGS).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ __all__ = [
     "S3IMConfig",
     "curvature_loss",
     "eikonal_loss",
+    "multiscale_l1",
     "normal_cue_loss",
     "psnr_from_mse",
     "s3im",
     "scale_shift_invariant_depth_loss",
+    "total_variation",
 ]
 
 
@@ -199,3 +202,25 @@ def s3im(
     c1, c2 = 0.01**2, 0.03**2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
     return ssim_map.mean()
+
+
+def multiscale_l1(pred: Tensor, gt: Tensor, weights: tuple[float, ...] = (1.0, 1 / 4, 1 / 8, 1 / 16, 1 / 32)) -> Tensor:
+    """Multi-scale L1 of images [H, W, C] (or [B, H, W, C]): sum_k weights[k] mean|P^k(pred) - P^k(gt)|
+    with P = 2x2 average pooling (finest first; CoherentGS, Paliwal et al. 2024). Levels stop once an
+    image side would fall below 1 pixel."""
+    a = (pred if pred.dim() == 4 else pred[None]).permute(0, 3, 1, 2)
+    b = (gt if gt.dim() == 4 else gt[None]).permute(0, 3, 1, 2)
+    total = pred.new_zeros(())
+    for k, w in enumerate(weights):
+        if k > 0:
+            if min(a.shape[-2:]) < 2:
+                break
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        total = total + w * (a - b).abs().mean()
+    return total
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """First-order anisotropic total variation of maps [..., H, W]: mean|d/dx| + mean|d/dy| (forward
+    differences, means over every map and pixel pair)."""
+    return (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()

@@ -114,6 +114,11 @@ class Model(nn.Module):
         """Raise :class:`recon.errors.ConfigError` if this model cannot train on the batches
         ``datamanager`` produces; the trainer calls it once, before the first step."""
 
+    def initialize_from_data(self, datamanager: Any) -> None:
+        """Create or fill the parameters that depend on the training data itself (e.g. one Gaussian
+        per training pixel). The trainer calls it once, after :meth:`check_datamanager` and before the
+        optimizers are built; on resume the checkpoint is loaded afterwards. Default: nothing."""
+
     def metrics(self, batch: dict[str, Any], outputs: dict[str, Tensor]) -> dict[str, float]:
         """Cheap training-time scalars for the log (e.g. PSNR of the batch)."""
         return {}

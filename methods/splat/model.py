@@ -20,19 +20,14 @@ from torch import Tensor, nn
 
 from recon.cameras import Cameras
 from recon.engine.callbacks import Callback, Where
-from recon.fields.spherical_harmonics import C0
 from recon.metrics import ssim
 from recon.model import Export, Model, ModelConfig, Output, SceneInfo
 from recon.render.gaussians import rasterization
+from recon.render.gaussians.helpers import camera_matrices, rgb_to_sh
 from recon.render.gaussians.strategy import DefaultStrategy
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 STRATEGY_PREFIX = "strategy_state."
-
-
-def rgb_to_sh(rgb: Tensor) -> Tensor:
-    """The degree-0 coefficient whose colour (c * C0 + 0.5) is ``rgb``."""
-    return (rgb - 0.5) / C0
 
 
 def knn_mean_distance(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
@@ -45,17 +40,6 @@ def knn_mean_distance(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
     dist, _ = cKDTree(pts).query(pts, k=min(k, len(pts) - 1) + 1)
     mean = np.sqrt((dist[:, 1:] ** 2).mean(-1))
     return torch.as_tensor(mean, dtype=points.dtype, device=points.device)
-
-
-def camera_matrices(camera: Cameras) -> tuple[Tensor, Tensor]:
-    """Cameras [C] -> view matrices [C, 4, 4] (world-to-camera, OpenCV) and intrinsics [C, 3, 3]."""
-    if camera.has_distortion:
-        raise ValueError("Gaussian splatting renders pinhole cameras; undistort the images first")
-    Ks = torch.zeros(len(camera), 3, 3, device=camera.device)
-    Ks[:, 0, 0], Ks[:, 1, 1] = camera.fx, camera.fy
-    Ks[:, 0, 2], Ks[:, 1, 2] = camera.cx, camera.cy
-    Ks[:, 2, 2] = 1.0
-    return camera.world_to_cameras(), Ks
 
 
 class SplatModel(Model):

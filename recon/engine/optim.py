@@ -21,14 +21,19 @@ from recon.errors import ConfigError
 class SchedulerConfig:
     """Learning-rate schedule of one parameter group (a pure function of the step)."""
 
-    kind: Literal["constant", "exponential", "cosine"] = "constant"
-    """constant; exponential: log-linear decay to ``lr_final``; cosine: decay to ``cosine_alpha`` x lr."""
+    kind: Literal["constant", "exponential", "cosine", "cyclic"] = "constant"
+    """constant; exponential: log-linear decay to ``lr_final``; cosine: decay to ``cosine_alpha`` x lr;
+    cyclic: PyTorch's CyclicLR "triangular2" (Smith 2017) between ``cyclic_min_lr`` and the base rate."""
     lr_final: float = 5e-5
     """Exponential: learning rate at ``max_steps`` and after."""
     cosine_alpha: float = 0.05
     """Cosine: final rate as a fraction of the base rate."""
     max_steps: int = 100_000
     """Step at which the decay ends."""
+    cyclic_min_lr: float = 1e-6
+    """Cyclic: the lowest rate (each cycle starts and ends there)."""
+    cyclic_step_size_up: int = 1000
+    """Cyclic: steps from the lowest rate to the peak (and as many back); the peak halves every cycle."""
     warmup_steps: int = 0
     """Linear warm-up from ``lr_pre_warmup`` to the base rate over this many steps."""
     lr_pre_warmup: float = 1e-8
@@ -37,6 +42,11 @@ class SchedulerConfig:
     def lr_at(self, base_lr: float, step: int) -> float:
         if self.kind == "constant":
             return base_lr
+        if self.kind == "cyclic":
+            half = max(self.cyclic_step_size_up, 1)
+            cycle = step // (2 * half)
+            x = abs(step / half - 2 * cycle - 1)
+            return self.cyclic_min_lr + (base_lr - self.cyclic_min_lr) * max(0.0, 1 - x) / 2**cycle
         if step < self.warmup_steps:
             return self.lr_pre_warmup + (base_lr - self.lr_pre_warmup) * step / self.warmup_steps
         t = min(max(step - self.warmup_steps, 0) / max(self.max_steps - self.warmup_steps, 1), 1.0)

@@ -167,6 +167,7 @@ class Trainer:
         self.datamanager = config.datamanager.setup(outputs=self.outputs, device=self.device, seed=config.seed)
         self.model: Model = config.model.setup(scene=scene_info(self.outputs)).to(self.device)
         self.model.check_datamanager(self.datamanager)
+        self.model.initialize_from_data(self.datamanager)
         self.optimizers = Optimizers(config.optimizers, self.model.param_groups(), self.model.lr_multipliers())
         self.start_step = 0
         self.step = 0

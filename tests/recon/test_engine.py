@@ -78,3 +78,17 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(tmp_path, 2, state, {}, "m", keep_only_latest=True)
     assert list_checkpoints(tmp_path) == [1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000001.safetensors", "step-000000001.state.pt"]
+
+
+def test_cyclic_schedule_matches_torch_cyclic_lr_triangular2():
+    import torch
+
+    from recon.engine.optim import SchedulerConfig
+
+    sched = SchedulerConfig("cyclic", cyclic_min_lr=1e-6, cyclic_step_size_up=10)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-4)
+    ref = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=1e-6, max_lr=1e-4, step_size_up=10, mode="triangular2", cycle_momentum=False)
+    for step in range(70):
+        assert abs(sched.lr_at(1e-4, step) - opt.param_groups[0]["lr"]) < 1e-12, step
+        opt.step()
+        ref.step()

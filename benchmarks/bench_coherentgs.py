@@ -1,0 +1,58 @@
+"""Benchmark: CoherentGS against splat (3DGS) with the same sparse views of LLFF fern (issue 6).
+
+    python benchmarks/bench_coherentgs.py [--views 3] [--steps 200] [--image-scale 0.25] [--lr-factors 1,5] [--methods splat-sfm,splat-random,coherentgs]
+
+LLFF protocol: every 8th image (0, 8, 16) is a test view; the K training views are
+``round(linspace(0, n_train - 1, K))`` over the other 17 (RegNeRF; K = 3 gives images 1, 10, 19);
+images_8 (504x378) times ``--image-scale``. Both methods train the same steps with the same seed;
+coherentgs uses :func:`methods.coherentgs.short_schedule` (its 13k-step schedule compressed to
+``--steps``, learning rates times each ``--lr-factor``). PSNR/SSIM on every test view; the table is
+appended to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.common import append_results, machine_description, shared_data, train_and_evaluate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--views", default="3", help="comma-separated numbers of training views")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--image-scale", type=float, default=0.25, help="scale of images_8 (1 = the full 504x378 protocol)")
+    ap.add_argument("--lr-factors", default="1", help="comma-separated learning-rate factors of coherentgs")
+    ap.add_argument("--multisample-max", type=int, default=2, help="largest supersampling factor of coherentgs (official 4)")
+    ap.add_argument("--methods", default="splat-sfm,splat-random,coherentgs", help="splat-sfm: 3DGS from the COLMAP points (made from all 20 images, test views included); splat-random: 3DGS from random points")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench"))
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    args = ap.parse_args()
+    from methods.coherentgs import short_schedule
+
+    print(machine_description())
+    data = shared_data() / "fern"
+    rows = []
+    for views in (int(v) for v in args.views.split(",")):
+        common = {"num_train_views": views, "datamanager.image_scale": args.image_scale}
+        label = f"fern images_8 x{args.image_scale:g}, {views} views"
+        for init in ("sfm", "random"):
+            if f"splat-{init}" in args.methods.split(","):
+                changes = {**common, "model.init": init, "timestamp": f"splat-{init}-{views}"}
+                trainer, row = train_and_evaluate("splat", data, args.output_dir, args.steps, 1, args.device, **changes)
+                rows.append({**row, "method": f"splat ({init} init)", "data": label, "lr_factor": "", "gaussians": trainer.model.num_gaussians})
+                print(rows[-1], flush=True)
+        if "coherentgs" in args.methods:
+            for factor in (float(f) for f in args.lr_factors.split(",")):
+                changes = {**common, **short_schedule(args.steps, factor), "model.multisample_max": args.multisample_max, "timestamp": f"coherentgs-{views}-{factor:g}"}
+                trainer, row = train_and_evaluate("coherentgs", data, args.output_dir, args.steps, 1, args.device, **changes)
+                rows.append({**row, "data": label, "lr_factor": factor, "gaussians": trainer.model.num_gaussians})
+                print(rows[-1], flush=True)
+    columns = ["method", "data", "steps", "lr_factor", "train_s", "psnr", "ssim", "test_images", "gaussians", "device"]
+    print(append_results("CoherentGS vs splat, LLFF fern sparse views (benchmarks/bench_coherentgs.py)", columns, rows, record=not args.no_record))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""CoherentGS's preprocessing of the sparse input views and its datamanager (spec section 2.3).
+
+For the N training views: optical flow between every ordered pair with forward-backward consistency
+masks; an initial depth map per view from what the data offers (the dataset's depth files, its
+sparse points, or flow triangulated with the known poses), aligned across views by a per-view scale
+and offset that minimise the flow loss; and C depth layers per view by agglomerative (Ward)
+clustering of its disparity. Batches are whole training images with that view's layers and its
+flows to every other view.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from data.base import DataparserOutputs
+from data.datamanager import ImageDataManager, ImageDataManagerConfig, ImageDataset
+from data.images import load_depth
+from recon.cameras import Cameras
+from recon.engine.logging import console
+from recon.errors import DataError
+from recon.geometry.flow import (
+    FlowMethod,
+    backward_warp,
+    fill_depth,
+    forward_backward_consistency,
+    optical_flow,
+    pixel_grid,
+    triangulate_flow,
+)
+
+DepthSource = Literal["auto", "files", "sfm", "flow"]
+BACKGROUND_DEPTH_FACTOR = 10.0
+"""Pixels a depth file marks as misses (0) get this times the view's farthest depth."""
+
+
+@dataclass
+class SparseViews:
+    """Everything CoherentGS derives from its V training views (all on one device).
+
+    images [V, H, W, 3] float RGB; cameras (V, one size); depth [V, H, W] aligned initial z-depth;
+    layers [V, C, H, W] one-hot depth-layer masks (float); flows [V, V, H, W, 2] with flows[i, j] =
+    F_{i->j} (zeros on the diagonal); flow_masks [V, V, H, W] float 0/1 (consistent and inside);
+    hits [V, H, W] bool: pixels that see a surface (False where a depth file marks a miss).
+    """
+
+    images: Tensor
+    cameras: Cameras
+    depth: Tensor
+    layers: Tensor
+    flows: Tensor
+    flow_masks: Tensor
+    hits: Tensor
+
+    @property
+    def num_views(self) -> int:
+        return int(self.images.shape[0])
+
+
+def camera_rays(cameras: Cameras) -> Tensor:
+    """Per-pixel ray directions with camera z = 1 [V, H, W, 3] in camera coordinates (pixel centres)."""
+    h, w = int(cameras.height[0]), int(cameras.width[0])
+    p = pixel_grid(h, w, cameras.device)
+    x = (p[None, ..., 0] - cameras.cx[:, None, None]) / cameras.fx[:, None, None]
+    y = (p[None, ..., 1] - cameras.cy[:, None, None]) / cameras.fy[:, None, None]
+    return torch.stack([x, y, torch.ones_like(x)], -1)
+
+
+def world_positions(depth: Tensor, rays: Tensor, c2w: Tensor) -> Tensor:
+    """Points on the pixel rays: depth [V, H, W] z-depth, rays [V, H, W, 3] (camera z = 1),
+    c2w [V, 3, 4] -> world positions [V, H, W, 3]."""
+    cam = depth[..., None] * rays
+    return torch.einsum("vij,vhwj->vhwi", c2w[:, :, :3], cam) + c2w[:, None, None, :, 3]
+
+
+def flow_loss(positions: Tensor, reference: int, partners: list[int], flows: Tensor, masks: Tensor) -> Tensor:
+    """CoherentGS's flow loss for one reference view i: sum over partners j of mean(M_ij |X_j(p + F_ij(p)) - X_i(p)|),
+    mean over every pixel and channel, masked ones included (spec section 2.4 c).
+
+    positions [V, H, W, 3] world positions of every view's pixels; flows [P, H, W, 2] = F_{i->j} and
+    masks [P, H, W] for the P partners j.
+    """
+    if not partners:
+        return positions.new_zeros(())
+    src = positions[partners].permute(0, 3, 1, 2)
+    warped, _ = backward_warp(src, flows)
+    diff = (warped.permute(0, 2, 3, 1) - positions[reference][None]).abs()
+    return (masks[..., None] * diff).mean(dim=(1, 2, 3)).sum()
+
+
+def align_depth(
+    depth: Tensor, cameras: Cameras, flows: Tensor, masks: Tensor, steps: int, lr_scale: float, lr_offset: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-view scale s and offset o minimising the flow loss summed over every ordered pair (Adam,
+    cosine annealing to 0 over ``steps``; spec section 2.3 step 5). D = s D^m + o median(D^m): the
+    offset is relative to the view's median depth, so the learning rates do not depend on the
+    scene's units [ours]. Returns the aligned depth [V, H, W], s [V] and o [V].
+
+    A world position c + D r is affine in (s, o), and so is its bilinear warp: the warps of D r and
+    r are computed once, which makes each step a few element-wise operations over the masked
+    pixels (the loss is exactly :func:`flow_loss` over all pairs).
+    """
+    v, h, w = depth.shape
+    scale = torch.ones(v, device=depth.device, requires_grad=True)
+    offset = torch.zeros(v, device=depth.device, requires_grad=True)
+    if steps <= 0 or v < 2:
+        return depth, scale.detach(), offset.detach()
+    median = depth.flatten(1).median(1).values
+    c2w = cameras.camera_to_worlds
+    rays = torch.einsum("vij,vhwj->vhwi", c2w[:, :, :3], camera_rays(cameras))  # world-rotated, camera z = 1
+    terms = []  # per pair: (i, j, A_i, B_i, warped A_j, warped B_j, c_j - c_i) on the masked pixels
+    with torch.no_grad():
+        for i in range(v):
+            for j in range(v):
+                keep = masks[i, j] > 0
+                if i == j or not keep.any():
+                    continue
+                src = torch.cat([depth[j][..., None] * rays[j], median[j] * rays[j]], -1).permute(2, 0, 1)[None]
+                warped = backward_warp(src, flows[i, j][None])[0][0].permute(1, 2, 0)[keep]
+                a_i, b_i = (depth[i][..., None] * rays[i])[keep], (median[i] * rays[i])[keep]
+                terms.append((i, j, a_i, b_i, warped[:, :3], warped[:, 3:], c2w[j, :, 3] - c2w[i, :, 3]))
+    opt = torch.optim.Adam([{"params": [scale], "lr": lr_scale}, {"params": [offset], "lr": lr_offset}])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=0.0)
+    for _ in range(steps):
+        loss = depth.new_zeros(())
+        for i, j, a_i, b_i, a_j, b_j, dc in terms:
+            diff = dc + scale[j] * a_j + offset[j] * b_j - scale[i] * a_i - offset[i] * b_i
+            loss = loss + diff.abs().sum() / (h * w * 3)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        aligned = scale[:, None, None] * depth + (offset * median)[:, None, None]
+        return aligned.clamp_min(1e-3 * float(median.min())), scale.detach(), offset.detach()
+
+
+def depth_layers(depth: Tensor, num_layers: int, max_samples: int = 4000) -> Tensor:
+    """One-hot depth layers [C, H, W] of one view: its disparity 1/depth, min-max normalised, is
+    clustered into C groups by Ward agglomerative clustering of an evenly strided subset (at most
+    ``max_samples`` pixels [ours]; the official code takes every 10th); each cluster's minimum is a
+    bin edge (3D Moments' layering, Wang et al. 2022)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    disp = (1.0 / depth.clamp_min(1e-8)).double().cpu().numpy()
+    lo, hi = disp.min(), disp.max()
+    norm = (disp - lo) / max(hi - lo, 1e-12)
+    flat = norm.reshape(-1)
+    stride = max(1, int(np.ceil(len(flat) / max_samples)))
+    sample = flat[::stride]
+    c = min(num_layers, len(np.unique(sample)))
+    if c <= 1:
+        idx = np.zeros(flat.shape, dtype=np.int64)
+    else:
+        labels = fcluster(linkage(sample[:, None], method="ward"), t=c, criterion="maxclust")
+        edges = np.sort([sample[labels == k].min() for k in np.unique(labels)])
+        idx = np.clip(np.searchsorted(edges, flat, side="right") - 1, 0, None)
+    onehot = np.zeros((num_layers, flat.size), dtype=np.float32)
+    onehot[idx, np.arange(flat.size)] = 1.0
+    return torch.from_numpy(onehot.reshape(num_layers, *norm.shape)).to(depth.device)
+
+
+def pairwise_flows(images: np.ndarray, method: FlowMethod, preset: str, erosion: int, threshold: float, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Flows [V, V, H, W, 2], consistency weights [V, V, H, W] and masks (weight > threshold) of
+    every ordered pair of uint8 images [V, H, W, 3]."""
+    v, h, w = images.shape[:3]
+    flows = torch.zeros(v, v, h, w, 2)
+    for i in range(v):
+        for j in range(v):
+            if i != j:
+                flows[i, j] = torch.from_numpy(optical_flow(images[i], images[j], method, preset))
+    weights = torch.zeros(v, v, h, w)
+    for i in range(v):
+        for j in range(v):
+            if i != j:
+                weights[i, j] = forward_backward_consistency(flows[i, j], flows[j, i], erosion)
+    return flows.to(device), weights.to(device), (weights > threshold).float().to(device)
+
+
+def resize_views(flows: Tensor, masks: Tensor, depth: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Flows [V, V, H, W, 2], flow masks [V, V, H, W] and depth [V, H, W] computed at one resolution,
+    brought to ``size`` (H', W'): area-averaged, flow vectors rescaled, a mask kept where every
+    covered pixel was valid."""
+    v, _, h, w = masks.shape
+    hs, ws = size
+    f = F.interpolate(flows.reshape(v * v, h, w, 2).permute(0, 3, 1, 2), size=size, mode="area")
+    f = f * torch.tensor([ws / w, hs / h], device=f.device)[None, :, None, None]
+    m = F.interpolate(masks.reshape(v * v, 1, h, w), size=size, mode="area") > 0.999
+    d = F.interpolate(depth[:, None], size=size, mode="area")[:, 0]
+    return f.permute(0, 2, 3, 1).reshape(v, v, hs, ws, 2), m.float().reshape(v, v, hs, ws), d
+
+
+def covisible(hit: Tensor, flows: Tensor) -> Tensor:
+    """[V, V, H, W] 1 where pixel p of view i and its flow target p + F_ij(p) in view j both see a
+    surface (hit [V, H, W] float 0/1), else 0."""
+    v = hit.shape[0]
+    out = torch.zeros(flows.shape[:4], device=flows.device)
+    for i in range(v):
+        warped, inside = backward_warp(hit[:, None], flows[i])
+        out[i] = hit[i][None] * (warped[:, 0] > 0.999) * inside
+    return out
+
+
+def triangulated_depth(flows: Tensor, masks: Tensor, cameras: Cameras, min_angle_deg: float) -> tuple[Tensor, Tensor]:
+    """Per view, the median over partner views of the depth triangulated from consistent flow.
+    Returns depth [V, H, W] (NaN where no partner triangulates) and the count of partners [V, H, W]."""
+    v = flows.shape[0]
+    K, c2w = cameras.intrinsics_matrices(), cameras.camera_to_worlds
+    out, count = [], []
+    for i in range(v):
+        samples = []
+        for j in range(v):
+            if j == i:
+                continue
+            d, ok = triangulate_flow(flows[i, j], K[i], c2w[i], K[j], c2w[j], min_angle_deg)
+            samples.append(torch.where(ok & (masks[i, j] > 0), d, torch.full_like(d, float("nan"))))
+        stack = torch.stack(samples)
+        out.append(torch.nanmedian(stack, 0).values)
+        count.append((~torch.isnan(stack)).sum(0))
+    return torch.stack(out), torch.stack(count)
+
+
+def sfm_depth(points: np.ndarray, cameras: Cameras) -> Tensor:
+    """Sparse z-depth [V, H, W] of the dataset's points (nearest point per pixel; NaN elsewhere)."""
+    pts = torch.as_tensor(points, dtype=torch.float32, device=cameras.device)
+    h, w = int(cameras.height[0]), int(cameras.width[0])
+    maps = []
+    for i in range(len(cameras)):
+        uv, z = cameras.project(pts, i)
+        u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+        ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        flat = torch.full((h * w,), float("inf"), device=cameras.device)
+        flat.scatter_reduce_(0, (v * w + u)[ok], z[ok], reduce="amin")
+        maps.append(torch.where(torch.isinf(flat), torch.full_like(flat, float("nan")), flat).reshape(h, w))
+    return torch.stack(maps)
+
+
+@dataclass
+class CoherentGSDataManagerConfig(ImageDataManagerConfig):
+    """Whole training images (3DGS sampling) plus CoherentGS's per-view flows, depth and layers."""
+
+    preprocess_full_resolution: bool = True
+    """With image_scale != 1: compute flows and initial depth on the dataset's images, then resize
+    (DIS flow is far more reliable at the higher resolution) [ours]."""
+    flow_method: FlowMethod = "dis"
+    """Optical flow: OpenCV DIS (default; fast, coarse to fine) or Farneback. Learned flow (FlowFormer++) is not built in."""
+    dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
+    """DIS quality preset."""
+    flow_erosion: int = 5
+    """Side of the minimum filter applied to the forward-backward consistency weight."""
+    flow_mask_threshold: float = 0.5
+    """Flow pixels with a consistency weight above this enter the flow loss (M = [w > 0.5])."""
+    depth_source: DepthSource = "auto"
+    """Initial depth: files (the dataset's depth maps), sfm (its sparse points, hole-filled), flow
+    (triangulated from the flows and the poses, hole-filled); auto = files when the dataset has them, else flow."""
+    triangulation_min_angle: float = 0.5
+    """Flow triangulation: rays closer than this angle (degrees) are not triangulated."""
+    num_layers: int = 5
+    """Depth layers per view (C)."""
+    align_steps: int = 1000
+    """Steps of the per-view scale/offset alignment on the flow loss (0 skips it)."""
+    align_metric_depth: bool = False
+    """Also align depth that is already metric (files, sfm, flow triangulation; every built-in source).
+    Off by default [ours]: the official alignment exists for relative monocular depth, and on metric
+    depth it measurably hurts (with exact depth files on the synthetic scene it shrank depth by 30-40 %,
+    the L1 flow loss in world units favouring smaller depths when the flow is noisy)."""
+    align_lr_scale: float = 0.01
+    """Alignment learning rate of the scales (cosine-annealed to 0). Official: 1.0 for Depth Anything's relative depth."""
+    align_lr_offset: float = 0.01
+    """Alignment learning rate of the offsets, in units of the view's median depth. Official: 5 depth units."""
+
+
+class CoherentGSDataManager(ImageDataManager):
+    """Batches of one training image (``ImageDataManager``) plus ``"layers"`` [C, H, W] of that view,
+    ``"partners"`` (the other views' indices), ``"flows"`` [V-1, H, W, 2] and ``"flow_masks"`` [V-1, H, W]
+    from that view to each partner. ``views`` (a :class:`SparseViews`) holds the whole preprocessing."""
+
+    config: CoherentGSDataManagerConfig
+
+    def __init__(self, config: CoherentGSDataManagerConfig, outputs: DataparserOutputs, device: torch.device, seed: int = 0):
+        super().__init__(config, outputs, device, seed)
+        self.train_outputs = outputs.split("train")
+        self.points3d = outputs.points3d
+        self.views = self._preprocess()
+
+    def _preprocess(self) -> SparseViews:
+        c = self.config
+        ds = self.train_dataset
+        ds.require_single_size("CoherentGS (one Gaussian per pixel of every view)")
+        t0 = time.perf_counter()
+        rgb = torch.stack([ds.image(i) for i in range(len(ds))])
+        cameras = self.cameras
+        source = ds
+        if c.image_scale != 1.0 and c.preprocess_full_resolution:
+            source = ImageDataset(self.train_outputs, 1.0, load_masks=False)
+        uint8 = (torch.stack([source.image(i) for i in range(len(source))]) * 255).round().clamp(0, 255).byte().numpy()
+        src_cams = source.cameras.to(self.device)
+        flows, _, masks = pairwise_flows(uint8, c.flow_method, c.dis_preset, c.flow_erosion, c.flow_mask_threshold, self.device)
+        depth, hit = self._initial_depth(flows, masks, src_cams)
+        masks = masks * covisible(hit.float(), flows)
+        if source is not ds:
+            flows, masks, depth = resize_views(flows, masks, depth, tuple(rgb.shape[1:3]))
+            hit = F.interpolate(hit[:, None].float(), size=tuple(rgb.shape[1:3]), mode="area")[:, 0] > 0.5
+        steps = c.align_steps if c.align_metric_depth else 0  # every built-in depth source is metric
+        depth, s, o = align_depth(depth, cameras, flows, masks, steps, c.align_lr_scale, c.align_lr_offset)
+        layers = torch.stack([depth_layers(d, c.num_layers) for d in depth])
+        console.print(
+            f"coherentgs: {len(ds)} views, flow {c.flow_method} ({float(masks.mean()) * len(ds) / max(len(ds) - 1, 1):.0%} of pixel pairs consistent),"
+            f" depth from {self.depth_source}, alignment s={[round(float(x), 3) for x in s]} o={[round(float(x), 3) for x in o]},"
+            f" {time.perf_counter() - t0:.1f} s"
+        )
+        return SparseViews(rgb.to(self.device), cameras, depth, layers, flows, masks, hit)
+
+    @property
+    def depth_source(self) -> str:
+        source = self.config.depth_source
+        if source == "auto":
+            return "files" if self.train_outputs.depth_filenames else "flow"
+        return source
+
+    def _initial_depth(self, flows: Tensor, masks: Tensor, cameras: Cameras) -> tuple[Tensor, Tensor]:
+        """Initial z-depth [V, H, W] and the pixels that see a surface [V, H, W] (all but the misses
+        a depth file marks with 0)."""
+        h, w = int(cameras.height[0]), int(cameras.width[0])
+        source = self.depth_source
+        out = self.train_outputs
+        if source == "files":
+            if not out.depth_filenames:
+                raise DataError("depth_source=files but the dataset has no depth files", out.metadata.get("source"))
+            if out.depth_is_relative:
+                raise DataError("the dataset's depth files are relative (monocular); use depth_source=flow or sfm", out.depth_filenames[0])
+            maps = []
+            for path in out.depth_filenames:
+                d = load_depth(path, out.depth_unit_scale_factor) * out.dataparser_scale
+                d = torch.nn.functional.interpolate(torch.from_numpy(d)[None, None].float(), size=(h, w), mode="nearest")[0, 0]
+                maps.append(torch.where(d > 0, d, torch.full_like(d, float("nan"))))
+            sparse = torch.stack(maps)
+        elif source == "sfm":
+            if self.points3d is None or len(self.points3d) == 0:
+                raise DataError("depth_source=sfm but the dataset has no sparse points", out.metadata.get("source"))
+            sparse = sfm_depth(self.points3d, cameras.to("cpu"))
+        elif source == "flow":
+            if flows.shape[0] < 2:
+                raise DataError("depth_source=flow needs at least 2 training views", out.metadata.get("source"))
+            sparse, _ = triangulated_depth(flows.cpu(), masks.cpu(), cameras.to("cpu"), self.config.triangulation_min_angle)
+        else:
+            raise DataError(f"unknown depth_source {source!r} (auto, files, sfm or flow)")
+        sparse = sparse.cpu()
+        filled, hits = [], []
+        for i, d in enumerate(sparse):
+            valid = torch.isfinite(d) & (d > 0)
+            if not valid.any():
+                raise DataError(f"no usable {source} depth in training view {i}", out.image_filenames[i])
+            if source == "files":
+                # Depth files mark rays that hit nothing (background): put those Gaussians far behind
+                # every surface [ours], where nearest-depth filling would float them in front of other views.
+                filled.append(torch.where(valid, d, BACKGROUND_DEPTH_FACTOR * d[valid].max()))
+                hits.append(valid)
+                continue
+            # Drop the farthest and nearest 1 %: triangulation outliers would dominate the layering.
+            lo, hi = torch.quantile(d[valid], torch.tensor([0.01, 0.99])).tolist()
+            valid &= (d >= lo) & (d <= hi)
+            filled.append(torch.from_numpy(fill_depth(d.nan_to_num(0).numpy(), valid.numpy())))
+            hits.append(torch.ones_like(valid))
+        return torch.stack(filled).to(self.device), torch.stack(hits).to(self.device)
+
+    def next_train(self, step: int) -> dict[str, Any]:
+        batch = super().next_train(step)
+        i, views = batch["index"], self.views
+        partners = [j for j in range(views.num_views) if j != i]
+        batch.update(layers=views.layers[i], partners=partners, flows=views.flows[i, partners], flow_masks=views.flow_masks[i, partners])
+        return batch
+
+
+CoherentGSDataManagerConfig._target = CoherentGSDataManager

@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--num-random-points", type=int, default=100_000)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench"))
+    ap.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (shows progress; 0: none)")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
     steps = args.steps
@@ -39,6 +40,7 @@ def main() -> None:
         "model.strategy.refine_start_iter": min(500, steps // 10),
         "model.strategy.refine_every": args.refine_every,
         "model.strategy.refine_stop_iter": 3 * steps // 4,
+        "steps_per_save": args.save_every,
     }
     trainer, row = train_and_evaluate("splat", shared_data() / "lego", args.output_dir, steps, args.test_every, args.device, **changes)
     size = trainer.datamanager.train_dataset.cameras

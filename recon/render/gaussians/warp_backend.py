@@ -350,7 +350,10 @@ class _WarpComposite(torch.autograd.Function):
             rest = [W, H, ts, tw, th, to_warp(T), to_warp(last), to_warp(g_accum, vec_t), to_warp(g_T)]
             outs = [(to_warp(v_gauss[w], grad_t), to_warp(v_colors[w], vec_t)) for w in range(workers)]
             launcher(bwd, lambda pix0, worker: [*shared, pix0, *rest, *outs[worker]])
-        v_gauss, v_colors = v_gauss.sum(0), v_colors.sum(0)
+        for w in range(1, workers):  # in place into worker 0's buffer (no third copy)
+            v_gauss[0] += v_gauss[w]
+            v_colors[0] += v_colors[w]
+        v_gauss, v_colors = v_gauss[0], v_colors[0]
         return v_gauss[:, 0:2], v_gauss[:, 2:5], v_colors, v_gauss[:, 5], None, None, None
 
 

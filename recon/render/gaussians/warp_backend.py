@@ -94,6 +94,16 @@ def _kernels(scalar: str, n_ch: int) -> tuple[Any, Any]:
     alpha_thr = ALPHA_THRESHOLD
     t_thr = TRANSMITTANCE_THRESHOLD
 
+    @wp.func
+    def pixel_tile(pix: int, width: int, height: int, tile_size: int, tiles_w: int, tiles_h: int):
+        """(tile index over all cameras, x, y) of the flattened pixel index ``pix``."""
+        hw = width * height
+        cam = pix // hw
+        rem = pix - cam * hw
+        py = rem // width
+        px = rem - py * width
+        return (cam * tiles_h + py // tile_size) * tiles_w + px // tile_size, px, py
+
     @wp.kernel(enable_backward=False, module="unique")
     def forward(
         gauss: wp.array(dtype=gauss_t),  # [C*N] (mx, my, a, b, c, opacity, skip_sigma, 0)
@@ -111,12 +121,7 @@ def _kernels(scalar: str, n_ch: int) -> tuple[Any, Any]:
         last: wp.array(dtype=wp.int32),  # [C*H*W] out: list position of the last contributor, -1 none
     ):
         pix = pix0 + wp.tid()
-        hw = width * height
-        cam = pix // hw
-        rem = pix - cam * hw
-        py = rem // width
-        px = rem - py * width
-        tile = (cam * tiles_h + py // tile_size) * tiles_w + px // tile_size
+        tile, px, py = pixel_tile(pix, width, height, tile_size, tiles_w, tiles_h)
         start = offsets[tile]
         end = flatten_ids.shape[0]
         if tile + 1 < offsets.shape[0]:
@@ -171,12 +176,7 @@ def _kernels(scalar: str, n_ch: int) -> tuple[Any, Any]:
         last_k = last[pix]
         if last_k < 0:
             return
-        hw = width * height
-        cam = pix // hw
-        rem = pix - cam * hw
-        py = rem // width
-        px = rem - py * width
-        tile = (cam * tiles_h + py // tile_size) * tiles_w + px // tile_size
+        tile, px, py = pixel_tile(pix, width, height, tile_size, tiles_w, tiles_h)
         start = offsets[tile]
         fx = float_t(px) + float_t(0.5)
         fy = float_t(py) + float_t(0.5)

@@ -71,6 +71,8 @@ class DataparserOutputs(NormalisedFrame):
         (the normalisation scale is applied on load, see :attr:`dataparser_scale`).
     depth_is_relative: True for monocular depth known only up to scale and shift.
     points3d / points3d_rgb: [P, 3] float32 sparse points (normalised world) and [P, 3] uint8 colours.
+    points3d_tracks: [T, 2] int64 (point index, frame index) pairs, the frames that observed each
+        point (SfM tracks); read only for a few-shot selection, else None.
     near / far: ray bounds in normalised units when the format provides them.
     dataparser_transform: [3, 4] rotation and translation applied to the input poses.
     dataparser_scale: scale applied after the transform.
@@ -90,6 +92,7 @@ class DataparserOutputs(NormalisedFrame):
     instance_filenames: list[Path] | None = None
     points3d: np.ndarray | None = None
     points3d_rgb: np.ndarray | None = None
+    points3d_tracks: np.ndarray | None = None
     near: float | None = None
     far: float | None = None
     dataparser_transform: Tensor = field(default_factory=lambda: torch.eye(4)[:3])

@@ -64,8 +64,32 @@ def evenly_spaced(indices: list[int], k: int) -> list[int]:
     return [indices[i] for i in picks]
 
 
-def apply_few_shot(outputs: DataparserOutputs, k: int, protocol: FewShotProtocol) -> DataparserOutputs:
+def points_seen_by(outputs: DataparserOutputs, frames: list[int], min_views: int = 2) -> DataparserOutputs:
+    """``outputs`` keeping only the sparse points that at least ``min_views`` of ``frames``
+    observed (by ``points3d_tracks``; outputs without tracks are returned as they are)."""
+    tracks = outputs.points3d_tracks
+    if outputs.points3d is None or tracks is None:
+        return outputs
+    num = len(outputs.points3d)
+    seen = tracks[np.isin(tracks[:, 1], np.asarray(frames, dtype=np.int64))]
+    keep = np.bincount(seen[:, 0], minlength=num)[:num] >= min_views
+    new_index = np.cumsum(keep) - 1
+    kept_tracks = tracks[keep[tracks[:, 0]]]
+    kept_tracks = np.stack([new_index[kept_tracks[:, 0]], kept_tracks[:, 1]], axis=1)
+    rgb = outputs.points3d_rgb
+    return replace(
+        outputs, points3d=outputs.points3d[keep], points3d_rgb=None if rgb is None else rgb[keep], points3d_tracks=kept_tracks
+    )
+
+
+def apply_few_shot(
+    outputs: DataparserOutputs, k: int, protocol: FewShotProtocol, points: Literal["train-views", "all"] = "train-views"
+) -> DataparserOutputs:
     """``outputs`` with its train split narrowed to K views by ``protocol``; val/test untouched.
+
+    ``points="train-views"`` also keeps only the sparse points that two or more of the chosen views
+    observed (:func:`points_seen_by`; needs ``points3d_tracks``), recorded in
+    ``metadata["few_shot"]["points"]``.
 
     For ``"dtu"`` the frames' DTU view IDs are read from ``outputs.metadata["frame_ids"]`` (default:
     the frame position). Raises ConfigError when K < 1 or K exceeds the views available.
@@ -93,4 +117,14 @@ def apply_few_shot(outputs: DataparserOutputs, k: int, protocol: FewShotProtocol
     splits["train"] = sorted(chosen)
     metadata = dict(outputs.metadata)
     metadata["few_shot"] = {"protocol": protocol, "k": int(k), "views": [int(i) for i in chosen]}
+    if outputs.points3d is not None:
+        if points not in ("train-views", "all"):
+            raise ConfigError(f"unknown few_shot_points {points!r} (train-views or all)")
+        before = len(outputs.points3d)
+        if points == "train-views" and outputs.points3d_tracks is not None:
+            outputs = points_seen_by(outputs, chosen)
+            how = "seen by >= 2 training views"
+        else:
+            how = "all" if points == "all" else "all (the format gives no tracks)"
+        metadata["few_shot"]["points"] = {"kept": how, "count": len(outputs.points3d), "of": before}
     return replace(outputs, splits=splits, metadata=metadata)

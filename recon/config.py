@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -204,6 +204,11 @@ class DataParserConfig(InstantiateConfig):
 
     num_train_views: int | None = None
     """Few-shot: keep only K training views (RegNeRF protocol for LLFF and DTU, evenly spaced otherwise)."""
+    few_shot_points: Literal["train-views", "all"] = "train-views"
+    """With ``num_train_views``: which SfM points to keep. train-views: only those observed by at
+    least two of the chosen views (formats whose points carry tracks: COLMAP, LLFF), so an
+    initialisation from them carries nothing from held-out or unused images except their
+    positions' refinement by the full bundle adjustment; all: every point."""
 
     def load(self, data: Path | None) -> Any:
         """Parse ``data`` into a ``data.base.DataparserOutputs``."""

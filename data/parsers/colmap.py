@@ -11,7 +11,7 @@ import numpy as np
 from data.base import DataparserOutputs
 from data.images import image_size
 from data.normalize import normalize_points_or_cameras
-from data.parsers.colmap_io import ColmapCamera, read_model
+from data.parsers.colmap_io import ColmapCamera, read_model, track_pairs
 from data.parsers.common import (
     ParserConfig,
     c2w_from_w2c,
@@ -99,7 +99,7 @@ class ColmapParserConfig(ParserConfig):
     def parse(self, data: Path) -> DataparserOutputs:
         require_dir(data)
         model_dir = find_model(data, self.colmap_path)
-        cams, images, points = read_model(model_dir)
+        cams, images, points = read_model(model_dir, with_tracks=self.num_train_views is not None)
         if not images:
             raise DataError("the COLMAP model has no registered images", model_dir)
         folder = data / (self.images_path if self.downscale_factor == 1 else f"{self.images_path}_{self.downscale_factor}")
@@ -107,7 +107,7 @@ class ColmapParserConfig(ParserConfig):
             raise DataError(f"image folder {folder.name}/ not found next to the COLMAP model", data)
 
         ordered = sorted(images.values(), key=lambda im: natural_key(im.name))
-        paths, missing, c2ws, intr, dists, sizes = [], [], [], [], [], []
+        paths, missing, c2ws, intr, dists, sizes, frame_of_image = [], [], [], [], [], [], {}
         for im in ordered:
             path = folder / im.name
             if not path.is_file():
@@ -130,6 +130,7 @@ class ColmapParserConfig(ParserConfig):
             intr.append((fx, fy, cx, cy))
             sizes.append((w, h))
             dists.append(k)
+            frame_of_image[im.id] = len(paths)
             paths.append(path)
         if not paths:
             raise DataError(f"none of the {len(ordered)} images of the COLMAP model exist in {folder.name}/", data)
@@ -138,15 +139,18 @@ class ColmapParserConfig(ParserConfig):
         c2w = np.stack(c2ws)
         intr_a, sizes_a = np.array(intr), np.array(sizes)
         cameras = make_cameras(c2w, *intr_a.T, sizes_a[:, 0], sizes_a[:, 1], distortion=np.stack(dists))
-        pts = rgb = None
+        pts = rgb = tracks = None
         if points is not None and len(points):
             pts, rgb = points.xyz, points.rgb.astype(np.uint8)  # float64 until normalised
+            if points.tracks:
+                tracks = track_pairs(points, frame_of_image)
         outputs = raw_outputs(
             paths,
             cameras,
             interval_splits(len(paths), self.eval_every),
             points3d=pts,
             points3d_rgb=rgb,
+            points3d_tracks=tracks,
             metadata={"format": self.name, "few_shot_protocol": "even", "colmap_model": str(model_dir)},
         )
         return normalize_points_or_cameras(outputs, c2w, pts, self.orientation_method, self.center_method)

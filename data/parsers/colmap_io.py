@@ -316,6 +316,26 @@ def read_model(
     return cams, images, points
 
 
+def track_pairs(points: ColmapPoints, frame_of_image: dict[int, int]) -> np.ndarray:
+    """[T, 2] int64 (point index, frame index) pairs from ``points``' tracks (read with tracks),
+    image ids mapped to frames by ``frame_of_image``; observations in images without a frame (not
+    loaded) are dropped, and each (point, frame) pair appears once."""
+    if len(points.tracks) != len(points):
+        raise ValueError("points were read without tracks")
+    lengths = np.fromiter((len(t) for t in points.tracks), dtype=np.int64, count=len(points))
+    if not lengths.sum():
+        return np.zeros((0, 2), dtype=np.int64)
+    image_ids = np.concatenate([t[:, 0] for t in points.tracks]).astype(np.int64)
+    point_idx = np.repeat(np.arange(len(points), dtype=np.int64), lengths)
+    lookup = np.full(int(max(image_ids.max(), max(frame_of_image, default=0))) + 1, -1, dtype=np.int64)
+    for image_id, frame in frame_of_image.items():
+        if image_id >= 0:
+            lookup[image_id] = frame
+    frames = np.where(image_ids >= 0, lookup[np.clip(image_ids, 0, None)], -1)
+    pairs = np.stack([point_idx, frames], axis=1)[frames >= 0]
+    return np.unique(pairs, axis=0)
+
+
 def read_points3d(path: Path, with_tracks: bool = False) -> ColmapPoints:
     """points3D.bin or points3D.txt, by extension."""
     return (read_points3d_binary if path.suffix == ".bin" else read_points3d_text)(path, with_tracks)

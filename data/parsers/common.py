@@ -43,7 +43,7 @@ class ParserConfig(DataParserConfig):
         outputs = self.parse(check_dataset_path(data))
         if self.num_train_views is not None:
             protocol = outputs.metadata.get("few_shot_protocol", "even")
-            outputs = apply_few_shot(outputs, self.num_train_views, protocol)
+            outputs = apply_few_shot(outputs, self.num_train_views, protocol, self.few_shot_points)
         return outputs
 
     def parse(self, data: Path) -> DataparserOutputs:

@@ -12,7 +12,7 @@ import numpy as np
 from data.base import DataparserOutputs
 from data.images import image_size
 from data.normalize import auto_orient_and_center, content_box_from_frustums, normalize_to_box
-from data.parsers.colmap_io import read_points3d
+from data.parsers.colmap_io import read_points3d, track_pairs
 from data.parsers.common import ParserConfig, list_images, make_cameras, raw_outputs, require_dir
 from data.splits import interval_splits
 from recon.errors import DataError
@@ -92,14 +92,18 @@ class LLFFParserConfig(ParserConfig):
         sx, sy = sizes[:, 0] / W, sizes[:, 1] / H
         cameras = make_cameras(c2w, focal * sx, focal * sy, sizes[:, 0] / 2, sizes[:, 1] / 2, sizes[:, 0], sizes[:, 1])
 
-        pts = rgb = None
+        pts = rgb = tracks = None
         if self.load_points:
             for ext in (".bin", ".txt"):
                 pfile = data / "sparse" / "0" / f"points3D{ext}"
                 if pfile.is_file():
-                    points = read_points3d(pfile)
+                    points = read_points3d(pfile, with_tracks=self.num_train_views is not None)
                     if len(points):
                         pts, rgb = points.xyz, points.rgb  # float64 until normalised
+                        if points.tracks:
+                            # No images.bin here: COLMAP numbers images 1..N in name order, the
+                            # order of poses_bounds.npy (LLFF's imgs2poses sorts by name).
+                            tracks = track_pairs(points, {i + 1: i for i in range(len(images))})
                     break
 
         outputs = raw_outputs(
@@ -108,6 +112,7 @@ class LLFFParserConfig(ParserConfig):
             interval_splits(len(images), self.eval_every),
             points3d=pts,
             points3d_rgb=rgb,
+            points3d_tracks=tracks,
             near=float(bounds.min()),
             far=float(bounds.max()),
             metadata={

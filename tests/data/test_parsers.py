@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from data.parsers import (
     NerfstudioParserConfig,
     detect_format,
 )
-from data.parsers.colmap_io import ColmapCamera, ColmapImage, ColmapPoints, read_model, rotmat_to_qvec, write_model
+from data.parsers.colmap_io import ColmapCamera, ColmapImage, ColmapPoints, read_model, read_points3d, rotmat_to_qvec, write_model
 from recon.cameras import look_at
 from recon.errors import ConfigError, DataError
 
@@ -166,6 +167,16 @@ def test_few_shot_real(shared_data: Path) -> None:
     assert dtu.splits["train"] == [22, 25, 28]
     assert dtu.metadata["few_shot"]["views"] == [25, 22, 28]  # protocol order: first 3 of the list
     assert 25 not in dtu.splits["test"] and len(dtu.splits["test"]) == 25
+    # SfM points: only those that two or more of the 3 training views observed (tracks read from
+    # points3D.bin, image id i + 1 = frame i); the rest of the 10,091 carry held-out views' evidence.
+    raw = read_points3d(shared_data / "fern" / "sparse" / "0" / "points3D.bin", with_tracks=True)
+    seen = np.array([len({int(i) - 1 for i in t[:, 0]} & {1, 10, 19}) >= 2 for t in raw.tracks])
+    assert 0 < seen.sum() < len(raw) // 2
+    np.testing.assert_allclose(_to_input(fern, torch.tensor(fern.points3d)), raw.xyz[seen], atol=1e-3)
+    np.testing.assert_array_equal(fern.points3d_rgb, raw.rgb[seen])
+    assert fern.metadata["few_shot"]["points"] == {"kept": "seen by >= 2 training views", "count": int(seen.sum()), "of": len(raw)}
+    every = LLFFParserConfig(num_train_views=3, few_shot_points="all").load(shared_data / "fern")
+    assert len(every.points3d) == len(raw) and LLFFParserConfig().load(shared_data / "fern").points3d_tracks is None
     with pytest.raises(ConfigError, match="num_train_views"):
         LLFFParserConfig(num_train_views=18).load(shared_data / "fern")
     with pytest.raises(ConfigError, match="num_train_views"):
@@ -247,6 +258,30 @@ def test_colmap_round_trip_and_parse(tmp_path: Path, ext: str) -> None:
     assert float(pts.abs().max()) > 0.8
     up = -c.camera_to_worlds[:, :, 1].mean(0)
     assert float(up[2] / up.norm()) > 0.99
+
+
+def test_colmap_few_shot_keeps_points_the_chosen_views_saw(tmp_path: Path) -> None:
+    scene = _colmap_scene(tmp_path, ".bin")
+    # points seen by 1-3 images each; img_05 missing on disk, so image id 7 is frame 5, etc.
+    tracks = [np.array(sorted({(1 + (j * m) % 10, 0) for m in (1, 3, 7)[: 1 + j % 3]}), dtype=np.int32) for j in range(300)]
+    points = replace(scene["points"], tracks=tracks)
+    write_model(tmp_path / "sparse" / "0", scene["cams"], scene["images"], points, ext=".bin")
+    (tmp_path / "images" / "img_05.png").unlink()
+    frame = {i + 1: i - (i > 5) for i in range(10) if i != 5}
+    with pytest.warns(UserWarning, match="img_05.png"):
+        out = ColmapParserConfig(num_train_views=3).load(tmp_path)
+    chosen = set(out.splits["train"])
+    assert len(chosen) == 3
+    expect = np.array([len({frame[int(i)] for i in t[:, 0] if int(i) in frame} & chosen) >= 2 for t in tracks])
+    assert 0 < expect.sum() < 300
+    np.testing.assert_allclose(_to_input(out, torch.tensor(out.points3d)), scene["points"].xyz[expect], atol=1e-4)
+    kept_tracks = {(int(p), int(f)) for p, f in out.points3d_tracks}
+    want = {(int(expect[:k].sum()), frame[int(i)]) for k in np.flatnonzero(expect) for i in tracks[k][:, 0] if int(i) in frame}
+    assert kept_tracks == want
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert len(ColmapParserConfig(num_train_views=3, few_shot_points="all").load(tmp_path).points3d) == 300
+        assert len(ColmapParserConfig().load(tmp_path).points3d) == 300
 
 
 def test_colmap_unsupported_model(tmp_path: Path) -> None:

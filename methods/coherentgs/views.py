@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -34,8 +35,15 @@ from recon.geometry.flow import (
     pixel_grid,
     triangulate_flow,
 )
+from recon.geometry.local_models import (
+    RelativeKind,
+    depth_from_model,
+    fit_relative_depth,
+    flow_from_model,
+    load_network,
+)
 
-DepthSource = Literal["auto", "files", "sfm", "flow"]
+DepthSource = Literal["auto", "files", "sfm", "flow", "model"]
 BACKGROUND_DEPTH_FACTOR = 10.0
 """Pixels a depth file marks as misses (0) get this times the view's farthest depth."""
 
@@ -166,15 +174,23 @@ def depth_layers(depth: Tensor, num_layers: int, max_samples: int = 4000) -> Ten
     return torch.from_numpy(onehot.reshape(num_layers, *norm.shape)).to(depth.device)
 
 
-def pairwise_flows(images: np.ndarray, method: FlowMethod, preset: str, erosion: int, threshold: float, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def pairwise_flows(
+    images: np.ndarray, method: FlowMethod, preset: str, erosion: int, threshold: float, device: torch.device, model_path: Path | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Flows [V, V, H, W, 2], consistency weights [V, V, H, W] and masks (weight > threshold) of
-    every ordered pair of uint8 images [V, H, W, 3]."""
+    every ordered pair of uint8 images [V, H, W, 3]; by OpenCV (``method``, ``preset``) or, with
+    ``model_path``, by that local TorchScript flow network."""
     v, h, w = images.shape[:3]
+    module = load_network(model_path, "flow network") if model_path is not None else None
     flows = torch.zeros(v, v, h, w, 2)
     for i in range(v):
         for j in range(v):
             if i != j:
-                flows[i, j] = torch.from_numpy(optical_flow(images[i], images[j], method, preset))
+                if module is not None:
+                    flow = flow_from_model(module, images[i], images[j], model_path)
+                else:
+                    flow = optical_flow(images[i], images[j], method, preset)
+                flows[i, j] = torch.from_numpy(flow)
     weights = torch.zeros(v, v, h, w)
     for i in range(v):
         for j in range(v):
@@ -249,7 +265,11 @@ class CoherentGSDataManagerConfig(ImageDataManagerConfig):
     """With image_scale != 1: compute flows and initial depth on the dataset's images, then resize
     (DIS flow is far more reliable at the higher resolution) [ours]."""
     flow_method: FlowMethod = "dis"
-    """Optical flow: OpenCV DIS (default; fast, coarse to fine) or Farneback. Learned flow (FlowFormer++) is not built in."""
+    """Optical flow: OpenCV DIS (default; fast, coarse to fine) or Farneback (used unless flow_model is given)."""
+    flow_model: Path | None = None
+    """A local optical-flow network (e.g. FlowFormer++ or RAFT saved with torch.export.save as .pt2, or TorchScript;
+    called as model(image0, image1) on [1, 3, H, W] RGB in [0, 255], returning [1, 2, H, W] or a list
+    ending with it). Replaces flow_method when given; nothing is downloaded."""
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
     """DIS quality preset."""
     flow_erosion: int = 5
@@ -257,8 +277,22 @@ class CoherentGSDataManagerConfig(ImageDataManagerConfig):
     flow_mask_threshold: float = 0.5
     """Flow pixels with a consistency weight above this enter the flow loss (M = [w > 0.5])."""
     depth_source: DepthSource = "auto"
-    """Initial depth: files (the dataset's depth maps), sfm (its sparse points, hole-filled), flow
-    (triangulated from the flows and the poses, hole-filled); auto = files when the dataset has them, else flow."""
+    """Initial depth: files (the dataset's depth maps; relative ones are fitted like model), sfm (its
+    sparse points, hole-filled), flow (triangulated from the flows and the poses, hole-filled), model
+    (depth_model's relative output, fitted to relative_depth_reference then aligned on the flow loss);
+    auto = model when depth_model is given, else files when the dataset has them, else flow."""
+    depth_model: Path | None = None
+    """A local monocular depth network (e.g. Depth Anything saved with torch.export.save as .pt2, or TorchScript;
+    called on [1, 3, H', W'] RGB, returning [1, H', W'] or [1, 1, H', W']). Nothing is downloaded."""
+    depth_model_output: RelativeKind = "disparity"
+    """What depth_model returns, up to scale and shift: disparity (Depth Anything, MiDaS) or depth."""
+    depth_model_input_size: int = 518
+    """Shorter side of depth_model's input (both sides rounded to multiples of 14; 0 = image size)."""
+    depth_model_normalize: bool = True
+    """ImageNet mean/std normalisation of depth_model's input (Depth Anything's and MiDaS's)."""
+    relative_depth_reference: Literal["flow", "sfm"] = "flow"
+    """Sparse metric depth that relative depth (a depth model's, or relative depth files) is fitted to
+    by a scale and shift: flow (triangulated from the flows and poses) or sfm (the dataset's points)."""
     triangulation_min_angle: float = 0.5
     """Flow triangulation: rays closer than this angle (degrees) are not triangulated."""
     num_layers: int = 5
@@ -301,18 +335,18 @@ class CoherentGSDataManager(ImageDataManager):
             source = ImageDataset(self.train_outputs, 1.0, load_masks=False)
         uint8 = (torch.stack([source.image(i) for i in range(len(source))]) * 255).round().clamp(0, 255).byte().numpy()
         src_cams = source.cameras.to(self.device)
-        flows, _, masks = pairwise_flows(uint8, c.flow_method, c.dis_preset, c.flow_erosion, c.flow_mask_threshold, self.device)
-        depth, hit = self._initial_depth(flows, masks, src_cams)
+        flows, _, masks = pairwise_flows(uint8, c.flow_method, c.dis_preset, c.flow_erosion, c.flow_mask_threshold, self.device, c.flow_model)
+        depth, hit, relative = self._initial_depth(flows, masks, src_cams, torch.from_numpy(uint8).float() / 255)
         masks = masks * covisible(hit.float(), flows)
         if source is not ds:
             flows, masks, depth = resize_views(flows, masks, depth, tuple(rgb.shape[1:3]))
             hit = F.interpolate(hit[:, None].float(), size=tuple(rgb.shape[1:3]), mode="area")[:, 0] > 0.5
-        steps = c.align_steps if c.align_metric_depth else 0  # every built-in depth source is metric
+        steps = c.align_steps if relative or c.align_metric_depth else 0  # the official stage exists for relative depth
         depth, s, o = align_depth(depth, cameras, flows, masks, steps, c.align_lr_scale, c.align_lr_offset)
         layers = torch.stack([depth_layers(d, c.num_layers) for d in depth])
         console.print(
-            f"coherentgs: {len(ds)} views, flow {c.flow_method} ({float(masks.mean()) * len(ds) / max(len(ds) - 1, 1):.0%} of pixel pairs consistent),"
-            f" depth from {self.depth_source}, alignment s={[round(float(x), 3) for x in s]} o={[round(float(x), 3) for x in o]},"
+            f"coherentgs: {len(ds)} views, flow {c.flow_method if c.flow_model is None else c.flow_model.name} ({float(masks.mean()) * len(ds) / max(len(ds) - 1, 1):.0%} of pixel pairs consistent),"
+            f" depth from {self.depth_source}{' (relative, fitted)' if relative else ''}, alignment s={[round(float(x), 3) for x in s]} o={[round(float(x), 3) for x in o]},"
             f" {time.perf_counter() - t0:.1f} s"
         )
         return SparseViews(rgb.to(self.device), cameras, depth, layers, flows, masks, hit)
@@ -321,20 +355,24 @@ class CoherentGSDataManager(ImageDataManager):
     def depth_source(self) -> str:
         source = self.config.depth_source
         if source == "auto":
+            if self.config.depth_model is not None:  # named by the user: used even where depth files exist
+                return "model"
             return "files" if self.train_outputs.depth_filenames else "flow"
         return source
 
-    def _initial_depth(self, flows: Tensor, masks: Tensor, cameras: Cameras) -> tuple[Tensor, Tensor]:
-        """Initial z-depth [V, H, W] and the pixels that see a surface [V, H, W] (all but the misses
-        a depth file marks with 0)."""
+    def _initial_depth(self, flows: Tensor, masks: Tensor, cameras: Cameras, images: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """Initial z-depth [V, H, W], the pixels that see a surface [V, H, W] (all but the misses a
+        metric depth file marks with 0), and whether the depth came from a relative source (then
+        fitted to sparse metric depth here and aligned on the flow loss afterwards).
+        ``images`` [V, H, W, 3] float RGB at the cameras' size (for a depth network)."""
         h, w = int(cameras.height[0]), int(cameras.width[0])
         source = self.depth_source
         out = self.train_outputs
+        if source == "model" or (source == "files" and out.depth_is_relative):
+            return self._relative_depth(flows, masks, cameras, images), torch.ones(flows.shape[0], h, w, dtype=torch.bool, device=self.device), True
         if source == "files":
             if not out.depth_filenames:
                 raise DataError("depth_source=files but the dataset has no depth files", out.metadata.get("source"))
-            if out.depth_is_relative:
-                raise DataError("the dataset's depth files are relative (monocular); use depth_source=flow or sfm", out.depth_filenames[0])
             maps = []
             for path in out.depth_filenames:
                 d = load_depth(path, out.depth_unit_scale_factor) * out.dataparser_scale
@@ -368,7 +406,43 @@ class CoherentGSDataManager(ImageDataManager):
             valid &= (d >= lo) & (d <= hi)
             filled.append(torch.from_numpy(fill_depth(d.nan_to_num(0).numpy(), valid.numpy())))
             hits.append(torch.ones_like(valid))
-        return torch.stack(filled).to(self.device), torch.stack(hits).to(self.device)
+        return torch.stack(filled).to(self.device), torch.stack(hits).to(self.device), False
+
+    def _relative_depth(self, flows: Tensor, masks: Tensor, cameras: Cameras, images: Tensor) -> Tensor:
+        """Metric depth [V, H, W] from relative depth (depth_model's output, or the dataset's relative
+        depth files), fitted per view by scale and shift to sparse metric depth [ours: the official code
+        has no metric reference and leaves the whole scale to the flow-loss alignment]."""
+        c, out = self.config, self.train_outputs
+        h, w = int(cameras.height[0]), int(cameras.width[0])
+        if self.depth_source == "model":
+            if c.depth_model is None:
+                raise DataError("depth_source=model needs --datamanager.depth-model PATH (a local depth network: .pt2 or TorchScript)")
+            module = load_network(c.depth_model, "depth network")
+            maps = [depth_from_model(module, im, c.depth_model_input_size, normalize=c.depth_model_normalize, path=c.depth_model) for im in images]
+            kind, origin = c.depth_model_output, c.depth_model
+        else:
+            maps = []
+            for path in out.depth_filenames:
+                d = torch.from_numpy(load_depth(path, 1.0)).float()[None, None]
+                maps.append(F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)[0, 0])
+            kind, origin = "depth", out.depth_filenames[0]
+        if c.relative_depth_reference == "sfm":
+            if self.points3d is None or len(self.points3d) == 0:
+                raise DataError("relative_depth_reference=sfm but the dataset has no sparse points", out.metadata.get("source"))
+            reference = sfm_depth(self.points3d, cameras.to("cpu"))
+        else:
+            if flows.shape[0] < 2:
+                raise DataError("fitting relative depth to triangulated flow needs at least 2 training views", out.metadata.get("source"))
+            reference, _ = triangulated_depth(flows.cpu(), masks.cpu(), cameras.to("cpu"), c.triangulation_min_angle)
+        fitted = []
+        for i, (rel, ref) in enumerate(zip(maps, reference.cpu(), strict=True)):
+            valid = torch.isfinite(ref) & (ref > 0)
+            try:
+                depth, _, _ = fit_relative_depth(rel.cpu(), ref.nan_to_num(1.0), valid, kind)
+            except ValueError as exc:
+                raise DataError(f"training view {i}: {exc} ({c.relative_depth_reference} reference)", origin) from None
+            fitted.append(depth)
+        return torch.stack(fitted).to(self.device)
 
     def next_train(self, step: int) -> dict[str, Any]:
         batch = super().next_train(step)

@@ -39,6 +39,12 @@ def main() -> None:
         help="splat-sfm: 3DGS from the COLMAP points seen by >= 2 training views; splat-sfm-all: from all of them (made from all 20 images,"
         " test views included); splat-random: 3DGS from random points",
     )
+    ap.add_argument(
+        "--splat-refine-every",
+        type=int,
+        default=0,
+        help="compress splat's densification into the run (from steps/10 to 3/4 of it, every N steps, as bench_splat does); 0: splat's defaults (none before step 500)",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench"))
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
@@ -54,8 +60,15 @@ def main() -> None:
         for name, init, points, title in SPLAT_BASELINES:
             if name in args.methods.split(","):
                 changes = {**common, "model.init": init, "dataparser.few_shot_points": points, "timestamp": f"{name}-{views}"}
+                if args.splat_refine_every:
+                    changes.update({
+                        "model.strategy.refine_start_iter": min(500, args.steps // 10),
+                        "model.strategy.refine_every": args.splat_refine_every,
+                        "model.strategy.refine_stop_iter": 3 * args.steps // 4,
+                    })
                 trainer, row = train_and_evaluate("splat", data, args.output_dir, args.steps, 1, args.device, **changes)
-                rows.append({**row, "method": title, "data": label, "lr_factor": "", "gaussians": trainer.model.num_gaussians})
+                refine = f", densify every {args.splat_refine_every}" if args.splat_refine_every else ""
+                rows.append({**row, "method": title + refine, "data": label, "lr_factor": "", "gaussians": trainer.model.num_gaussians})
                 print(rows[-1], flush=True)
         if "coherentgs" in args.methods:
             for factor in (float(f) for f in args.lr_factors.split(",")):

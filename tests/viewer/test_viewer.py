@@ -253,8 +253,9 @@ def test_ns_viewer_run_crop_and_camera_path(trained_run, tmp_path, viser_client,
 
         # Camera path: two keyframes, 0.5 s at 4 fps, 16 px high.
         for count, i in enumerate((2, 5), 1):
+            n = len(client.drain())
             client.send_camera(**view_of(cameras, i))
-            time.sleep(0.3)
+            next_frame(client, (48, 36), after=n)  # a frame from this camera: the server has it (a fixed sleep raced under load)
             client.click("Add keyframe")  # the server reads the camera when it handles the click: wait for that
             client.wait_for(lambda m: m["type"] == "GuiUpdateMessage" and re.search(rf"Keyframes: {count}\b", str(m["updates"].get("_markdown", ""))))
         set_value(client, "Render height", 16)

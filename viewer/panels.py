@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ class CropBoxPanel(Panel):
         self.center = np.zeros(3)
         self.size = np.full(3, 2.0)
         self.model_background: Tensor | None = None
+        # viser runs each GUI callback on its own pool thread: without the lock, a callback that read
+        # the controls before a later update could save after it and leave a stale crop file.
+        self._lock = threading.RLock()
 
     @property
     def bounds(self) -> tuple[Tensor, Tensor]:
@@ -72,11 +76,12 @@ class CropBoxPanel(Panel):
         box = scene.add_box("/crop/box", color=(255, 80, 80), dimensions=tuple(self.size), wireframe=True, position=tuple(self.center), visible=False)
 
         def changed(_: Any = None) -> None:
-            self.enabled = bool(enabled.value)
-            self.center, self.size = np.asarray(center.value, dtype=np.float64), np.asarray(size.value, dtype=np.float64)
-            gizmo.visible = box.visible = self.enabled
-            box.position, box.dimensions = tuple(self.center), tuple(np.abs(self.size))
-            self.save()
+            with self._lock:  # the last callback to save reads the controls after every update before it
+                self.enabled = bool(enabled.value)
+                self.center, self.size = np.asarray(center.value, dtype=np.float64), np.asarray(size.value, dtype=np.float64)
+                gizmo.visible = box.visible = self.enabled
+                box.position, box.dimensions = tuple(self.center), tuple(np.abs(self.size))
+                self.save()
             context.rerender()
 
         def dragged(_: Any) -> None:

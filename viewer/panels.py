@@ -23,6 +23,7 @@ from recon.export.crop import write_viewer_crop
 from recon.panels import Panel, PanelContext
 from viewer.render import ViewCamera, to_cameras
 
+
 def builtin_panels(run_dir: Path | None) -> list[Panel]:
     return [CropBoxPanel(run_dir), CameraPathPanel(run_dir)]
 

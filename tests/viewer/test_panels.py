@@ -7,7 +7,7 @@ import threading
 import time
 from types import SimpleNamespace
 
-import viewer.panels as panels
+from viewer import panels
 from viewer.panels import CropBoxPanel
 
 

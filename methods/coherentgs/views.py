@@ -41,9 +41,12 @@ from recon.geometry.local_models import (
     fit_relative_depth,
     flow_from_model,
     load_network,
+    sharpen_depth_edges,
 )
 
 DepthSource = Literal["auto", "files", "sfm", "flow", "model"]
+EDGE_THRESHOLD_HEIGHT = 378
+"""Image height at which depth_edge_threshold applies as given (LLFF images_8, the official setting)."""
 BACKGROUND_DEPTH_FACTOR = 10.0
 """Pixels a depth file marks as misses (0) get this times the view's farthest depth."""
 
@@ -290,6 +293,15 @@ class CoherentGSDataManagerConfig(ImageDataManagerConfig):
     """Shorter side of depth_model's input (both sides rounded to multiples of 14; 0 = image size)."""
     depth_model_normalize: bool = True
     """ImageNet mean/std normalisation of depth_model's input (Depth Anything's and MiDaS's)."""
+    sharpen_depth_edges: bool = True
+    """Clean the depth edges of relative depth (a depth model's, or relative depth files) before it is
+    fitted: the official sparse bilateral filter (3D Photo Inpainting's; windows 7, 7, 5, 5), which
+    snaps the values a network smears across an occlusion edge to one side of it."""
+    depth_edge_threshold: float = 0.1
+    """Jump between neighbouring pixels, in the inverse of the normalised disparity (d / max + 0.2), that
+    marks a depth edge: official 0.1 at LLFF images_8 (378 pixels high). Scaled by 378 / H for an image
+    H pixels high [ours]: a smooth slope's jump per pixel grows as the resolution drops, an occlusion's
+    does not (unscaled, a 64-pixel image flags a quarter of its pixels)."""
     relative_depth_reference: Literal["flow", "sfm"] = "flow"
     """Sparse metric depth that relative depth (a depth model's, or relative depth files) is fitted to
     by a scale and shift: flow (triangulated from the flows and poses) or sfm (the dataset's points)."""
@@ -308,6 +320,16 @@ class CoherentGSDataManagerConfig(ImageDataManagerConfig):
     """Alignment learning rate of the scales (cosine-annealed to 0). Official: 1.0 for Depth Anything's relative depth."""
     align_lr_offset: float = 0.01
     """Alignment learning rate of the offsets, in units of the view's median depth. Official: 5 depth units."""
+
+
+def _sharpened(relative: Tensor, kind: RelativeKind, threshold: float) -> Tensor:
+    """:func:`sharpen_depth_edges` on a relative disparity map, or on the inverse of a relative depth map."""
+    if kind == "disparity":
+        return sharpen_depth_edges(relative, threshold=threshold)
+    positive = relative > 0
+    disparity = torch.where(positive, 1.0 / relative.clamp_min(1e-12), torch.zeros_like(relative))
+    sharp = sharpen_depth_edges(disparity, threshold=threshold)
+    return torch.where(sharp > 0, 1.0 / sharp.clamp_min(1e-12), relative)
 
 
 class CoherentGSDataManager(ImageDataManager):
@@ -426,6 +448,8 @@ class CoherentGSDataManager(ImageDataManager):
                 d = torch.from_numpy(load_depth(path, 1.0)).float()[None, None]
                 maps.append(F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)[0, 0])
             kind, origin = "depth", out.depth_filenames[0]
+        if c.sharpen_depth_edges:
+            maps = [_sharpened(m.cpu(), kind, c.depth_edge_threshold * EDGE_THRESHOLD_HEIGHT / h) for m in maps]
         if c.relative_depth_reference == "sfm":
             if self.points3d is None or len(self.points3d) == 0:
                 raise DataError("relative_depth_reference=sfm but the dataset has no sparse points", out.metadata.get("source"))

@@ -266,9 +266,21 @@ def test_local_depth_and_flow_networks_and_relative_depth_files(tmp_path, one_th
     def preprocess(**changes):
         return override(cfg.datamanager, relative_depth_reference="sfm", **changes).setup(outputs=outputs, device=torch.device("cpu")).views
 
-    views = preprocess(depth_source="model", depth_model=depth_net, depth_model_input_size=0, depth_model_normalize=False, align_steps=0, flow_model=flow_net)
+    from_model = {"depth_source": "model", "depth_model": depth_net, "depth_model_input_size": 0, "depth_model_normalize": False, "align_steps": 0, "flow_model": flow_net}
+    views = preprocess(**from_model, sharpen_depth_edges=False)  # exact disparity: nothing to clean
     err = ((views.depth - true).abs() / true)[hit]
     assert float(err.median()) < 0.01 and float(err.quantile(0.9)) < 0.02, err.quantile(torch.tensor([0.5, 0.9]))
+    # A network smears disparity across occlusion edges (points float between the surfaces); the
+    # default clean-up snaps them back: surface pixels off by more than 20 % measured 7.6 % without
+    # it and 1.3 % with it (median error 0.3 % and 0.6 %).
+    smeared = torch.nn.functional.avg_pool2d(disparity[:, None], 3, 1, 1, count_include_pad=False)[:, 0]
+    smear_net = _save_lookup(tmp_path / "smeared.pt2", images / 255, smeared, 1)
+    gross = {}
+    for on in (False, True):
+        err = ((preprocess(**{**from_model, "depth_model": smear_net}, sharpen_depth_edges=on).depth - true).abs() / true)[hit]
+        assert float(err.median()) < 0.01
+        gross[on] = float((err > 0.2).float().mean())
+    assert gross[False] > 0.05 and gross[True] < 0.03, gross
     for i in range(v):
         for j in range(v):
             if i != j:
@@ -287,6 +299,6 @@ def test_local_depth_and_flow_networks_and_relative_depth_files(tmp_path, one_th
     train_ids = outputs.splits["train"]
     names = [files[train_ids.index(k)] if k in train_ids else p for k, p in enumerate(outputs.depth_filenames)]
     outputs = replace(outputs, depth_filenames=names, depth_is_relative=True)
-    views = preprocess(depth_source="auto", align_steps=0)
+    views = preprocess(depth_source="auto", align_steps=0, sharpen_depth_edges=False)
     err = ((views.depth - true).abs() / true)[hit]
     assert float(err.median()) < 0.01 and float(err.max()) < 0.02  # measured 0.6 % at most (the sparse reference's)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recon.errors import DataError
-from recon.geometry.local_models import depth_from_model, fit_relative_depth, flow_from_model, load_network
+from recon.geometry.local_models import depth_discontinuities, depth_from_model, fit_relative_depth, flow_from_model, load_network, sharpen_depth_edges
 
 
 def _plane_depth(h: int = 40, w: int = 50) -> torch.Tensor:
@@ -96,3 +96,69 @@ def test_torchscript_loading_running_and_errors(tmp_path):
     wrong = load_network(tmp_path / "wrong.pt", "flow network")
     with pytest.raises(DataError, match=r"wrong\.pt.*returned \(1, 1, 12, 16\); expected \[1, 2, 12, 16\]"):
         flow_from_model(wrong, a, a, tmp_path / "wrong.pt")
+
+
+def reference_sharpen(disparity: np.ndarray, sizes, threshold: float, offset: float) -> np.ndarray:
+    """The sparse bilateral clean-up written pixel by pixel, from its description: per pass, the
+    discontinuities of d / max + offset; a pixel whose window (replicated border) holds one becomes
+    the upper median of the window's other pixels."""
+    peak = disparity.max()
+    x = disparity / peak + offset
+    h, w = x.shape
+    for size in sizes:
+        inv = 1.0 / x
+        edge = np.zeros_like(x, dtype=bool)
+        for i in range(h):
+            for j in range(w):
+                for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                    a, b = i + di, j + dj
+                    if 0 <= a < h and 0 <= b < w and abs(inv[a, b] - inv[i, j]) > threshold:
+                        edge[i, j] = True
+        m = size // 2
+        out = x.copy()
+        for i in range(h):
+            for j in range(w):
+                rows = np.clip(np.arange(i - m, i + m + 1), 0, h - 1)
+                cols = np.clip(np.arange(j - m, j + m + 1), 0, w - 1)
+                win, bad = x[np.ix_(rows, cols)].ravel(), edge[np.ix_(rows, cols)].ravel()
+                if bad.any() and (~bad).any():
+                    good = np.sort(win[~bad])
+                    out[i, j] = good[len(good) // 2]
+        x = out
+    return (x - offset) * peak
+
+
+def test_sharpen_depth_edges_snaps_a_smeared_edge_and_matches_the_pixelwise_definition():
+    """A network's disparity ramps across an occlusion edge (points floating between the surfaces);
+    the clean-up (3D Photo Inpainting's sparse bilateral filter, as CoherentGS uses it) snaps every
+    ramp pixel to one of the two surfaces and leaves the surfaces and a smooth slope alone."""
+    h, w = 24, 32
+    near, far = 1.0, 0.25
+    col = torch.arange(w, dtype=torch.float64)
+    slope = 0.002 * torch.arange(h, dtype=torch.float64)[:, None]  # a gently tilted ground: no discontinuity
+    d = torch.where(col < 14, near, far).expand(h, w) + slope
+    ramp = torch.tensor([0.85, 0.65, 0.45, 0.35])
+    d = d.clone()
+    d[:, 14:18] = ramp[None] + slope
+    out = sharpen_depth_edges(d)
+    assert depth_discontinuities(d / d.max() + 0.2, 0.1)[:, 14:18].all()
+    surfaces = torch.stack([near + slope.expand(h, w), far + slope.expand(h, w)])
+    snapped = (out[None] - surfaces).abs().min(0).values
+    assert float(snapped.max()) < 0.01, "a ramp value survived"
+    # beyond a window's reach of the edge band (columns 13-18) nothing changes
+    assert torch.allclose(out[:, :10], d[:, :10], rtol=0, atol=1e-12) and torch.allclose(out[:, 22:], d[:, 22:], rtol=0, atol=1e-12)
+    assert (out[:, 14] > 0.9).all() and (out[:, 17] < 0.3).all()  # each side keeps its own surface
+    smooth = 0.5 + 0.003 * col[None] + slope
+    assert torch.allclose(sharpen_depth_edges(smooth), smooth, rtol=0, atol=1e-12)
+
+    # A random piecewise map against the pixel-by-pixel definition (both passes and window sizes).
+    gen = torch.Generator().manual_seed(3)
+    blocks = torch.rand(4, 5, generator=gen, dtype=torch.float64) + 0.1
+    rough = torch.nn.functional.interpolate(blocks[None, None], size=(14, 17), mode="bilinear", align_corners=False)[0, 0]
+    rough = rough + 0.01 * torch.rand(14, 17, generator=gen, dtype=torch.float64)
+    expected = reference_sharpen(rough.numpy(), (5, 3), 0.3, 0.2)
+    got = sharpen_depth_edges(rough, (5, 3), threshold=0.3)
+    assert not np.allclose(expected, rough.numpy()), "the random map has no edges: the comparison would be empty"
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="odd"):
+        sharpen_depth_edges(rough, (4,))

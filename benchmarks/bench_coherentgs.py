@@ -1,7 +1,7 @@
 """Benchmark: CoherentGS against splat (3DGS) with the same sparse views of LLFF fern (issue 6).
 
     python benchmarks/bench_coherentgs.py [--views 3] [--steps 200] [--image-scale 0.25] [--lr-factors 1,5] [--methods splat-sfm,splat-random,coherentgs]
-    python benchmarks/bench_coherentgs.py --steps 13000 --splat-steps 30000 --multisample-max 4   # each method's own schedule
+    python benchmarks/bench_coherentgs.py --steps 13000 --splat-steps 30000 --multisample-max 4 --eval-every 1000   # each method's own schedule, with learning curves
 
 LLFF protocol: every 8th image (0, 8, 16) is a test view; the K training views are
 ``round(linspace(0, n_train - 1, K))`` over the other 17 (RegNeRF; K = 3 gives images 1, 10, 19);
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--splat-steps", type=int, default=0, help="steps of the splat baselines (0: --steps); splat's own schedule is 30000")
     ap.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: none), to evaluate a long run that is cut short")
+    ap.add_argument("--eval-every", type=int, default=0, help="also evaluate test and training views every N steps (a learning-curve table)")
     ap.add_argument("--image-scale", type=float, default=0.25, help="scale of images_8 (1 = the full 504x378 protocol)")
     ap.add_argument("--lr-factors", default="1", help="comma-separated learning-rate factors of coherentgs")
     ap.add_argument("--multisample-max", type=int, default=2, help="largest supersampling factor of coherentgs (official 4)")
@@ -70,18 +71,22 @@ def main() -> None:
                         "model.strategy.refine_every": args.splat_refine_every,
                         "model.strategy.refine_stop_iter": 3 * splat_steps // 4,
                     })
-                trainer, row = train_and_evaluate("splat", data, args.output_dir, splat_steps, 1, args.device, **changes)
+                trainer, row = train_and_evaluate("splat", data, args.output_dir, splat_steps, 1, args.device, args.eval_every, **changes)
                 refine = f", densify every {args.splat_refine_every}" if args.splat_refine_every else ""
                 rows.append({**row, "method": title + refine, "data": label, "lr_factor": "", "gaussians": trainer.model.num_gaussians})
                 print(rows[-1], flush=True)
         if "coherentgs" in args.methods:
             for factor in (float(f) for f in args.lr_factors.split(",")):
                 changes = {**common, **short_schedule(args.steps, factor), "model.multisample_max": args.multisample_max, "timestamp": f"coherentgs-{views}-{factor:g}"}
-                trainer, row = train_and_evaluate("coherentgs", data, args.output_dir, args.steps, 1, args.device, **changes)
+                trainer, row = train_and_evaluate("coherentgs", data, args.output_dir, args.steps, 1, args.device, args.eval_every, **changes)
                 rows.append({**row, "data": label, "lr_factor": factor, "gaussians": trainer.model.num_gaussians})
                 print(rows[-1], flush=True)
     columns = ["method", "data", "steps", "lr_factor", "train_s", "psnr", "ssim", "test_images", "gaussians", "device"]
     print(append_results("CoherentGS vs splat, LLFF fern sparse views (benchmarks/bench_coherentgs.py)", columns, rows, record=not args.no_record))
+    if args.eval_every:
+        curve = [{"method": r["method"], "data": r["data"], "lr_factor": r["lr_factor"], "of_steps": r["steps"], **p} for r in rows for p in r["curve"]]
+        columns = ["method", "data", "lr_factor", "step", "of_steps", "psnr", "ssim", "train_psnr"]
+        print(append_results("CoherentGS vs splat, fern learning curves (benchmarks/bench_coherentgs.py --eval-every)", columns, curve, record=not args.no_record))
 
 
 if __name__ == "__main__":

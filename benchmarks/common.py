@@ -119,9 +119,13 @@ class Subset:
         return self._ds.image(self.idx[i])
 
 
-def train_and_evaluate(method: str, data: Path, output_dir: Path, steps: int, test_every: int = 8, device: str = "auto", **changes: Any) -> tuple[Any, dict[str, Any]]:
+def train_and_evaluate(
+    method: str, data: Path, output_dir: Path, steps: int, test_every: int = 8, device: str = "auto", eval_every: int = 0, **changes: Any
+) -> tuple[Any, dict[str, Any]]:
     """Train preset ``method`` (with ``changes``; every optimizer's schedule rescaled to ``steps``)
-    quietly, then evaluate every ``test_every``-th test image. Returns the trainer and a result row."""
+    quietly, then evaluate every ``test_every``-th test image. Returns the trainer and a result row.
+    ``eval_every`` > 0 also evaluates those test images and every training image every that many
+    steps: ``row["curve"]`` lists ``{step, psnr, ssim, train_psnr}`` (the end of training included)."""
     from recon.config import get_method, override
     from recon.engine.evaluate import evaluate_images
     from recon.engine.trainer import Trainer
@@ -136,15 +140,34 @@ def train_and_evaluate(method: str, data: Path, output_dir: Path, steps: int, te
     cfg = override(base, **{**fields, **changes})
     trainer = Trainer(cfg)
     reset_peak_memory(trainer.device)
+    curve: list[dict[str, float]] = []
+    paused = 0.0
+
+    def point(step: int) -> dict[str, Any]:
+        test = evaluate_images(trainer.model, Subset(trainer.datamanager.eval_dataset, test_every), with_lpips=False, progress=False)
+        train = evaluate_images(trainer.model, trainer.datamanager.train_dataset, with_lpips=False, progress=False)
+        curve.append({"step": step, "psnr": test["mean"]["psnr"], "ssim": test["mean"]["ssim"], "train_psnr": train["mean"]["psnr"]})
+        return test
+
+    def checkpoint(_: Any, step: int) -> None:
+        nonlocal paused
+        if eval_every > 0 and step % eval_every == 0 and step < steps:
+            t0 = time.perf_counter()
+            point(step)
+            paused += time.perf_counter() - t0  # not training time
+
+    trainer.between_steps.append(checkpoint)
     start = time.perf_counter()
     trainer.train()
-    seconds = time.perf_counter() - start
-    result = evaluate_images(trainer.model, Subset(trainer.datamanager.eval_dataset, test_every), with_lpips=False, progress=False)
+    seconds = time.perf_counter() - start - paused
+    result = point(steps) if eval_every > 0 else evaluate_images(trainer.model, Subset(trainer.datamanager.eval_dataset, test_every), with_lpips=False, progress=False)
     row = {
         "method": method, "steps": steps, "train_s": seconds, "steps_per_s": steps / seconds,
         "peak_mem_mb": peak_memory_mb(trainer.device), "psnr": result["mean"]["psnr"], "ssim": result["mean"]["ssim"],
         "test_images": result["mean"]["num_images"], "device": str(trainer.device),
     }
+    if eval_every > 0:
+        row["curve"] = curve
     return trainer, row
 
 

@@ -143,8 +143,11 @@ def train_and_evaluate(
     curve: list[dict[str, float]] = []
     paused = 0.0
 
+    def test_metrics() -> dict[str, Any]:
+        return evaluate_images(trainer.model, Subset(trainer.datamanager.eval_dataset, test_every), with_lpips=False, progress=False)
+
     def point(step: int) -> dict[str, Any]:
-        test = evaluate_images(trainer.model, Subset(trainer.datamanager.eval_dataset, test_every), with_lpips=False, progress=False)
+        test = test_metrics()
         train = evaluate_images(trainer.model, trainer.datamanager.train_dataset, with_lpips=False, progress=False)
         curve.append({"step": step, "psnr": test["mean"]["psnr"], "ssim": test["mean"]["ssim"], "train_psnr": train["mean"]["psnr"]})
         return test
@@ -160,7 +163,7 @@ def train_and_evaluate(
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start - paused
-    result = point(steps) if eval_every > 0 else evaluate_images(trainer.model, Subset(trainer.datamanager.eval_dataset, test_every), with_lpips=False, progress=False)
+    result = point(steps) if eval_every > 0 else test_metrics()
     row = {
         "method": method, "steps": steps, "train_s": seconds, "steps_per_s": steps / seconds,
         "peak_mem_mb": peak_memory_mb(trainer.device), "psnr": result["mean"]["psnr"], "ssim": result["mean"]["ssim"],

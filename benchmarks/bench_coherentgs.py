@@ -27,6 +27,16 @@ SPLAT_BASELINES = (
 """(--methods name, model.init, few_shot_points, table label) of the 3DGS baselines."""
 
 
+def _printer(name: str, views: int):
+    """Print each learning-curve point as it is measured (a run cut short still reports its curve)."""
+
+    def show(p: dict) -> None:
+        extra = f", {p['gaussians']} Gaussians" if "gaussians" in p else ""
+        print(f"[curve] {name}, {views} views, step {p['step']}: test {p['psnr']:.2f} dB / {p['ssim']:.3f}, train {p['train_psnr']:.2f} dB{extra}", flush=True)
+
+    return show
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--views", default="3", help="comma-separated numbers of training views")
@@ -71,21 +81,26 @@ def main() -> None:
                         "model.strategy.refine_every": args.splat_refine_every,
                         "model.strategy.refine_stop_iter": 3 * splat_steps // 4,
                     })
-                trainer, row = train_and_evaluate("splat", data, args.output_dir, splat_steps, 1, args.device, args.eval_every, **changes)
+                trainer, row = train_and_evaluate(
+                    "splat", data, args.output_dir, splat_steps, 1, args.device, args.eval_every, on_point=_printer(name, views), **changes
+                )
                 refine = f", densify every {args.splat_refine_every}" if args.splat_refine_every else ""
                 rows.append({**row, "method": title + refine, "data": label, "lr_factor": "", "gaussians": trainer.model.num_gaussians})
                 print(rows[-1], flush=True)
         if "coherentgs" in args.methods:
             for factor in (float(f) for f in args.lr_factors.split(",")):
                 changes = {**common, **short_schedule(args.steps, factor), "model.multisample_max": args.multisample_max, "timestamp": f"coherentgs-{views}-{factor:g}"}
-                trainer, row = train_and_evaluate("coherentgs", data, args.output_dir, args.steps, 1, args.device, args.eval_every, **changes)
+                trainer, row = train_and_evaluate(
+                    "coherentgs", data, args.output_dir, args.steps, 1, args.device, args.eval_every,
+                    on_point=_printer(f"coherentgs lr x{factor:g}", views), **changes,
+                )
                 rows.append({**row, "data": label, "lr_factor": factor, "gaussians": trainer.model.num_gaussians})
                 print(rows[-1], flush=True)
     columns = ["method", "data", "steps", "lr_factor", "train_s", "psnr", "ssim", "test_images", "gaussians", "device"]
     print(append_results("CoherentGS vs splat, LLFF fern sparse views (benchmarks/bench_coherentgs.py)", columns, rows, record=not args.no_record))
     if args.eval_every:
         curve = [{"method": r["method"], "data": r["data"], "lr_factor": r["lr_factor"], "of_steps": r["steps"], **p} for r in rows for p in r["curve"]]
-        columns = ["method", "data", "lr_factor", "step", "of_steps", "psnr", "ssim", "train_psnr"]
+        columns = ["method", "data", "lr_factor", "step", "of_steps", "psnr", "ssim", "train_psnr", "gaussians"]
         print(append_results("CoherentGS vs splat, fern learning curves (benchmarks/bench_coherentgs.py --eval-every)", columns, curve, record=not args.no_record))
 
 

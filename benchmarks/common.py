@@ -9,6 +9,7 @@ import resource
 import subprocess
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -120,12 +121,14 @@ class Subset:
 
 
 def train_and_evaluate(
-    method: str, data: Path, output_dir: Path, steps: int, test_every: int = 8, device: str = "auto", eval_every: int = 0, **changes: Any
+    method: str, data: Path, output_dir: Path, steps: int, test_every: int = 8, device: str = "auto", eval_every: int = 0,
+    on_point: Callable[[dict[str, float]], None] | None = None, **changes: Any
 ) -> tuple[Any, dict[str, Any]]:
     """Train preset ``method`` (with ``changes``; every optimizer's schedule rescaled to ``steps``)
     quietly, then evaluate every ``test_every``-th test image. Returns the trainer and a result row.
     ``eval_every`` > 0 also evaluates those test images and every training image every that many
-    steps: ``row["curve"]`` lists ``{step, psnr, ssim, train_psnr}`` (the end of training included)."""
+    steps: ``row["curve"]`` lists ``{step, psnr, ssim, train_psnr}`` (and ``gaussians`` for Gaussian models; the end of training included),
+    and ``on_point`` (if given) receives each point as it is measured, so a run cut short still reports."""
     from recon.config import get_method, override
     from recon.engine.evaluate import evaluate_images
     from recon.engine.trainer import Trainer
@@ -150,6 +153,10 @@ def train_and_evaluate(
         test = test_metrics()
         train = evaluate_images(trainer.model, trainer.datamanager.train_dataset, with_lpips=False, progress=False)
         curve.append({"step": step, "psnr": test["mean"]["psnr"], "ssim": test["mean"]["ssim"], "train_psnr": train["mean"]["psnr"]})
+        if hasattr(trainer.model, "num_gaussians"):
+            curve[-1]["gaussians"] = int(trainer.model.num_gaussians)
+        if on_point is not None:
+            on_point(curve[-1])
         return test
 
     def checkpoint(_: Any, step: int) -> None:

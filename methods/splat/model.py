@@ -80,9 +80,10 @@ class SplatModel(Model):
 
     @property
     def scene_scale(self) -> float:
-        """3DGS's ``cameras_extent``: 1.1 x the largest distance of a training camera from their centroid."""
+        """3DGS's ``cameras_extent`` (1.1 x the largest distance of a training camera from their
+        centroid) times ``global_scale``."""
         extent = self.scene.metadata.get("camera_extent")
-        return float(extent) if extent else 1.0
+        return (float(extent) if extent else 1.0) * self.config.global_scale
 
     @property
     def num_gaussians(self) -> int:
@@ -195,6 +196,10 @@ class SplatModelConfig(ModelConfig):
     """Gaussians closer to the camera than this are culled."""
     rasterize_mode: Literal["classic", "antialiased"] = "classic"
     """classic = 3DGS; antialiased = Mip-Splatting's opacity compensation (gsplat)."""
+    global_scale: float = 1.0
+    """Factor on the scene scale (gsplat's ``global_scale``): the camera extent that scales the position
+    learning rate and the densification size thresholds. A few close cameras make that extent small
+    against the scene (see benchmarks/RESULTS.md, fern 3 views); this corrects it."""
     strategy: DefaultStrategy = field(default_factory=DefaultStrategy)
     """Densification: clone / split / prune / opacity reset (3DGS schedule and thresholds)."""
 

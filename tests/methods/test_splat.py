@@ -84,3 +84,18 @@ def test_gaussian_splat_export_round_trip(frame, tiny_scene, tmp_path, quiet_con
     else:
         for k in params:
             assert torch.equal(loaded[k], params[k].float()), k
+
+
+def test_global_scale_scales_position_rate_and_densification_thresholds(tiny_scene, tmp_path, quiet_config):
+    """gsplat's ``global_scale`` multiplies the camera extent everywhere 3DGS uses it: the position
+    learning rate and the strategy's scene scale (its clone/split and prune size thresholds)."""
+    base = Trainer(quiet_config("splat", tiny_scene, tmp_path / "a", 1, **TINY))
+    scaled = Trainer(quiet_config("splat", tiny_scene, tmp_path / "b", 1, **TINY, **{"model.global_scale": 10.0}))
+    extent = base.model.scene.metadata["camera_extent"]
+    assert base.model.strategy_state["scene_scale"] == pytest.approx(extent)
+    assert scaled.model.strategy_state["scene_scale"] == pytest.approx(10.0 * extent)
+    for t in (base, scaled):
+        t.train()  # one step: the optimizers set the scheduled learning rates
+    lr_base, lr_scaled = base.optimizers.learning_rates(), scaled.optimizers.learning_rates()
+    assert lr_scaled["means"] == pytest.approx(10.0 * lr_base["means"])
+    assert lr_scaled["scales"] == lr_base["scales"]

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from recon.cameras import Cameras
 from recon.engine.callbacks import Callback, Where
+from recon.errors import ConfigError
 from recon.metrics import ssim
 from recon.model import Export, Model, ModelConfig, Output, SceneInfo
 from recon.render.gaussians import rasterization
@@ -51,6 +52,8 @@ class SplatModel(Model):
     def __init__(self, config: "SplatModelConfig", scene: SceneInfo):
         super().__init__(config, scene)
         c = config
+        if not c.global_scale > 0:
+            raise ConfigError(f"model.global_scale must be positive, got {c.global_scale}")
         generator = torch.Generator().manual_seed(c.init_seed)
         if scene.points3d is not None and len(scene.points3d) > 0 and c.init == "sfm":
             means = torch.as_tensor(np.asarray(scene.points3d), dtype=torch.float32)

@@ -99,3 +99,10 @@ def test_global_scale_scales_position_rate_and_densification_thresholds(tiny_sce
     lr_base, lr_scaled = base.optimizers.learning_rates(), scaled.optimizers.learning_rates()
     assert lr_scaled["means"] == pytest.approx(10.0 * lr_base["means"])
     assert lr_scaled["scales"] == lr_base["scales"]
+
+
+def test_non_positive_global_scale_is_a_config_error(tiny_scene, tmp_path, quiet_config):
+    from recon.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="global_scale must be positive"):
+        Trainer(quiet_config("splat", tiny_scene, tmp_path, 1, **TINY, **{"model.global_scale": 0.0}))

@@ -30,6 +30,7 @@ from recon.config import DataParserConfig, InstantiateConfig, save_config
 from recon.engine.callbacks import Callback, Where, run_callbacks
 from recon.engine.checkpoint import find_checkpoint, load_into_model, load_model_state, load_train_state, save_checkpoint
 from recon.engine.evaluate import evaluate_images
+from recon.engine.host_memory import cache_freed_host_memory
 from recon.engine.logging import console, make_progress, Writer
 from recon.engine.optim import OptimizerConfig, Optimizers
 from recon.errors import ConfigError
@@ -92,6 +93,10 @@ class TrainerConfig:
     """Seed of every random generator."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: CUDA when available with auto."""
+    host_memory: Literal["cache", "system"] = "cache"
+    """Training on the CPU: "cache" keeps freed host memory in the process for reuse (glibc only; about
+    2x faster steps on large scenes, higher resident size; see recon/engine/host_memory.py), "system"
+    leaves the C library's allocator as it is."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Progress and TensorBoard options."""
     viewer: bool = False
@@ -162,6 +167,8 @@ class Trainer:
         if config.data is not None:  # config.yml must find the data again from any working directory
             config.data = Path(config.data).expanduser().resolve()
         self.device = config.resolve_device()
+        if self.device.type == "cpu" and config.host_memory == "cache":
+            cache_freed_host_memory()
         seed_everything(config.seed)
         self.outputs = load_dataset(config)
         self.datamanager = config.datamanager.setup(outputs=self.outputs, device=self.device, seed=config.seed)

@@ -82,6 +82,8 @@ class TrainingState:
     step: int = 0
     loss: float | None = None
     paused: bool = False
+    held_step: int | None = None
+    """The step the trainer is holding at while paused (None while it runs: a pause takes effect between steps)."""
     done: bool = False
     save_requested: bool = False
     last_checkpoint: str | None = None
@@ -270,7 +272,7 @@ class Viewer:
         t = self.training
         if t is None:
             return "**Viewing** a trained model" if self.model is not None else "**Viewing** files"
-        state = "done" if t.done else "paused" if t.paused else "training"
+        state = "done" if t.done else ("paused" if t.held_step is not None else "pausing") if t.paused else "training"
         loss = f" · loss {t.loss:.4g}" if t.loss is not None else ""
         ckpt = f"<br/>saved {t.last_checkpoint}" if t.last_checkpoint else ""
         return f"**{state}** · step {t.step} / {t.max_steps}{loss}{ckpt}"

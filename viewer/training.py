@@ -50,11 +50,15 @@ def attach_viewer(trainer: Any, settings: ViewerSettings | None = None, status_i
             last_status[0] = now
             viewer.update_status()
         while state.paused and not state.stopped.is_set() and not getattr(trainer, "_stop_requested", False):
+            if state.held_step is None:
+                state.held_step = step
+                viewer.update_status()
             state.stopped.wait(0.05)
             if state.save_requested:
                 state.save_requested = False
                 state.last_checkpoint = str(trainer.save_checkpoint(step))
                 viewer.update_status()
+        state.held_step = None
 
     trainer.between_steps.append(between_steps)
     return viewer

@@ -125,8 +125,7 @@ def test_live_viewer_beside_training(scene, tmp_path, viser_client, free_port, o
 
         # Pause: the step count stops; the viewer keeps rendering, and what it sends is the model's render.
         client.click("Pause training")
-        wait_until(lambda: viewer.training.paused)
-        time.sleep(0.3)
+        wait_until(lambda: viewer.training.held_step is not None)  # the step under way when clicked finishes first
         paused_step = trainer.step
         time.sleep(0.7)
         assert trainer.step == paused_step > 0

@@ -10,6 +10,7 @@ import torch
 
 from recon.config import load_config
 from recon.engine.checkpoint import find_checkpoint, load_into_model, load_model_state
+from recon.engine.host_memory import cache_freed_host_memory
 from recon.engine.trainer import TrainerConfig, load_dataset, scene_info
 from recon.errors import ConfigError
 from recon.model import Model
@@ -28,13 +29,16 @@ class LoadedRun:
 
 
 def load_run(config_path: Path, device: str = "auto", step: int | None = None) -> LoadedRun:
-    """Read ``config.yml``, re-parse its dataset, build the model and load its checkpoint."""
+    """Read ``config.yml``, re-parse its dataset, build the model and load its checkpoint. On the CPU,
+    applies the run's ``host_memory`` policy (ns-eval, ns-render, ns-export and the viewer come here)."""
     config_path = Path(config_path)
     config = load_config(config_path)
     if not isinstance(config, TrainerConfig):
         raise ConfigError("not a recon training config", config_path)
     config.device = device  # type: ignore[assignment]
     dev = config.resolve_device()
+    if dev.type == "cpu" and getattr(config, "host_memory", "cache") == "cache":
+        cache_freed_host_memory()  # rendering and exporting a large model on the CPU gains as training does
     run_dir = config_path.parent
     model_path, _ = find_checkpoint(run_dir, step)
     outputs = load_dataset(config)

@@ -17,3 +17,15 @@ def test_trainer_applies_host_memory_policy_on_cpu(tmp_path, tiny_scene, quiet_c
     monkeypatch.setattr(trainer_module, "cache_freed_host_memory", lambda: seen.append(True) or True)
     trainer_module.Trainer(quiet_config("splat", tiny_scene, tmp_path, 1, host_memory=policy, **TINY))
     assert len(seen) == calls
+
+
+@pytest.mark.parametrize(("policy", "calls"), [("cache", 1), ("system", 0)])
+def test_loaded_run_applies_host_memory_policy_on_cpu(tmp_path, tiny_scene, quiet_config, monkeypatch, policy, calls):
+    """ns-eval, ns-render, ns-export and the viewer open runs with load_run: the run's policy holds there too."""
+    from recon.engine import run as run_module
+
+    run_dir = trainer_module.Trainer(quiet_config("splat", tiny_scene, tmp_path, 1, host_memory=policy, **TINY)).train()
+    seen = []
+    monkeypatch.setattr(run_module, "cache_freed_host_memory", lambda: seen.append(True) or True)
+    loaded = run_module.load_run(run_dir / "config.yml", "cpu")
+    assert loaded.step == 1 and len(seen) == calls

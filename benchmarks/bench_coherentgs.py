@@ -37,6 +37,18 @@ def _printer(name: str, views: int):
     return show
 
 
+def _resumed(changes: dict, output_dir: Path, method: str, resume: bool) -> dict:
+    """``changes`` plus ``load_dir`` when ``resume`` and the run (``output_dir``/fern/method/timestamp) has a checkpoint."""
+    from recon.engine.checkpoint import list_checkpoints
+
+    run = output_dir / "fern" / method / changes["timestamp"]
+    steps = list_checkpoints(run / "checkpoints") if resume else []
+    if not steps:
+        return changes
+    print(f"resuming {run} from step {steps[-1]} (train_s counts the steps after it)", flush=True)
+    return {**changes, "load_dir": run}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--views", default="3", help="comma-separated numbers of training views")
@@ -59,6 +71,19 @@ def main() -> None:
         default=0,
         help="compress splat's densification into the run (from steps/10 to 3/4 of it, every N steps, as bench_splat does); 0: splat's defaults (none before step 500)",
     )
+    ap.add_argument(
+        "--splat-global-scale",
+        type=float,
+        default=1.0,
+        help="splat's model.global_scale (factor on the camera extent behind its size thresholds); 1: 3DGS as the paper runs it,"
+        " 10: the scale that keeps 3 close cameras from collapsing it (RESULTS.md)",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each run from its latest checkpoint in --output-dir (with --save-every: a long run in pieces, e.g. on a device"
+        " that limits each command to 10 minutes); curves then start at the resumed step",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench"))
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
@@ -75,21 +100,27 @@ def main() -> None:
         for name, init, points, title in SPLAT_BASELINES:
             if name in args.methods.split(","):
                 changes = {**common, "model.init": init, "dataparser.few_shot_points": points, "timestamp": f"{name}-{views}"}
+                if args.splat_global_scale != 1.0:
+                    changes["model.global_scale"] = args.splat_global_scale
                 if args.splat_refine_every:
                     changes.update({
                         "model.strategy.refine_start_iter": min(500, splat_steps // 10),
                         "model.strategy.refine_every": args.splat_refine_every,
                         "model.strategy.refine_stop_iter": 3 * splat_steps // 4,
                     })
+                changes = _resumed(changes, args.output_dir, "splat", args.resume)
                 trainer, row = train_and_evaluate(
                     "splat", data, args.output_dir, splat_steps, 1, args.device, args.eval_every, on_point=_printer(name, views), **changes
                 )
                 refine = f", densify every {args.splat_refine_every}" if args.splat_refine_every else ""
+                if args.splat_global_scale != 1.0:
+                    refine += f", global_scale {args.splat_global_scale:g}"
                 rows.append({**row, "method": title + refine, "data": label, "lr_factor": "", "gaussians": trainer.model.num_gaussians})
                 print(rows[-1], flush=True)
         if "coherentgs" in args.methods:
             for factor in (float(f) for f in args.lr_factors.split(",")):
                 changes = {**common, **short_schedule(args.steps, factor), "model.multisample_max": args.multisample_max, "timestamp": f"coherentgs-{views}-{factor:g}"}
+                changes = _resumed(changes, args.output_dir, "coherentgs", args.resume)
                 trainer, row = train_and_evaluate(
                     "coherentgs", data, args.output_dir, args.steps, 1, args.device, args.eval_every,
                     on_point=_printer(f"coherentgs lr x{factor:g}", views), **changes,

@@ -5,7 +5,7 @@
 synthetic: the default scene (64x64, 32 train / 8 test views). The marching-cubes mesh (128^3 over
 the scene box, input coordinates) is compared with the scene's ground-truth mesh: Chamfer-L1 and
 F-score at 2 % of the scene size against the whole mesh, and the visible-surface F-score of
-:func:`recon.geometry.metrics.visible_surface_fscore` (recall against the surface the cameras
+:func:`recon.geometry.surface_metrics.visible_surface_fscore` (recall against the surface the cameras
 saw). PSNR on the 8 test views.
 dtu: ../shared/data/dtu_scan24 (MonoSDF layout, 384x384 scaled by --dtu-scale, all 49 views train;
 PSNR on the RegNeRF test views, which are training views here as in NeuS's DTU protocol). Writes
@@ -27,7 +27,7 @@ import trimesh
 
 from benchmarks.common import append_results, machine_description, mesh_picture, shared_data, train_and_evaluate
 from recon.geometry.marching_cubes import extract_mesh
-from recon.geometry.metrics import mesh_metrics, visible_surface_fscore
+from recon.geometry.surface_metrics import mesh_metrics, visible_surface_fscore
 
 
 def export_mesh(trainer, resolution: int) -> tuple[trimesh.Trimesh, trimesh.Trimesh, float]:

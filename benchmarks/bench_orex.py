@@ -21,7 +21,7 @@ from benchmarks.common import append_results, machine_description, shared_data
 from recon.config import get_method, override
 from recon.engine.trainer import Trainer
 from recon.geometry.marching_cubes import extract_mesh
-from recon.geometry.metrics import mesh_metrics, volumetric_iou
+from recon.geometry.surface_metrics import mesh_metrics, volumetric_iou
 
 VARIANTS = {  # name -> (run folder, config changes)
     "orex-small": ("small", {}),

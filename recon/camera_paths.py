@@ -20,7 +20,7 @@ from torch import Tensor
 
 from recon.cameras import Cameras, look_at, opengl_to_opencv
 from recon.errors import ReconError
-from recon.io import atomic_write
+from recon.atomic import atomic_write
 
 __all__ = [
     "CameraPath",

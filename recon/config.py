@@ -175,7 +175,7 @@ def from_plain(data: dict[str, Any]) -> Any:
 
 
 def save_config(config: Any, path: Path) -> None:
-    from recon.io import atomic_write
+    from recon.atomic import atomic_write
 
     with atomic_write(path) as tmp:
         Path(tmp).write_text(yaml.safe_dump(to_plain(config), sort_keys=False))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon.errors import ConfigError
-from recon.metrics import _gaussian_kernel_1d
+from recon.image_metrics import _gaussian_kernel_1d
 
 __all__ = [
     "S3IMConfig",

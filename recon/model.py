@@ -138,7 +138,7 @@ class Model(nn.Module):
         return []
 
     def viewer_panels(self) -> list[Any]:
-        """The method's own controls in the live viewer (:class:`recon.panels.Panel` objects)."""
+        """The method's own controls in the live viewer (:class:`recon.panel_api.Panel` objects)."""
         return []
 
     def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:

@@ -59,7 +59,7 @@ class ViewerCommand:
         splats = load_splats(self.splat) if self.splat is not None else None
         if self.load_config is not None:
             from recon.engine.run import load_run
-            from viewer.panels import builtin_panels
+            from viewer.builtin_panels import builtin_panels
             from viewer.server import training_views
 
             run = load_run(self.load_config, self.device, self.step)

@@ -32,7 +32,7 @@ import viser
 from recon.cameras import Cameras
 from recon.engine.logging import console
 from recon.errors import ConfigError
-from recon.panels import Panel
+from recon.panel_api import Panel
 from viewer.render import COLORMAPS, ViewCamera, output_image, to_cameras
 
 
@@ -384,7 +384,7 @@ class Viewer:
 
 
 class _Context:
-    """The :class:`recon.panels.PanelContext` the viewer gives a panel."""
+    """The :class:`recon.panel_api.PanelContext` the viewer gives a panel."""
 
     def __init__(self, viewer: Viewer):
         self.viewer = viewer

@@ -24,7 +24,7 @@ def settings_from(config: Any) -> ViewerSettings:
 
 def attach_viewer(trainer: Any, settings: ViewerSettings | None = None, status_interval: float = 0.25) -> Viewer:
     """Start a viewer for ``trainer`` (before ``trainer.train()``); returns it (``viewer.stop()`` ends it)."""
-    from viewer.panels import builtin_panels
+    from viewer.builtin_panels import builtin_panels
 
     settings = settings or settings_from(trainer.config)
     state = TrainingState(max_steps=trainer.config.max_num_iterations, step=trainer.step)

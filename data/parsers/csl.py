@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from data.base import NormalisedFrame, SceneBox
-from data.csl import CrossSections, read_csl
+from data.cross_sections import CrossSections, read_csl
 from data.parsers.common import ParserConfig, check_dataset_path
 from recon.errors import DataError
 

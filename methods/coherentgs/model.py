@@ -26,7 +26,7 @@ from recon.cameras import Cameras
 from recon.engine.callbacks import Callback, Where
 from recon.errors import ConfigError
 from recon.losses import multiscale_l1, total_variation
-from recon.metrics import ssim
+from recon.image_metrics import ssim
 from recon.model import Export, Model, ModelConfig, Output, SceneInfo
 from recon.render.gaussians import rasterization
 from recon.render.gaussians.helpers import camera_matrices, rgb_to_sh

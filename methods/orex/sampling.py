@@ -16,7 +16,7 @@ import torch
 import trimesh
 from torch import Tensor
 
-from data.csl import CrossSection, CrossSections
+from data.cross_sections import CrossSection, CrossSections
 from recon.config import InstantiateConfig
 from recon.engine.callbacks import Callback, Where
 from recon.errors import DataError
@@ -105,7 +105,7 @@ class CrossSectionDataManager:
         if len(config.steps_per_level) > len(LEVEL_EXPONENTS):
             raise ValueError(f"at most {len(LEVEL_EXPONENTS)} refinement levels")
         if not isinstance(getattr(outputs, "sections", None), CrossSections):
-            raise DataError("OReX trains on planar cross-sections: pass --data shape.csl (see `python -m data.csl` to slice a mesh)")
+            raise DataError("OReX trains on planar cross-sections: pass --data shape.csl (see `python -m data.cross_sections` to slice a mesh)")
         self.config = config
         self.sections: CrossSections = outputs.sections
         self.device = device

@@ -15,7 +15,7 @@ from recon.cli import parse_cli, run_main
 from recon.engine.evaluate import evaluate_images
 from recon.engine.logging import console
 from recon.engine.run import load_run
-from recon.io import atomic_write
+from recon.atomic import atomic_write
 
 
 @dataclass

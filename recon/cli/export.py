@@ -18,7 +18,7 @@ from recon.cli import parse_cli, run_main
 from recon.engine.logging import console
 from recon.engine.run import LoadedRun, load_run
 from recon.errors import ConfigError
-from recon.export.io import write_mesh, write_pointcloud
+from recon.export.mesh_io import write_mesh, write_pointcloud
 from recon.model import Export
 
 

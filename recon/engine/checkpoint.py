@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from recon.errors import CheckpointError
-from recon.io import atomic_write
+from recon.atomic import atomic_write
 
 FORMAT = "recon-checkpoint-1"
 _NAME = re.compile(r"^step-(\d{9})\.safetensors$")

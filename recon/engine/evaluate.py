@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from recon.engine.logging import make_progress
-from recon.metrics import load_lpips, psnr, ssim
+from recon.image_metrics import load_lpips, psnr, ssim
 from recon.model import Model, Output
 
 
@@ -24,7 +24,7 @@ def evaluate_images(model: Model, dataset: Any, render_dir: Path | None = None, 
     """Render every image of ``dataset`` (an ImageDataset) and compare with the ground truth.
 
     Returns ``{"mean": {psnr, ssim[, lpips], seconds_per_image}, "images": [{name, psnr, ...}]}``.
-    LPIPS appears only when its weights are present locally (see :func:`recon.metrics.load_lpips`).
+    LPIPS appears only when its weights are present locally (see :func:`recon.image_metrics.load_lpips`).
     With ``render_dir``, writes ``<name>.png`` renders next to nothing else.
     """
     model.eval()

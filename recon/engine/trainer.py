@@ -256,7 +256,7 @@ class Trainer:
     def _eval_image(self, step: int, **_: Any) -> None:
         ds = self.datamanager.eval_dataset
         i = (step // max(self.config.steps_per_eval_image, 1)) % len(ds)
-        from recon.metrics import psnr
+        from recon.image_metrics import psnr
 
         self.model.eval()
         out = self.model.render(ds.cameras[i].to(self.device))

@@ -19,7 +19,7 @@ import trimesh
 from torch import Tensor
 
 from recon.errors import ConfigError, ReconError
-from recon.io import atomic_write
+from recon.atomic import atomic_write
 
 CROP_FILE = "viewer_crop.json"
 

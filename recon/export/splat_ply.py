@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from recon.errors import ReconError
-from recon.io import atomic_write
+from recon.atomic import atomic_write
 
 __all__ = [
     "MIN_VISIBLE_ALPHA",

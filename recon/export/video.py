@@ -2,7 +2,7 @@
 
 Videos are H.264 (libx264, yuv420p) MP4 files written through imageio's ffmpeg plugin, which uses
 the ffmpeg binary shipped with ``imageio-ffmpeg``. All files are written atomically
-(:func:`recon.io.atomic_write`).
+(:func:`recon.atomic.atomic_write`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from recon.errors import ReconError
-from recon.io import atomic_write
+from recon.atomic import atomic_write
 
 __all__ = ["VIDEO_SUFFIXES", "write_video", "write_frames", "colormap", "to_uint8_frame"]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import trimesh
 
-from data.csl import axis_planes, slice_mesh, write_csl
+from data.cross_sections import axis_planes, slice_mesh, write_csl
 from recon.config import discover_methods
 from recon.engine.callbacks import Callback
 from recon.engine.trainer import Trainer

@@ -119,7 +119,7 @@ def test_run_folder_exports(tiny_scene, tmp_path):
 def test_mesh_quality_on_synthetic_scene(tmp_path, quiet_config):
     """neus-small on the default synthetic scene: the marching-cubes mesh (input coordinates)
     against the ground-truth mesh, F-score at 2 % of the scene size with recall measured on the
-    surface the cameras saw (recon.geometry.metrics.visible_surface_fscore). Measured: see the
+    surface the cameras saw (recon.geometry.surface_metrics.visible_surface_fscore). Measured: see the
     thresholds. A broken SDF, sampler or mesh transform lands far below them (an untrained
     network's sphere: see the second assertion)."""
     import numpy as np
@@ -127,7 +127,7 @@ def test_mesh_quality_on_synthetic_scene(tmp_path, quiet_config):
 
     from data.synthetic import default_scene_path
     from recon.geometry.marching_cubes import extract_mesh
-    from recon.geometry.metrics import visible_surface_fscore
+    from recon.geometry.surface_metrics import visible_surface_fscore
 
     scene = default_scene_path()
     changes = {f"optimizers.{g}.scheduler.max_steps": MESH_STEPS for g in ("fields", "variance")}

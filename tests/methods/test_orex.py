@@ -7,11 +7,11 @@ import pytest
 import torch
 import trimesh
 
-from data.csl import axis_planes, slice_mesh, write_csl
+from data.cross_sections import axis_planes, slice_mesh, write_csl
 from recon.config import get_method
 from recon.engine.trainer import Trainer
 from recon.cli.export import MarchingCubesExport
-from recon.geometry.metrics import volumetric_iou
+from recon.geometry.surface_metrics import volumetric_iou
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def test_quality_and_tsdf_mesh_on_synthetic_scene(tmp_path, quiet_config):
 
     from data.synthetic import default_scene_path
     from recon.cli.export import TSDFExport
-    from recon.geometry.metrics import visible_surface_fscore
+    from recon.geometry.surface_metrics import visible_surface_fscore
 
     scene = default_scene_path()
     trainer = Trainer(quiet_config("splat", scene, tmp_path, STEPS, **{"optimizers.means.scheduler.max_steps": STEPS}))

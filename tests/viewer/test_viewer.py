@@ -335,7 +335,7 @@ def test_ns_viewer_bad_input_one_line(tmp_path, args, needle):
 
 def test_method_panel_api(scene, tmp_path, viser_client, free_port, one_thread):
     """A method's panel (``Model.viewer_panels``) adds a control to the viewer and changes the frames."""
-    from recon.panels import Panel
+    from recon.panel_api import Panel
 
     class InvertPanel(Panel):
         title = "Invert"

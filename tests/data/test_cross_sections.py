@@ -1,4 +1,4 @@
-"""data/csl.py: the OReX .csl reader/writer, 2-D plane frames and polygon test, mesh slicing."""
+"""data/cross_sections.py: the OReX .csl reader/writer, 2-D plane frames and polygon test, mesh slicing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from data.csl import (
+from data.cross_sections import (
     Contour,
     CrossSection,
     CrossSections,
@@ -22,7 +22,7 @@ from data.csl import (
     write_csl,
 )
 from recon.errors import DataError
-from recon.geometry.metrics import points_inside
+from recon.geometry.surface_metrics import points_inside
 
 
 def _orex_file(shared_data: Path, name: str) -> Path:

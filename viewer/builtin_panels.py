@@ -1,4 +1,4 @@
-"""The viewer's built-in panels, written against the same :mod:`recon.panels` API as a method's.
+"""The viewer's built-in panels, written against the same :mod:`recon.panel_api` API as a method's.
 
 * :class:`CropBoxPanel`: an axis-aligned box (gizmo + numbers) that limits what is shown, saved to
   ``<run>/viewer_crop.json`` (:mod:`recon.export.crop`) for ``ns-export ... --crop-from-viewer``.
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from recon.cameras import Cameras
 from recon.export.crop import write_viewer_crop
-from recon.panels import Panel, PanelContext
+from recon.panel_api import Panel, PanelContext
 from viewer.render import ViewCamera, to_cameras
 
 

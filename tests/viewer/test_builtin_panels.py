@@ -7,8 +7,8 @@ import threading
 import time
 from types import SimpleNamespace
 
-from viewer import panels
-from viewer.panels import CropBoxPanel
+from viewer import builtin_panels as panels
+from viewer.builtin_panels import CropBoxPanel
 
 
 class Widget:

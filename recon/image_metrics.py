@@ -277,7 +277,7 @@ class LPIPS(nn.Module):
         """Write the weights as ``.safetensors`` under the key names above (atomically)."""
         from safetensors.torch import save_file
 
-        from recon.io import atomic_write
+        from recon.atomic import atomic_write
 
         with atomic_write(path) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))

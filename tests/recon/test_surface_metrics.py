@@ -1,4 +1,4 @@
-"""Geometry metrics (recon.geometry.metrics): Chamfer / F-score / normal consistency / IoU."""
+"""Geometry metrics (recon.geometry.surface_metrics): Chamfer / F-score / normal consistency / IoU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import trimesh
 
-from recon.geometry.metrics import mesh_metrics, point_metrics, points_inside, volumetric_iou
+from recon.geometry.surface_metrics import mesh_metrics, point_metrics, points_inside, volumetric_iou
 
 N = 50_000  # points per surface: enough for the bounds below, fast on 2 cores
 
@@ -132,7 +132,7 @@ def test_visible_surface_fscore_scores_only_what_cameras_saw():
     """Reference: a unit cube of which only the top face was seen. A prediction of just that face
     is perfect; shifted by 3 thresholds it gets nothing; with an equally large floater far away
     its precision halves while its recall stays."""
-    from recon.geometry.metrics import visible_surface_fscore
+    from recon.geometry.surface_metrics import visible_surface_fscore
 
     cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
     top = trimesh.creation.box(extents=(1.0, 1.0, 1e-4))

@@ -1,4 +1,4 @@
-"""Writing meshes and point clouds, always atomically (see :func:`recon.io.atomic_write`).
+"""Writing meshes and point clouds, always atomically (see :func:`recon.atomic.atomic_write`).
 
 Formats are chosen by the file suffix:
 
@@ -18,7 +18,7 @@ import torch
 import trimesh
 
 from recon.errors import ReconError
-from recon.io import atomic_write
+from recon.atomic import atomic_write
 
 __all__ = ["MESH_SUFFIXES", "POINTCLOUD_SUFFIXES", "write_mesh", "write_pointcloud", "to_uint8_colors"]
 

@@ -81,7 +81,7 @@ import trimesh
 import tyro
 
 from recon.errors import DataError
-from recon.io import atomic_write
+from recon.atomic import atomic_write
 
 __all__ = [
     "Contour",
@@ -538,7 +538,7 @@ def _num(x: float) -> str:
 
 
 def write_csl(sections: CrossSections, path: str | Path) -> None:
-    """Write ``sections`` as a ``.csl`` file, atomically (see :func:`recon.io.atomic_write`).
+    """Write ``sections`` as a ``.csl`` file, atomically (see :func:`recon.atomic.atomic_write`).
 
     The plane parameters written are the unit normal and offset of each (fitted) plane, planes are
     numbered 1..K, one component per line; numbers round-trip exactly through :func:`read_csl`.
@@ -872,10 +872,10 @@ class SliceArgs:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """``python -m data.csl MESH OUT.csl [--axis z --count 15 | --random 20 --seed 0] [--normalize]``."""
+    """``python -m data.cross_sections MESH OUT.csl [--axis z --count 15 | --random 20 --seed 0] [--normalize]``."""
     from recon.cli import parse_cli
 
-    args = parse_cli(lambda: tyro.cli(SliceArgs, args=argv), "python -m data.csl")
+    args = parse_cli(lambda: tyro.cli(SliceArgs, args=argv), "python -m data.cross_sections")
     if not args.mesh.is_file():
         raise DataError("mesh file not found", args.mesh)
     try:

@@ -8,7 +8,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from recon.errors import CheckpointError
-from recon.metrics import LPIPS, LPIPS_ENV_VAR, load_lpips, psnr, ssim
+from recon.image_metrics import LPIPS, LPIPS_ENV_VAR, load_lpips, psnr, ssim
 
 
 def _sk_ssim(a: np.ndarray, b: np.ndarray) -> float:

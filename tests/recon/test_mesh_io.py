@@ -7,8 +7,8 @@ import pytest
 import trimesh
 
 from recon.errors import ReconError
-from recon.export.io import write_mesh, write_pointcloud
-from recon.io import atomic_write, atomic_write_bytes
+from recon.export.mesh_io import write_mesh, write_pointcloud
+from recon.atomic import atomic_write, atomic_write_bytes
 
 
 def test_atomic_write_success_and_replace(tmp_path):

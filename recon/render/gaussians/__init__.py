@@ -71,7 +71,6 @@ from .projection import (
     Projection,
     project_gaussians,
     quat_scale_to_covar,
-    quat_to_rotmat,
 )
 from .rendering import (
     RENDER_MODES,
@@ -92,7 +91,6 @@ __all__ = [
     "isect_tiles",
     "project_gaussians",
     "quat_scale_to_covar",
-    "quat_to_rotmat",
     "rasterization",
     "rasterize_to_pixels",
     "rasterize_to_pixels_warp",

@@ -106,6 +106,23 @@ def test_bad_command_lines(args, needles):
     assert_one_line_error(run("train", *args), *needles)
 
 
+def test_viewer_is_found_through_its_entry_point(monkeypatch):
+    """``--viewer`` reaches the viewer package only through the ``recon.viewers`` entry points."""
+    from importlib.metadata import EntryPoint
+
+    import recon.cli.train as train
+    from recon.errors import ConfigError
+    from viewer.training import train_with_viewer
+
+    assert train.load_viewer() is train_with_viewer
+    with pytest.raises(ConfigError, match=r"--viewer: no viewer 'nope' is registered in the entry-point group recon\.viewers"):
+        train.load_viewer("nope")
+    broken = EntryPoint(name="viser", value="no_such_viewer_module:run", group=train.VIEWER_GROUP)
+    monkeypatch.setattr(train, "entry_points", lambda group: [broken] if group == train.VIEWER_GROUP else [])
+    with pytest.raises(ConfigError, match="--viewer: the viewer 'viser' .* failed to load: ModuleNotFoundError"):
+        train.load_viewer()
+
+
 def test_orex_needs_cross_sections(scene):
     assert_one_line_error(run("train", "orex-small", "--data", scene, "--max-num-iterations", "1"), "cross-sections")
 

@@ -87,6 +87,23 @@ def test_train_eval_render_export(trained, tmp_path):
     assert (tmp_path / "exp" / "mesh.glb").stat().st_size > 0
 
 
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["marching-cubes", "--image-scale", "0.5"], ["--image-scale", "marching-cubes"]),
+        (["gaussian-splat", "--image-scale", "0.5"], ["--image-scale", "gaussian-splat"]),
+        (["tsdf", "--image-scale", "0"], ["--image-scale must be positive"]),
+    ],
+)
+def test_export_image_scale_only_where_views_are_rendered(trained, tmp_path, args, needles):
+    """marching-cubes and gaussian-splat read the model, not renders: --image-scale is refused there."""
+    out = tmp_path / "exp"
+    proc = run("export", *args, "--load-config", trained, "--output-dir", out)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, *needles)
+    assert not out.exists()
+
+
 def test_help_lists_methods():
     proc = run("train", "--help")
     assert proc.returncode == 0 and "vanilla-nerf" in proc.stdout

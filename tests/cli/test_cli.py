@@ -17,7 +17,6 @@ from safetensors.torch import save_file
 
 from data.synthetic import SyntheticSceneConfig, generate_scene
 
-CSL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "orex" / "Heart-simplified.csl"
 TINY_FLAGS = [
     "--model.hidden-dim", "32", "--model.num-layers", "2", "--model.skips", "--model.color-hidden-dim", "16",
     "--model.num-coarse-samples", "8", "--model.num-fine-samples", "8", "--model.position-frequencies", "4",
@@ -116,11 +115,20 @@ def test_help_lists_methods():
         (["vanilla-nerf", "--no-such-flag", "3"], ["--no-such-flag"]),
         (["vanilla-nerf", "--max-num-iterations", "abc"], ["--max-num-iterations"]),
         (["vanilla-nerf", "--device", "gpu"], ["--device"]),
-        (["vanilla-nerf", "--data", str(CSL)], ["posed images", "Heart-simplified.csl"]),
     ],
 )
 def test_bad_command_lines(args, needles):
     assert_one_line_error(run("train", *args), *needles)
+
+
+def test_image_method_refuses_cross_sections(tmp_path):
+    from data.cross_sections import axis_planes, slice_mesh, write_csl
+    import trimesh
+
+    box = trimesh.creation.box(extents=(1.0, 0.6, 0.8))
+    csl = tmp_path / "box-sections.csl"
+    write_csl(slice_mesh(box, axis_planes(box, axis=2, count=3)), csl)
+    assert_one_line_error(run("train", "vanilla-nerf", "--data", csl), "posed images", "box-sections.csl")
 
 
 def test_viewer_is_found_through_its_entry_point(monkeypatch):

@@ -115,6 +115,8 @@ def load_splats(path: Path) -> dict[str, np.ndarray]:
     from recon.fields.spherical_harmonics import C0
 
     params = read_splat_ply(path)
+    if len(params["means"]) == 0:
+        raise ReconError("no Gaussians in this file", path)
     means = torch.as_tensor(params["means"]).double()
     R = quaternion_to_rotation(torch.as_tensor(params["quats"]).double())
     S = torch.exp(torch.as_tensor(params["scales"]).double())

@@ -423,12 +423,16 @@ def test_run_without_cameras_opens_framing_its_scene_box(viser_client, free_port
     assert np.linalg.norm(start["position"] - corners.mean(0)) > np.linalg.norm(corners[0] - corners.mean(0))
 
 
-@pytest.mark.parametrize("args,needle", [([], "nothing to show"), (["--mesh", "missing.ply"], "file not found"), (["--splat", "BAD"], "BAD")])
+@pytest.mark.parametrize(
+    "args,needle",
+    [([], "nothing to show"), (["--mesh", "missing.ply"], "file not found"), (["--splat", "bad.ply"], "bad.ply"), (["--splat", "empty.ply"], "no Gaussians")],
+)
 def test_ns_viewer_bad_input_one_line(tmp_path, args, needle):
-    if args and args[0] == "--splat":
-        (tmp_path / "bad.ply").write_text("not a ply")
-        args = ["--splat", str(tmp_path / "bad.ply")]
-        needle = "bad.ply"
+    from recon.export.splat_ply import write_splat_ply
+
+    (tmp_path / "bad.ply").write_text("not a ply")
+    write_splat_ply(tmp_path / "empty.ply", {"means": torch.zeros(0, 3), "scales": torch.zeros(0, 3), "quats": torch.ones(0, 4),
+                                             "opacities": torch.zeros(0), "sh0": torch.zeros(0, 1, 3), "shN": torch.zeros(0, 3, 3)})
     proc = subprocess.run([sys.executable, "-m", "viewer.cli", *args, "--viewer-port", "0"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

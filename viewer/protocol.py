@@ -33,7 +33,8 @@ class ViserClient:
     msgpack ``{"messages": [...], "binaryBufferLengths": [...], ...}``, then the raw binary buffers
     (each starting at a multiple of 8 bytes) that stand for numpy arrays in the messages; the
     messages hold ``{"__binary_index": i, "dtype": "<f4"}`` in their place, which this client turns
-    back into 1-D numpy arrays. Client -> server: one msgpack message per frame. The subprotocol ``viser-v<version>`` must match the server's version.
+    back into 1-D numpy arrays. Client -> server: one msgpack message per frame. The subprotocol
+    ``viser-v<version>`` must match the server's version.
     """
 
     def __init__(self, port: int, host: str = "127.0.0.1"):

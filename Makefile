@@ -2,8 +2,7 @@
 # `make test` runs the CPU test tier. Both create/update the virtual environment first.
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEMO_RUN := outputs/demo/vanilla-nerf/demo
-DEMO_STEPS ?= 2000
+DEMO_RUN := outputs/demo/vanilla-nerf-small/demo
 PYTEST_ARGS ?=
 
 .PHONY: install install-test demo test bench clean
@@ -15,13 +14,7 @@ install-test:
 	bash scripts/install.sh $(VENV) test
 
 demo: install
-	$(BIN)/ns-train vanilla-nerf --output-dir outputs --experiment-name demo --timestamp demo \
-		--max-num-iterations $(DEMO_STEPS) --steps-per-save 1000 --steps-per-eval-image 500 \
-		--model.hidden-dim 64 --model.num-layers 3 --model.skips --model.color-hidden-dim 32 \
-		--model.num-coarse-samples 24 --model.num-fine-samples 24 --model.position-frequencies 6 \
-		--model.density-activation softplus --datamanager.train-num-rays-per-batch 1024 \
-		--optimizers.fields.lr 5e-3 --optimizers.fields.scheduler.lr-final 5e-4 \
-		--optimizers.fields.scheduler.max-steps $(DEMO_STEPS)
+	$(BIN)/ns-train vanilla-nerf-small --output-dir outputs --experiment-name demo --timestamp demo
 	$(BIN)/ns-eval --load-config $(DEMO_RUN)/config.yml --output-path $(DEMO_RUN)/eval.json
 	$(BIN)/ns-export tsdf --load-config $(DEMO_RUN)/config.yml --output-dir $(DEMO_RUN)/export --resolution 128
 	@echo

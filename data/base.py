@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recon.atomic import atomic_write_bytes
 from recon.cameras import Cameras
 
 SPLITS = ("train", "val", "test")
@@ -54,7 +55,7 @@ class NormalisedFrame:
     def save_transforms(self, path: Path) -> None:
         """Write ``dataparser_transforms.json`` (nerfstudio's layout: transform 3x4 + scale)."""
         payload = {"transform": self.dataparser_transform.tolist(), "scale": float(self.dataparser_scale)}
-        path.write_text(json.dumps(payload, indent=2))
+        atomic_write_bytes(path, json.dumps(payload, indent=2).encode())
 
 
 @dataclass

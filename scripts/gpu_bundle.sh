@@ -10,13 +10,13 @@
 #   .gpu/c  the second half
 #   .gpu/d  the lego dataset (only for the optional splat-lego stage)
 #
-#   bash scripts/gpu_bundle.sh            # then the device calls listed in scripts/gpu_tier.sh
+#   RECON_SHARED_DATA=/path/to/data bash scripts/gpu_bundle.sh   # then the device calls listed in scripts/gpu_tier.sh
 #
 # Versions are those of this checkout's .venv (what CI tested), else pip's newest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=.gpu
-DATA=${RECON_SHARED_DATA:-../shared/data}
+DATA=${RECON_SHARED_DATA:?gpu_bundle: set RECON_SHARED_DATA to the folder holding fern, lego and garden_points.npz}
 PY=${PYTHON:-python3}
 VENV_PY=.venv/bin/python
 PARTS_MB=52

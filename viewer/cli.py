@@ -45,7 +45,7 @@ class ViewerCommand:
 
     def open(self):
         """Build and start the viewer (returned; ``viewer.stop()`` ends it)."""
-        from viewer.server import Viewer, ViewerSettings
+        from viewer.server import Viewer, ViewerSettings, framing_view
 
         given = [p for p in (self.load_config, self.mesh, self.splat) if p is not None]
         if not given:
@@ -69,10 +69,17 @@ class ViewerCommand:
         else:
             viewer = Viewer(settings)
         viewer.start()
+        bounds = []
         if mesh is not None:
             viewer.server.scene.add_mesh_trimesh("/mesh", mesh)
+            bounds.append(mesh.bounds)
         if splats is not None:
             viewer.server.scene.add_gaussian_splats("/splat", **splats)
+            # The bulk of the centres: a few far floaters (common in trained splats) would shrink the object to a dot.
+            bounds.append(np.quantile(splats["centers"], [0.01, 0.99], axis=0))
+        if self.load_config is None:  # a run opens at its first training camera (or framing its scene box)
+            lo, hi = np.min([b[0] for b in bounds], axis=0), np.max([b[1] for b in bounds], axis=0)
+            viewer.set_initial_view(framing_view(lo, hi))
         return viewer
 
     def run(self) -> None:
@@ -108,6 +115,8 @@ def load_splats(path: Path) -> dict[str, np.ndarray]:
     from recon.fields.spherical_harmonics import C0
 
     params = read_splat_ply(path)
+    if len(params["means"]) == 0:
+        raise ReconError("no Gaussians in this file", path)
     means = torch.as_tensor(params["means"]).double()
     R = quaternion_to_matrix(torch.as_tensor(params["quats"]).double())
     S = torch.exp(torch.as_tensor(params["scales"]).double())

@@ -13,12 +13,28 @@ import time
 from typing import Any, Callable
 
 
+def _with_arrays(value: Any, buffers: list[bytes]) -> Any:
+    """``value`` with every binary placeholder replaced by its buffer as a numpy array."""
+    if isinstance(value, dict):
+        if "__binary_index" in value and "dtype" in value:
+            import numpy as np
+
+            return np.frombuffer(buffers[value["__binary_index"]], dtype=np.dtype(value["dtype"]))
+        return {k: _with_arrays(v, buffers) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_arrays(v, buffers) for v in value]
+    return value
+
+
 class ViserClient:
     """What the viser web client does on the wire, from Python.
 
     Server -> client frames: 8 bytes uncompressed size, 8 bytes compressed size, a zstd-compressed
-    msgpack ``{"messages": [...], ...}``, then raw binary buffers. Client -> server: one msgpack
-    message per frame. The subprotocol ``viser-v<version>`` must match the server's version.
+    msgpack ``{"messages": [...], "binaryBufferLengths": [...], ...}``, then the raw binary buffers
+    (each starting at a multiple of 8 bytes) that stand for numpy arrays in the messages; the
+    messages hold ``{"__binary_index": i, "dtype": "<f4"}`` in their place, which this client turns
+    back into 1-D numpy arrays. Client -> server: one msgpack message per frame. The subprotocol
+    ``viser-v<version>`` must match the server's version.
     """
 
     def __init__(self, port: int, host: str = "127.0.0.1"):
@@ -40,9 +56,14 @@ class ViserClient:
             while True:
                 raw = self.ws.recv()
                 size, csize = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:16], "little")
-                inner = zstandard.ZstdDecompressor().decompress(raw[16 : 16 + csize], max_output_size=size)
-                for m in msgspec.msgpack.decode(inner)["messages"]:
-                    self._queue.put(m)
+                inner = msgspec.msgpack.decode(zstandard.ZstdDecompressor().decompress(raw[16 : 16 + csize], max_output_size=size))
+                buffers, offset = [], 16 + csize
+                for length in inner.get("binaryBufferLengths", ()):
+                    offset += -offset % 8
+                    buffers.append(raw[offset : offset + length])
+                    offset += length
+                for m in inner["messages"]:
+                    self._queue.put(_with_arrays(m, buffers))
         except (ConnectionClosed, OSError):
             pass
 

@@ -207,22 +207,35 @@ class Viewer:
             lo, hi = (np.asarray(v, dtype=np.float64) for v in self.aabb.tolist())
             scene.add_box("/scene_box", color=(255, 200, 0), dimensions=tuple(hi - lo), wireframe=True, position=tuple((lo + hi) / 2))
         if self.cameras is None:
+            if self.aabb is not None:  # e.g. a run from cross-sections: no camera to start at
+                self.set_initial_view(framing_view(*self.aabb.double().numpy()))
             return
         from recon.rotations import matrix_to_quaternion
 
         cams = self.cameras.to("cpu")
+        fovs = 2 * np.arctan(0.5 * cams.height.double().numpy() / cams.fy.double().numpy())  # vertical, as viser's
+        centre = np.zeros(3) if self.aabb is None else self.aabb.double().mean(0).numpy()
+        self.set_initial_view(camera_view(cams.camera_to_worlds[0].double().numpy(), fovs[0], centre))
         quats = matrix_to_quaternion(cams.camera_to_worlds[:, :, :3].double()).numpy()
         with_images = set(np.unique(np.linspace(0, len(cams) - 1, min(len(cams), self.settings.max_frustum_images)).round().astype(int)).tolist())
         for i in range(len(cams)):
-            h, w, fy = int(cams.height[i]), int(cams.width[i]), float(cams.fy[i])
+            h, w = int(cams.height[i]), int(cams.width[i])
             image = None
-            if self.images is not None and i in with_images:
+            if self.images is not None and i in with_images and i != 0:  # the browser starts inside camera 0: its picture would cover the view
                 image = _thumbnail(self.images(i), 96)
             frustum = scene.add_camera_frustum(
-                f"/cameras/{i:04d}", fov=2 * np.arctan(0.5 * h / fy), aspect=w / h, scale=self.settings.frustum_scale,
+                f"/cameras/{i:04d}", fov=fovs[i], aspect=w / h, scale=self.settings.frustum_scale,
                 image=image, wxyz=quats[i], position=cams.camera_to_worlds[i, :, 3].numpy(), color=(60, 60, 200),
             )
-            frustum.on_click(self._go_to_camera(quats[i], cams.camera_to_worlds[i, :, 3].numpy(), 2 * np.arctan(0.5 * h / fy)))
+            frustum.on_click(self._go_to_camera(quats[i], cams.camera_to_worlds[i, :, 3].numpy(), fovs[i]))
+
+    def set_initial_view(self, view: InitialView) -> None:
+        """Where a browser's camera starts (and what its "Reset view" returns to)."""
+        initial = self.server.initial_camera
+        initial.fov = view.fov
+        initial.position = view.position
+        initial.look_at = view.look_at
+        initial.up = view.up
 
     def _go_to_camera(self, wxyz: np.ndarray, position: np.ndarray, fov: float) -> Callable[[Any], None]:
         def go(event: Any) -> None:
@@ -381,6 +394,41 @@ class Viewer:
         self.render_seconds += elapsed
         c.rendered_version, c.rendered_full, c.rendered_at, c.rendered_step = version, res >= int(self.max_res_slider.value), time.perf_counter(), step
         self._next_allowed = time.perf_counter() + self.settings.train_render_ratio * elapsed
+
+
+@dataclass
+class InitialView:
+    """A browser camera pose as viser sets it up: position [3], the point it looks at and orbits
+    [3], its up vector [3] (world frame), and its vertical field of view in radians."""
+
+    position: np.ndarray
+    look_at: np.ndarray
+    up: np.ndarray
+    fov: float
+
+
+def camera_view(camera_to_world: np.ndarray, fov: float, centre: np.ndarray) -> InitialView:
+    """The view of a camera: OpenCV camera-to-world [3, 4] (x right, y down, z forward: viser's
+    camera convention too, so the axes carry over unchanged), vertical ``fov`` in radians.
+
+    The camera orbits the point of its optical axis nearest to ``centre`` [3] (the scene centre),
+    so dragging turns the view about the scene rather than about the camera.
+    """
+    R, t = camera_to_world[:, :3], camera_to_world[:, 3]
+    forward = R[:, 2]
+    depth = max(float((np.asarray(centre) - t) @ forward), 1e-2)  # a scene behind the camera: orbit just in front
+    return InitialView(position=t.copy(), look_at=t + depth * forward, up=-R[:, 1], fov=float(fov))
+
+
+def framing_view(lo: np.ndarray, hi: np.ndarray, fov: float = np.deg2rad(50.0)) -> InitialView:
+    """A view from outside the box ``lo``..``hi`` [3] that shows all of it: looking at its centre
+    from a raised oblique direction, +z up (the viewer's up axis), far enough that the box's
+    bounding sphere fits the vertical field of view ``fov``."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    centre, radius = (lo + hi) / 2, max(float(np.linalg.norm(hi - lo)) / 2, 1e-3)
+    direction = np.array([1.0, -1.0, 0.7]) / np.linalg.norm([1.0, -1.0, 0.7])
+    distance = 1.1 * radius / np.sin(fov / 2)
+    return InitialView(position=centre + distance * direction, look_at=centre, up=np.array([0.0, 0.0, 1.0]), fov=float(fov))
 
 
 class _Context:

@@ -64,6 +64,18 @@ def attach_viewer(trainer: Any, settings: ViewerSettings | None = None, status_i
     return viewer
 
 
+def train_with_viewer(trainer: Any) -> None:
+    """``trainer.train()`` with the viewer beside it; after training the viewer serves the final
+    model until Ctrl-C unless ``viewer_quit_on_completion``. The ``recon.viewers`` entry point
+    ``viser`` (what ``ns-train --viewer`` runs)."""
+    viewer = attach_viewer(trainer)
+    try:
+        trainer.train()
+        finish(viewer, trainer.config.viewer_quit_on_completion)
+    finally:
+        viewer.stop()
+
+
 def finish(viewer: Viewer, quit_on_completion: bool) -> None:
     """After training: mark it done and, unless asked to quit, serve the final model until Ctrl-C."""
     if viewer.training is not None:

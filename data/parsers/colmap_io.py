@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recon.atomic import atomic_write, atomic_write_bytes
 from recon.errors import DataError
 from recon.rotations import quaternion_to_matrix
 
@@ -317,20 +318,20 @@ def write_model(
     points: ColmapPoints | None = None,
     ext: str = ".bin",
 ) -> None:
-    """Write a sparse model (binary with ext=".bin", text with ".txt"); used for round-trip tests
-    and for exporting. Points without tracks are written with empty tracks."""
+    """Write a sparse model (binary with ext=".bin", text with ".txt"), each file atomically; used
+    for round-trip tests and for exporting. Points without tracks are written with empty tracks."""
     folder.mkdir(parents=True, exist_ok=True)
     if points is None:
         points = ColmapPoints(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0))
     tracks = points.tracks if len(points.tracks) == len(points) else [np.zeros((0, 2), np.int32)] * len(points)
     if ext == ".bin":
-        with open(folder / "cameras.bin", "wb") as f:
+        with atomic_write(folder / "cameras.bin") as tmp, open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(cameras)))
             for c in cameras.values():
                 mid, n = CAMERA_MODELS[c.model]
                 f.write(struct.pack("<iiQQ", c.id, mid, c.width, c.height))
                 f.write(struct.pack("<" + "d" * n, *np.asarray(c.params, dtype=np.float64)))
-        with open(folder / "images.bin", "wb") as f:
+        with atomic_write(folder / "images.bin") as tmp, open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(images)))
             for im in images.values():
                 f.write(struct.pack("<idddddddi", im.id, *im.qvec, *im.tvec, im.camera_id))
@@ -338,7 +339,7 @@ def write_model(
                 f.write(struct.pack("<Q", len(im.xys)))
                 for (x, y), pid in zip(im.xys, im.point3d_ids):
                     f.write(struct.pack("<ddq", x, y, int(pid)))
-        with open(folder / "points3D.bin", "wb") as f:
+        with atomic_write(folder / "points3D.bin") as tmp, open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(points)))
             for i in range(len(points)):
                 f.write(struct.pack("<QdddBBBd", int(points.ids[i]), *points.xyz[i], *points.rgb[i].tolist(), points.error[i]))
@@ -348,12 +349,12 @@ def write_model(
     elif ext == ".txt":
         lines = ["# Camera list with one line of data per camera:", "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]"]
         lines += [f"{c.id} {c.model} {c.width} {c.height} " + " ".join(repr(float(p)) for p in c.params) for c in cameras.values()]
-        (folder / "cameras.txt").write_text("\n".join(lines) + "\n")
+        atomic_write_bytes(folder / "cameras.txt", ("\n".join(lines) + "\n").encode())
         lines = ["# Image list with two lines of data per image:", "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
         for im in images.values():
             lines.append(" ".join([str(im.id), *(repr(float(v)) for v in (*im.qvec, *im.tvec)), str(im.camera_id), im.name]))
             lines.append(" ".join(f"{x!r} {y!r} {int(p)}" for (x, y), p in zip(im.xys.tolist(), im.point3d_ids)))
-        (folder / "images.txt").write_text("\n".join(lines) + "\n")
+        atomic_write_bytes(folder / "images.txt", ("\n".join(lines) + "\n").encode())
         lines = ["# 3D point list with one line of data per point:", "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)"]
         for i in range(len(points)):
             tr = " ".join(str(int(v)) for v in np.asarray(tracks[i]).reshape(-1))
@@ -361,6 +362,6 @@ def write_model(
                 f"{int(points.ids[i])} " + " ".join(repr(float(v)) for v in points.xyz[i])
                 + " " + " ".join(str(int(v)) for v in points.rgb[i]) + f" {float(points.error[i])!r} {tr}".rstrip()
             )
-        (folder / "points3D.txt").write_text("\n".join(lines) + "\n")
+        atomic_write_bytes(folder / "points3D.txt", ("\n".join(lines) + "\n").encode())
     else:
         raise ValueError(f"ext must be '.bin' or '.txt', got {ext!r}")

@@ -32,8 +32,6 @@ class ExportConfig:
     """Checkpoint step (default: the latest)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render."""
-    image_scale: float = 1.0
-    """Scale of the rendered training views relative to the training resolution."""
     crop_from_viewer: bool = False
     """Keep only what lies inside the crop box last set in the viewer's Crop panel (<run>/viewer_crop.json)."""
 
@@ -53,7 +51,18 @@ def _require(run: LoadedRun, capability: Export, problem: str | None = None) -> 
         raise ConfigError(f"method {run.config.method_name!r} {problem or 'cannot export ' + capability.value} (it supports: {supported})")
 
 
-def _open(cfg: ExportConfig, capability: Export) -> tuple[LoadedRun, object]:
+@dataclass
+class RenderedViewsExport(ExportConfig):
+    """An export made from what the model renders at the training views (marching cubes and the
+    splat PLY read the model directly, so they have no image scale)."""
+
+    image_scale: float = 1.0
+    """Scale of the rendered training views relative to the training resolution."""
+
+
+def _open(cfg: RenderedViewsExport, capability: Export) -> tuple[LoadedRun, object]:
+    if not cfg.image_scale > 0:
+        raise ConfigError(f"--image-scale must be positive, got {cfg.image_scale}")
     run = load_run(cfg.load_config, cfg.device, cfg.step)
     _require(run, capability)
     train = run.outputs.split("train")
@@ -78,7 +87,7 @@ def _crop(mesh, box):
 
 
 @dataclass
-class PointcloudExport(ExportConfig):
+class PointcloudExport(RenderedViewsExport):
     """Points back-projected from the depth the model renders at the training views."""
 
     num_points: int = 1_000_000
@@ -115,7 +124,7 @@ class PointcloudExport(ExportConfig):
 
 
 @dataclass
-class TSDFExport(ExportConfig):
+class TSDFExport(RenderedViewsExport):
     """Mesh by TSDF fusion of the depth the model renders at the training views."""
 
     resolution: int = 256
@@ -229,7 +238,7 @@ Commands = Union[
 
 
 def entrypoint() -> None:
-    cfg = parse_cli(lambda: tyro.cli(Commands, args=sys.argv[1:], description="Export geometry from a trained run."), "ns-export")  # type: ignore[arg-type]
+    cfg = parse_cli(lambda: tyro.cli(Commands, args=sys.argv[1:], prog="ns-export", description="Export geometry from a trained run."), "ns-export")  # type: ignore[arg-type]
     run_main(cfg.run)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
-from typing import Annotated, Any, Union
+from importlib.metadata import entry_points
+from typing import Annotated, Any, Callable, Union
 
 import tyro
 
@@ -73,21 +74,33 @@ def parse_args(args: list[str]) -> TrainerConfig:
     return to_trainer_config(cfg)
 
 
+VIEWER_GROUP = "recon.viewers"
+"""Entry-point group of live viewers: ``name = "module:function"``, where ``function(trainer)`` runs
+``trainer.train()`` with the viewer attached and returns when the viewer is done with the run."""
+VIEWER = "viser"
+"""The viewer ``--viewer`` starts (the ``viewer`` package registers it)."""
+
+
+def load_viewer(name: str = VIEWER) -> Callable[[Trainer], None]:
+    """The registered viewer ``name``, imported only now: recon never imports a viewer package
+    itself (the import graph points down), and training without ``--viewer`` never imports viser."""
+    found = {ep.name: ep for ep in entry_points(group=VIEWER_GROUP)}
+    if name not in found:
+        raise ConfigError(f"--viewer: no viewer {name!r} is registered in the entry-point group {VIEWER_GROUP} (is recon installed? try `pip install -e .`)")
+    try:
+        return found[name].load()
+    except Exception as exc:  # e.g. viser missing: one line, not a traceback
+        raise ConfigError(f"--viewer: the viewer {name!r} ({found[name].value}) failed to load: {type(exc).__name__}: {exc}") from None
+
+
 def main(args: list[str]) -> None:
     config = parse_args(args)
+    train_with_viewer = load_viewer() if config.viewer else None
     trainer = Trainer(config)
-    if not config.viewer:
+    if train_with_viewer is None:
         trainer.train()
-        return
-    # The viewer package (and viser) is imported only when asked for.
-    from viewer.training import attach_viewer, finish
-
-    viewer = attach_viewer(trainer)
-    try:
-        trainer.train()
-        finish(viewer, config.viewer_quit_on_completion)
-    finally:
-        viewer.stop()
+    else:
+        train_with_viewer(trainer)
 
 
 def entrypoint() -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from recon.atomic import atomic_write
 from recon.engine.logging import make_progress
 from recon.image_metrics import load_lpips, psnr, ssim
 from recon.model import Model, Output
@@ -52,7 +53,8 @@ def evaluate_images(model: Model, dataset: Any, render_dir: Path | None = None, 
                 row["lpips"] = float(lpips(pred, gt))
             rows.append(row)
             if render_dir is not None:
-                Image.fromarray(to_uint8(pred)).save(render_dir / f"{Path(row['name']).stem}.png")
+                with atomic_write(render_dir / f"{Path(row['name']).stem}.png") as tmp:
+                    Image.fromarray(to_uint8(pred)).save(tmp)
             bar.update(task, advance=1, info=f"PSNR {row['psnr']:.2f}")
     model.train()
     keys = [k for k in ("psnr", "ssim", "lpips") if rows and k in rows[0]]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import tyro
 
+from recon.atomic import atomic_write_bytes
 from recon.config import DataParserConfig, InstantiateConfig, save_config
 from recon.engine.callbacks import Callback, Where, run_callbacks
 from recon.engine.checkpoint import find_checkpoint, load_into_model, load_model_state, load_train_state, save_checkpoint
@@ -356,7 +357,7 @@ class Trainer:
         result = self._eval_all(step - 1) if c.eval_at_end and self.eval_images is not None else None
         if result is not None:
             summary = {"step": step, **result["mean"]}
-            (self.run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_bytes(self.run_dir / "eval_summary.json", json.dumps(summary, indent=2).encode())
             console.print(f"done: step {step}, eval PSNR {summary.get('psnr', float('nan')):.2f} dB, SSIM {summary.get('ssim', float('nan')):.3f}; checkpoint {path}")
         self.close()
         return self.run_dir

@@ -17,7 +17,6 @@ from safetensors.torch import save_file
 
 from data.synthetic import SyntheticSceneConfig, generate_scene
 
-CSL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "orex" / "Heart-simplified.csl"
 TINY_FLAGS = [
     "--model.hidden-dim", "32", "--model.num-layers", "2", "--model.skips", "--model.color-hidden-dim", "16",
     "--model.num-coarse-samples", "8", "--model.num-fine-samples", "8", "--model.position-frequencies", "4",
@@ -87,6 +86,23 @@ def test_train_eval_render_export(trained, tmp_path):
     assert (tmp_path / "exp" / "mesh.glb").stat().st_size > 0
 
 
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["marching-cubes", "--image-scale", "0.5"], ["--image-scale", "marching-cubes"]),
+        (["gaussian-splat", "--image-scale", "0.5"], ["--image-scale", "gaussian-splat"]),
+        (["tsdf", "--image-scale", "0"], ["--image-scale must be positive"]),
+    ],
+)
+def test_export_image_scale_only_where_views_are_rendered(trained, tmp_path, args, needles):
+    """marching-cubes and gaussian-splat read the model, not renders: --image-scale is refused there."""
+    out = tmp_path / "exp"
+    proc = run("export", *args, "--load-config", trained, "--output-dir", out)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, *needles)
+    assert not out.exists()
+
+
 def test_help_lists_methods():
     proc = run("train", "--help")
     assert proc.returncode == 0 and "vanilla-nerf" in proc.stdout
@@ -99,11 +115,37 @@ def test_help_lists_methods():
         (["vanilla-nerf", "--no-such-flag", "3"], ["--no-such-flag"]),
         (["vanilla-nerf", "--max-num-iterations", "abc"], ["--max-num-iterations"]),
         (["vanilla-nerf", "--device", "gpu"], ["--device"]),
-        (["vanilla-nerf", "--data", str(CSL)], ["posed images", "Heart-simplified.csl"]),
     ],
 )
 def test_bad_command_lines(args, needles):
     assert_one_line_error(run("train", *args), *needles)
+
+
+def test_image_method_refuses_cross_sections(tmp_path):
+    from data.cross_sections import axis_planes, slice_mesh, write_csl
+    import trimesh
+
+    box = trimesh.creation.box(extents=(1.0, 0.6, 0.8))
+    csl = tmp_path / "box-sections.csl"
+    write_csl(slice_mesh(box, axis_planes(box, axis=2, count=3)), csl)
+    assert_one_line_error(run("train", "vanilla-nerf", "--data", csl), "posed images", "box-sections.csl")
+
+
+def test_viewer_is_found_through_its_entry_point(monkeypatch):
+    """``--viewer`` reaches the viewer package only through the ``recon.viewers`` entry points."""
+    from importlib.metadata import EntryPoint
+
+    import recon.cli.train as train
+    from recon.errors import ConfigError
+    from viewer.training import train_with_viewer
+
+    assert train.load_viewer() is train_with_viewer
+    with pytest.raises(ConfigError, match=r"--viewer: no viewer 'nope' is registered in the entry-point group recon\.viewers"):
+        train.load_viewer("nope")
+    broken = EntryPoint(name="viser", value="no_such_viewer_module:run", group=train.VIEWER_GROUP)
+    monkeypatch.setattr(train, "entry_points", lambda group: [broken] if group == train.VIEWER_GROUP else [])
+    with pytest.raises(ConfigError, match="--viewer: the viewer 'viser' .* failed to load: ModuleNotFoundError"):
+        train.load_viewer()
 
 
 def test_orex_needs_cross_sections(scene):

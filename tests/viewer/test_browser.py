@@ -19,6 +19,7 @@ from PIL import Image
 
 from data.synthetic import SyntheticSceneConfig, generate_scene
 from recon.config import get_method, override
+from recon.engine.run import load_run
 from recon.engine.trainer import Trainer
 from viewer.cli import ViewerCommand
 
@@ -74,6 +75,8 @@ def test_viewer_page_in_headless_chromium(chromium, tmp_path, free_port, one_thr
         while not (viewer._clients and all(c.rendered_full for c in viewer._clients.values())):
             assert time.monotonic() < deadline, "the page never received a full-resolution frame"
             time.sleep(0.1)
+        camera = next(iter(viewer._clients.values())).handle.camera  # what the page reports of its camera
+        start = {"position": camera.position.copy(), "wxyz": camera.wxyz.copy(), "fov": camera.fov}
         time.sleep(2.0)  # decode and draw
         png = base64.b64decode(devtools.call("Page.captureScreenshot", format="png")["data"])
         devtools.close()
@@ -82,6 +85,17 @@ def test_viewer_page_in_headless_chromium(chromium, tmp_path, free_port, one_thr
         os.killpg(browser.pid, signal.SIGTERM)
         browser.wait(timeout=30)
         viewer.stop()
+
+    # The page opened at the first training camera (nerfstudio's viewer does the same), not at
+    # viser's default pose far outside the normalised scene.
+    from scipy.spatial.transform import Rotation
+
+    cameras = load_run(run_dir / "config.yml", "cpu").outputs.split("train").cameras
+    c2w = cameras.camera_to_worlds[0].double().numpy()
+    assert np.allclose(start["position"], c2w[:, 3], atol=1e-3), (start, c2w)
+    w, x, y, z = start["wxyz"]
+    assert np.allclose(Rotation.from_quat([x, y, z, w]).as_matrix(), c2w[:, :3], atol=1e-3), (start, c2w)
+    assert abs(start["fov"] - 2 * np.arctan(0.5 * float(cameras.height[0]) / float(cameras.fy[0]))) < 1e-3
 
     artifacts = Path(os.environ.get("RECON_ARTIFACTS", tmp_path))
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -106,7 +120,5 @@ def test_viewer_page_in_headless_chromium(chromium, tmp_path, free_port, one_thr
 
 def viewer_background(run_dir: Path) -> np.ndarray:
     """The colour the synthetic scene's renders fall back to (its RGBA background), 0-255."""
-    from recon.engine.run import load_run
-
     bg = load_run(run_dir / "config.yml", "cpu").model.background
     return (bg.float() * 255).numpy()

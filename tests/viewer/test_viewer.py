@@ -59,6 +59,34 @@ def view_of(cameras, i: int, width: int = 64, height: int = 48) -> dict:
     return {"wxyz": matrix_to_quaternion(c2w[:, :3].double()).tolist(), "position": c2w[:, 3].tolist(), "width": width, "height": height, "fov": fov}
 
 
+def initial_camera(client) -> dict[str, np.ndarray]:
+    """The camera pose the server set up for a browser before it moves (viser's initial camera):
+    position, look_at and up [3] in the world frame, and the vertical fov."""
+    fields = {"SetCameraPositionMessage": ("position", "position"), "SetCameraLookAtMessage": ("look_at", "look_at"),
+              "SetCameraUpDirectionMessage": ("position", "up"), "SetCameraFovMessage": ("fov", "fov")}  # fmt: skip
+    out = {}
+    for kind, (field, name) in fields.items():
+        out[name] = np.asarray(client.wait_for(lambda m: m["type"] == kind and m.get("initial"), timeout=10)[field], dtype=np.float64)
+    return out
+
+
+def look_at_rotation(position: np.ndarray, look_at: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """[3, 3] camera-to-world rotation (OpenCV axes: x right, y down, z forward) of a camera at
+    ``position`` looking at ``look_at`` with ``up`` towards the top of the picture."""
+    z = (look_at - position) / np.linalg.norm(look_at - position)
+    y = -(up - (up @ z) * z)
+    y /= np.linalg.norm(y)
+    return np.stack([np.cross(y, z), y, z], 1)
+
+
+def in_view(start: dict[str, np.ndarray], points: np.ndarray) -> np.ndarray:
+    """[P] whether each of ``points`` [P, 3] lies inside the cone of the initial camera's vertical
+    field of view (inside the picture whatever the browser's aspect, as long as it is landscape)."""
+    forward = (start["look_at"] - start["position"]) / np.linalg.norm(start["look_at"] - start["position"])
+    rays = points - start["position"]
+    return np.arccos(np.clip(rays @ forward / np.linalg.norm(rays, axis=1), -1, 1)) < start["fov"] / 2
+
+
 def decode(message: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(message["rgb_data"])).convert("RGB"))
 
@@ -233,7 +261,18 @@ def test_ns_viewer_run_crop_and_camera_path(trained_run, tmp_path, viser_client,
         client = viser_client(free_port)
         from recon.engine.run import load_run
 
-        cameras = load_run(trained_run, "cpu").outputs.split("train").cameras
+        run = load_run(trained_run, "cpu")
+        cameras = run.outputs.split("train").cameras
+
+        # The browser's camera starts at the first training camera, orbiting a point on its axis.
+        start = initial_camera(client)
+        c2w = cameras.camera_to_worlds[0].double().numpy()
+        assert np.allclose(start["position"], c2w[:, 3], atol=1e-6)
+        assert np.allclose(look_at_rotation(start["position"], start["look_at"], start["up"]), c2w[:, :3], atol=1e-6)
+        assert start["fov"] == pytest.approx(2 * math.atan(0.5 * float(cameras.height[0]) / float(cameras.fy[0])))
+        centre = run.outputs.scene_box.aabb.double().mean(0).numpy()
+        assert np.linalg.norm(start["look_at"] - centre) <= np.linalg.norm(c2w[:, 3] - centre)
+
         client.send_camera(**view_of(cameras, 0))
         full = next_frame(client, (48, 36), after=0)
         assert full.std() > 2.0
@@ -285,7 +324,6 @@ def test_ns_viewer_run_crop_and_camera_path(trained_run, tmp_path, viser_client,
     common = dict(load_config=trained_run, device="cpu", accumulation_threshold=0.0, remove_outliers=False, num_points=2000)
     whole = PointcloudExport(output_dir=tmp_path / "all", **common).run()
     part = PointcloudExport(output_dir=tmp_path / "crop", crop_from_viewer=True, **common).run()
-    run = load_run(trained_run, "cpu")
     import trimesh
 
     pts_all, pts_crop = (torch.as_tensor(np.asarray(trimesh.load(p).vertices), dtype=torch.float32) for p in (whole, part))
@@ -295,19 +333,49 @@ def test_ns_viewer_run_crop_and_camera_path(trained_run, tmp_path, viser_client,
     assert bool(((normalised >= lo - 1e-4) & (normalised <= hi + 1e-4)).all())
 
 
-def test_ns_viewer_mesh_and_splat_files(tmp_path, viser_client, free_port):
-    import trimesh
+SH_C0 = 0.28209479177387814
+"""The degree-0 real spherical harmonic, 1 / (2 sqrt(pi)): a 3DGS file's f_dc is (colour - 0.5) / SH_C0."""
 
-    from recon.export.splat_ply import write_splat_ply
+
+def write_ply(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """A binary little-endian PLY with one float property per column (in the given order)."""
+    names = list(columns)
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(columns[names[0]])}", *(f"property float {n}" for n in names), "end_header"]
+    body = np.stack([np.asarray(columns[n], "<f4") for n in names], 1)
+    path.write_bytes(("\n".join(header) + "\n").encode() + body.tobytes())
+
+
+def test_ns_viewer_mesh_and_splat_files(tmp_path, viser_client, free_port):
+    """``ns-viewer --mesh --splat``: the mesh's triangles and the splat file's Gaussians (centres,
+    colours, opacities and covariances, in the file's own frame) reach the browser, whose camera
+    starts outside both, looking at them, with both in view."""
+    import trimesh
+    from scipy.spatial.transform import Rotation
+
     from viewer.cli import ViewerCommand
 
     mesh_path = tmp_path / "box.ply"
     trimesh.creation.box().export(mesh_path)
-    n = 50
-    g = torch.Generator().manual_seed(0)
-    params = {"means": torch.randn(n, 3, generator=g), "scales": torch.full((n, 3), -3.0), "quats": torch.randn(n, 4, generator=g),
-              "opacities": torch.full((n,), 2.0), "sh0": torch.randn(n, 1, 3, generator=g) * 0.5, "shN": torch.zeros(n, 3, 3)}
-    splat_path, _ = write_splat_ply(tmp_path / "splat.ply", params)
+    n = 60
+    rng = np.random.default_rng(0)
+    means = (rng.normal(size=(n, 3)) * 0.5).astype(np.float32)
+    log_scales = np.log(rng.uniform(0.05, 0.4, size=(n, 3)))  # anisotropic: a wrong rotation changes the covariance
+    wxyz = rng.normal(size=(n, 4)) * 3.0  # unnormalised, as files carry them
+    logits = rng.normal(size=n) * 2.0
+    f_dc = rng.normal(size=(n, 3)) * 0.6  # some colours leave [0, 1] and are clipped
+    columns = {"x": means[:, 0], "y": means[:, 1], "z": means[:, 2], **{f"n{a}": np.zeros(n) for a in "xyz"},
+               **{f"f_dc_{i}": f_dc[:, i] for i in range(3)}, "opacity": logits, **{f"scale_{i}": log_scales[:, i] for i in range(3)},
+               **{f"rot_{i}": wxyz[:, i] for i in range(4)}}  # fmt: skip
+    splat_path = tmp_path / "splat.ply"
+    write_ply(splat_path, columns)
+    # What the file means, from the 3DGS definitions (not from recon's reader).
+    f32 = {k: np.asarray(v, np.float32).astype(np.float64) for k, v in columns.items()}
+    R = Rotation.from_quat(np.stack([f32["rot_1"], f32["rot_2"], f32["rot_3"], f32["rot_0"]], 1)).as_matrix()
+    variances = np.exp(2 * np.stack([f32[f"scale_{i}"] for i in range(3)], 1))
+    expected_cov = np.einsum("nij,nj,nkj->nik", R, variances, R)
+    expected_rgb = np.clip(0.5 + SH_C0 * np.stack([f32[f"f_dc_{i}"] for i in range(3)], 1), 0, 1)
+    expected_alpha = 1 / (1 + np.exp(-f32["opacity"]))
+
     viewer = ViewerCommand(mesh=mesh_path, splat=splat_path, viewer_port=free_port).open()
     try:
         client = viser_client(free_port)
@@ -315,19 +383,57 @@ def test_ns_viewer_mesh_and_splat_files(tmp_path, viser_client, free_port):
         glb = client.wait_for(lambda m: m["type"] == "GlbMessage")
         loaded = trimesh.load(io.BytesIO(glb["props"]["glb_data"]), file_type="glb", force="mesh")
         assert len(loaded.faces) == 12
-        splats = client.wait_for(lambda m: m["type"] == "GaussianSplatsMessage")
-        assert splats["name"] == "/splat"
+        splats = client.wait_for(lambda m: m["type"] == "GaussianSplatsMessage" and m["name"] == "/splat")
+        start = initial_camera(client)
+        poses = [m for m in client.drain() if m.get("name") == "/splat" and m["type"] in ("SetPositionMessage", "SetOrientationMessage")]
     finally:
         viewer.stop()
     assert port_is_free(free_port)
 
+    # viser's splat buffer, per Gaussian 32 bytes: centre (3 float32), 4 spare bytes, the covariance's
+    # upper triangle xx xy xz yy yz zz (6 float16), colour and opacity (4 uint8).
+    rows = np.asarray(splats["props"]["buffer"]).view(np.uint8).reshape(n, 32)
+    # Shown in the file's own frame: no scale, and the node's pose (if sent at all) is the identity.
+    assert splats["props"]["scale"] == 1.0
+    assert all(np.allclose(m.get("position", (0, 0, 0)), 0) and np.allclose(m.get("wxyz", (1, 0, 0, 0)), (1, 0, 0, 0)) for m in poses), poses
+    assert np.array_equal(rows[:, :12].copy().view("<f4"), means)
+    cov = rows[:, 16:28].copy().view("<f2").astype(np.float64)
+    triu = expected_cov[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
+    assert np.allclose(cov, triu, rtol=2e-3, atol=1e-4), np.abs(cov - triu).max()
+    assert np.abs(rows[:, 28:31] - 255 * expected_rgb).max() <= 1.0 + 1e-6
+    assert np.abs(rows[:, 31] - 255 * expected_alpha).max() <= 1.0 + 1e-6
 
-@pytest.mark.parametrize("args,needle", [([], "nothing to show"), (["--mesh", "missing.ply"], "file not found"), (["--splat", "BAD"], "BAD")])
+    # The first view frames the box and the bulk of the splats from outside.
+    assert np.all(np.abs(start["look_at"]) < 0.5) and np.linalg.norm(start["position"]) > 2.0
+    assert in_view(start, np.asarray(trimesh.creation.box().vertices)).all()
+    assert in_view(start, means.astype(np.float64)).mean() >= 0.95
+
+
+def test_run_without_cameras_opens_framing_its_scene_box(viser_client, free_port):
+    """Cross-section runs have no camera to start at: the browser starts outside the scene box, seeing all of it."""
+    from viewer.server import Viewer
+
+    aabb = torch.tensor([[-0.5, -1.0, 0.0], [1.5, 1.0, 0.5]])
+    viewer = Viewer(ViewerSettings(port=free_port), aabb=aabb).start()
+    try:
+        start = initial_camera(viser_client(free_port))
+    finally:
+        viewer.stop()
+    corners = np.array([[x, y, z] for x in (-0.5, 1.5) for y in (-1.0, 1.0) for z in (0.0, 0.5)])
+    assert np.allclose(start["look_at"], corners.mean(0)) and in_view(start, corners).all()
+    assert np.linalg.norm(start["position"] - corners.mean(0)) > np.linalg.norm(corners[0] - corners.mean(0))
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [([], "nothing to show"), (["--mesh", "missing.ply"], "file not found"), (["--splat", "bad.ply"], "bad.ply"), (["--splat", "empty.ply"], "no Gaussians")],
+)
 def test_ns_viewer_bad_input_one_line(tmp_path, args, needle):
-    if args and args[0] == "--splat":
-        (tmp_path / "bad.ply").write_text("not a ply")
-        args = ["--splat", str(tmp_path / "bad.ply")]
-        needle = "bad.ply"
+    from recon.export.splat_ply import write_splat_ply
+
+    (tmp_path / "bad.ply").write_text("not a ply")
+    write_splat_ply(tmp_path / "empty.ply", {"means": torch.zeros(0, 3), "scales": torch.zeros(0, 3), "quats": torch.ones(0, 4),
+                                             "opacities": torch.zeros(0), "sh0": torch.zeros(0, 1, 3), "shN": torch.zeros(0, 3, 3)})
     proc = subprocess.run([sys.executable, "-m", "viewer.cli", *args, "--viewer-port", "0"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -18,7 +18,8 @@ one Warp thread per pixel walks its tile's depth-sorted list sequentially:
   ``wp.atomic_add``.
 
 The backward is written by hand: Warp's automatic adjoint of loops with loop-carried state gives
-silently wrong gradients (``docs/architecture.md``, "Rendering backend"). The background is
+silently wrong gradients (measured on this compositor: a forward that matched torch to 1e-13, gradient
+relative errors near 1, and no warning unless debug logging is on). The background is
 added in torch (``colour + T_final * bg``), so its gradient comes from torch autograd.
 
 Kernels are generated per scalar type (float32, float64; anything else is computed in float32) by a

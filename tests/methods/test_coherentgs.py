@@ -101,7 +101,7 @@ def test_every_gaussian_stays_on_its_pixel_ray():
     with torch.no_grad():  # random decoders: large residuals, still on the rays
         for p in model.depth_decoder.parameters():
             p.normal_(0.0, 0.3)
-    g = model.gaussians()
+    g = model.primitives()
     assert g["means"].shape == (2 * 13 * 17, 3) and (g["depth"] - depth).abs().max() > 0.05
     for i in range(2):
         uv, z = cams.project(g["positions"][i].reshape(-1, 3).detach(), i)

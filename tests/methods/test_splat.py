@@ -50,10 +50,10 @@ def test_quality_and_tsdf_mesh_on_synthetic_scene(tmp_path, quiet_config):
 
 def test_densification_keeps_optimizers_on_the_model_parameters(tiny_scene, tmp_path, quiet_config):
     trainer = Trainer(quiet_config("splat", tiny_scene, tmp_path, 25, **TINY))
-    start = trainer.model.num_gaussians
+    start = trainer.model.num_primitives
     trainer.train()
     model = trainer.model
-    assert model.num_gaussians != start  # the refine step at 20 cloned / split
+    assert model.num_primitives != start  # the refine step at 20 cloned / split
     for name, opt in trainer.optimizers.optimizers.items():
         (param,) = opt.param_groups[0]["params"]
         assert param is model.params[name]

@@ -7,10 +7,10 @@ the scene box, input coordinates) is compared with the scene's ground-truth mesh
 F-score at 2 % of the scene size against the whole mesh, and the visible-surface F-score of
 :func:`recon.geometry.surface_metrics.visible_surface_fscore` (recall against the surface the cameras
 saw). PSNR on the 8 test views.
-dtu: ../shared/data/dtu_scan24 (MonoSDF layout, 384x384 scaled by --dtu-scale, all 49 views train;
-PSNR on the RegNeRF test views, which are training views here as in NeuS's DTU protocol). Writes
-the mesh (PLY) and a shaded picture of it from the first camera to --output-dir and records the
-paths.
+dtu: dtu_scan24 of the external datasets (docs/architecture.md, section 10: MonoSDF layout,
+384x384 scaled by --dtu-scale, all 49 views train; PSNR on the RegNeRF test views, which are
+training views here as in NeuS's DTU protocol). Writes the mesh (PLY) and a shaded picture of it
+from the first camera to --output-dir and records the paths.
 
 Each part prints a table and appends it to benchmarks/RESULTS.md.
 """

@@ -1,4 +1,4 @@
-"""Benchmark: the S3IM loss on and off at equal steps, in the same run (issue 7).
+"""Benchmark: the S3IM loss on and off at equal steps, in the same run.
 
     python benchmarks/bench_s3im.py [--parts lego-sparse,lego-all,neus-synthetic,neus-dtu] [--weights 1.0] ...
 
@@ -6,8 +6,8 @@
   (sparse, where the paper reports its largest gains) and with all 100; PSNR/SSIM on every 8th test view.
 - neus-synthetic: neus-small on the default synthetic scene; PSNR and the mesh against the ground
   truth (Chamfer-L1, F-score at 2 % with visible-surface recall), as bench_neus.py.
-- neus-dtu: neus-small on ../shared/data/dtu_scan24 (scaled by --dtu-scale); PSNR on the RegNeRF
-  test views.
+- neus-dtu: neus-small on dtu_scan24 of the external datasets (docs/architecture.md, section 10),
+  scaled by --dtu-scale; PSNR on the RegNeRF test views.
 
 The CPU presets stand in for nerf-hash / neus (the full presets do not train on 2 CPU cores in a
 benchmark's time). Every row uses the same seed; only ``model.s3im.weight`` differs. Each part

@@ -38,7 +38,7 @@ from PIL import Image
 
 from benchmarks.common import append_results
 from data.synthetic import SyntheticSceneConfig, generate_scene
-from recon.camera_paths import rotation_to_quaternion
+from recon.rotations import matrix_to_quaternion
 from recon.config import get_method, override
 from recon.engine.trainer import Trainer
 from viewer.protocol import ViserClient
@@ -52,7 +52,7 @@ def _view(cameras, i: int, width: int, height: int, turn: float = 0.0) -> dict:
     rz = torch.tensor([[math.cos(turn), -math.sin(turn), 0], [math.sin(turn), math.cos(turn), 0], [0, 0, 1]], dtype=torch.float64)
     R, t = rz @ c2w[:, :3], rz @ c2w[:, 3]
     fov = 2 * math.atan(0.5 * float(cameras.height[i]) / float(cameras.fy[i]))
-    return {"wxyz": rotation_to_quaternion(R).tolist(), "position": t.tolist(), "width": width, "height": height, "fov": fov}
+    return {"wxyz": matrix_to_quaternion(R).tolist(), "position": t.tolist(), "width": width, "height": height, "fov": fov}
 
 
 def _is_frame(size):

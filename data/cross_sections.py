@@ -33,7 +33,7 @@ not part of the format)::
   this plane"; its plane comes from A, B, C, D. OReX's own reader rejects such planes and its
   writer omits them, so :func:`slice_mesh` skips empty planes unless asked to keep them.
 
-Robustness, from the quirks of the shipped OReX data (spec ``methods/sdf.md`` section 4.2):
+Robustness, from the quirks of the files OReX ships (haimsaw/OReX, ``Data/``):
 A, B, C, D are **not trusted**. Some files have D with the wrong sign or non-unit normals, so
 every non-empty plane is re-fitted to its vertices (SVD about the vertex centroid). The given
 A, B, C only choose the sign of the fitted normal (when they are not degenerate: non-zero and not

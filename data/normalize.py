@@ -36,6 +36,7 @@ import torch
 
 from data.base import DataparserOutputs, SceneBox
 from recon.cameras import Cameras
+from recon.rotations import rotation_between
 
 OrientMethod = Literal["up", "align", "none"]
 CenterMethod = Literal["poses", "focus", "none"]
@@ -47,21 +48,10 @@ def _np(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[3, 3] rotation taking direction ``a`` [3] onto direction ``b`` [3] by the smallest angle."""
-    a = _np(a) / np.linalg.norm(a)
-    b = _np(b) / np.linalg.norm(b)
-    v = np.cross(a, b)
-    c = float(a @ b)
-    if c < -1.0 + 1e-10:
-        # Opposite directions: rotate by pi about any axis perpendicular to a.
-        axis = np.cross(a, [1.0, 0.0, 0.0])
-        if np.linalg.norm(axis) < 1e-6:
-            axis = np.cross(a, [0.0, 1.0, 0.0])
-        axis /= np.linalg.norm(axis)
-        return 2.0 * np.outer(axis, axis) - np.eye(3)
-    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-    return np.eye(3) + vx + vx @ vx / (1.0 + c)  # Rodrigues' formula with sin/cos folded in
+def _rotation_up_to_z(up: np.ndarray) -> np.ndarray:
+    """[3, 3] smallest rotation taking the direction ``up`` [3] onto world +z."""
+    z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    return rotation_between(torch.tensor(up, dtype=torch.float64), z).numpy()
 
 
 def focus_point(c2w: np.ndarray, iterations: int = 5) -> np.ndarray:
@@ -115,13 +105,13 @@ def auto_orient_and_center(
     if method == "none" or np.linalg.norm(up) < 1e-9:
         R = np.eye(3)
     elif method == "up":
-        R = rotation_between(up, np.array([0.0, 0.0, 1.0]))
+        R = _rotation_up_to_z(up)
     elif method == "align":
         up = up / np.linalg.norm(up)
         forward = c2w[:, :, 2].mean(0)
         forward = forward - (forward @ up) * up
         if np.linalg.norm(forward) < 1e-9:  # cameras all looking straight up or down
-            R = rotation_between(up, np.array([0.0, 0.0, 1.0]))
+            R = _rotation_up_to_z(up)
         else:
             forward /= np.linalg.norm(forward)
             R = np.stack([np.cross(forward, up), forward, up])  # rows: world x, y, z in input coords

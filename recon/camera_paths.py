@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from recon.cameras import Cameras, look_at, opengl_to_opencv
 from recon.errors import ReconError
 from recon.atomic import atomic_write
+from recon.rotations import matrix_to_quaternion, quaternion_slerp, quaternion_to_matrix
 
 __all__ = [
     "CameraPath",
@@ -31,75 +33,7 @@ __all__ = [
     "focus_point",
     "load_camera_path_json",
     "save_camera_path_json",
-    "rotation_to_quaternion",
-    "quaternion_to_rotation",
-    "quaternion_slerp",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Small rotation helpers
-# ---------------------------------------------------------------------------------------------
-def _normalize(v: Tensor, eps: float = 1e-12) -> Tensor:
-    return v / v.norm(dim=-1, keepdim=True).clamp_min(eps)
-
-
-def rotation_to_quaternion(R: Tensor) -> Tensor:
-    """R: [..., 3, 3] rotation matrices -> [..., 4] unit quaternions (w, x, y, z), w >= 0.
-
-    Uses the largest-diagonal-element branch (Shepperd 1978, "Quaternion from rotation matrix")
-    so that no branch divides by a small number.
-    """
-    m = R.reshape(-1, 3, 3).double()
-    m00, m11, m22 = m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]
-    trace = m00 + m11 + m22
-    cands = torch.stack([trace, m00, m11, m22], dim=-1)
-    which = cands.argmax(dim=-1)
-    # Each branch computes the largest component first, then the others from off-diagonals.
-    s = torch.sqrt((1.0 + trace).clamp_min(1e-12)) * 2  # 4w
-    qw = torch.stack([0.25 * s, (m[:, 2, 1] - m[:, 1, 2]) / s, (m[:, 0, 2] - m[:, 2, 0]) / s, (m[:, 1, 0] - m[:, 0, 1]) / s], -1)
-    s = torch.sqrt((1.0 + m00 - m11 - m22).clamp_min(1e-12)) * 2  # 4x
-    qx = torch.stack([(m[:, 2, 1] - m[:, 1, 2]) / s, 0.25 * s, (m[:, 0, 1] + m[:, 1, 0]) / s, (m[:, 0, 2] + m[:, 2, 0]) / s], -1)
-    s = torch.sqrt((1.0 + m11 - m00 - m22).clamp_min(1e-12)) * 2  # 4y
-    qy = torch.stack([(m[:, 0, 2] - m[:, 2, 0]) / s, (m[:, 0, 1] + m[:, 1, 0]) / s, 0.25 * s, (m[:, 1, 2] + m[:, 2, 1]) / s], -1)
-    s = torch.sqrt((1.0 + m22 - m00 - m11).clamp_min(1e-12)) * 2  # 4z
-    qz = torch.stack([(m[:, 1, 0] - m[:, 0, 1]) / s, (m[:, 0, 2] + m[:, 2, 0]) / s, (m[:, 1, 2] + m[:, 2, 1]) / s, 0.25 * s], -1)
-    allq = torch.stack([qw, qx, qy, qz], dim=1)  # [M, 4 branches, 4]
-    q = allq[torch.arange(m.shape[0], device=R.device), which]
-    q = _normalize(q)
-    q = torch.where(q[:, :1] < 0, -q, q)
-    return q.to(R.dtype).reshape(*R.shape[:-2], 4)
-
-
-def quaternion_to_rotation(q: Tensor) -> Tensor:
-    """q: [..., 4] quaternions (w, x, y, z), normalised here -> [..., 3, 3] rotation matrices."""
-    w, x, y, z = _normalize(q).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(*q.shape[:-1], 3, 3)
-
-
-def quaternion_slerp(q0: Tensor, q1: Tensor, t: Tensor) -> Tensor:
-    """Spherical linear interpolation (Shoemake 1985, "Animating rotation with quaternion curves").
-
-    q0, q1: [..., 4] unit quaternions; t: [...] in [0, 1]. Takes the shorter arc (q and -q are the
-    same rotation) and falls back to normalised lerp when the quaternions nearly coincide.
-    """
-    dot = (q0 * q1).sum(-1)
-    q1 = torch.where(dot[..., None] < 0, -q1, q1)
-    dot = dot.abs().clamp(max=1.0)
-    theta = torch.acos(dot)
-    sin_theta = torch.sin(theta)
-    small = sin_theta < 1e-6
-    safe = torch.where(small, torch.ones_like(sin_theta), sin_theta)
-    w0 = torch.where(small, 1 - t, torch.sin((1 - t) * theta) / safe)
-    w1 = torch.where(small, t, torch.sin(t * theta) / safe)
-    return _normalize(w0[..., None] * q0 + w1[..., None] * q1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,9 +45,9 @@ def average_pose(cameras: Cameras) -> Tensor:
     """
     c2w = cameras.camera_to_worlds
     center = c2w[:, :, 3].mean(0)
-    z = _normalize(c2w[:, :, 2].sum(0))
+    z = F.normalize(c2w[:, :, 2].sum(0), dim=-1)
     down = c2w[:, :, 1].sum(0)
-    x = _normalize(torch.cross(down, z, dim=-1))
+    x = F.normalize(torch.cross(down, z, dim=-1), dim=-1)
     y = torch.cross(z, x, dim=-1)
     return torch.stack([x, y, z, center], dim=-1)
 
@@ -125,7 +59,7 @@ def focus_point(cameras: Cameras) -> Tensor | None:
     object-centric captures.
     """
     c2w = cameras.camera_to_worlds.double()
-    o, d = c2w[:, :, 3], _normalize(c2w[:, :, 2])
+    o, d = c2w[:, :, 3], F.normalize(c2w[:, :, 2], dim=-1)
     P = torch.eye(3, dtype=o.dtype, device=o.device) - d[:, :, None] * d[:, None, :]
     A, b = P.sum(0), (P @ o[:, :, None]).sum(0)[:, 0]
     eig = torch.linalg.eigvalsh(A)
@@ -268,12 +202,12 @@ def interpolate_path(
     seg = s.floor().long().clamp(max=k - 2)
     t = s - seg.double()
 
-    quats = rotation_to_quaternion(c2w[:, :, :3])
+    quats = matrix_to_quaternion(c2w[:, :, :3])
     # Make consecutive keys lie in the same hemisphere so every segment takes the short arc.
     for i in range(1, k):
         if (quats[i] * quats[i - 1]).sum() < 0:
             quats[i] = -quats[i]
-    R = quaternion_to_rotation(quaternion_slerp(quats[seg], quats[seg + 1], t))
+    R = quaternion_to_matrix(quaternion_slerp(quats[seg], quats[seg + 1], t))
 
     centers = c2w[:, :, 3]
     if positions == "catmull_rom":
@@ -305,10 +239,10 @@ def orbit_path(
     if num_frames < 1:
         raise ValueError("num_frames must be >= 1")
     c = torch.as_tensor(center, dtype=torch.float32).detach().cpu().reshape(3)
-    u = _normalize(torch.as_tensor(up, dtype=torch.float32).detach().cpu().reshape(3))
+    u = F.normalize(torch.as_tensor(up, dtype=torch.float32).detach().cpu().reshape(3), dim=-1)
     # Orthonormal basis (a, b) of the plane perpendicular to up.
     helper = torch.tensor([1.0, 0.0, 0.0]) if abs(float(u[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0])
-    a = _normalize(torch.cross(helper, u, dim=-1))
+    a = F.normalize(torch.cross(helper, u, dim=-1), dim=-1)
     b = torch.cross(u, a, dim=-1)
     az = math.radians(start_azimuth) + torch.linspace(0.0, 2 * math.pi * turns, num_frames + 1)[:-1]
     el = math.radians(elevation)

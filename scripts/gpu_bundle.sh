@@ -32,7 +32,7 @@ version() {  # the venv's version of distribution $1 as NAME==VERSION, else the 
 }
 
 rm -rf "$OUTDIR.tmp" && mkdir -p "$OUTDIR.tmp/a/wheels" "$OUTDIR.tmp/a/data" "$OUTDIR.tmp/b" "$OUTDIR.tmp/c" "$OUTDIR.tmp/d/data" "$OUTDIR.tmp/warp"
-# Pure-Python or manylinux cp312 wheels of the packages the device image lacks (KINDS.md lists what it has).
+# Pure-Python or manylinux cp312 wheels of the packages the device image lacks.
 # gsplat and nerfacc (the `cuda` extra) are never in a CPU venv: pyproject.toml's ranges.
 specs=("$(version gsplat 'gsplat>=1.5.3,<1.6')" "$(version nerfacc 'nerfacc>=0.5.3')")
 for p in tyro docstring-parser typeguard trimesh viser msgspec websockets zstandard; do specs+=("$(version "$p")"); done

@@ -13,8 +13,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The small real test datasets (lego, fern, dtu_scan24, ...): ``$RECON_SHARED_DATA`` if set,
-    else ``../shared/data`` next to the repository. Tests that need them are skipped without them."""
+    """The small real test datasets (lego, fern, dtu_scan24, ...; docs/architecture.md, section 10):
+    ``$RECON_SHARED_DATA`` if set, else ``../shared/data`` next to the repository. Tests that need
+    them are skipped without them."""
     env = os.environ.get("RECON_SHARED_DATA")
     path = Path(env) if env else (REPO_ROOT / ".." / "shared" / "data").resolve()
     if not path.is_dir():

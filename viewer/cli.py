@@ -103,13 +103,13 @@ def load_splats(path: Path) -> dict[str, np.ndarray]:
     degree-0 colour and opacities (higher SH degrees are not shown)."""
     import torch
 
-    from recon.camera_paths import quaternion_to_rotation
+    from recon.rotations import quaternion_to_matrix
     from recon.export.splat_ply import read_splat_ply
     from recon.fields.spherical_harmonics import C0
 
     params = read_splat_ply(path)
     means = torch.as_tensor(params["means"]).double()
-    R = quaternion_to_rotation(torch.as_tensor(params["quats"]).double())
+    R = quaternion_to_matrix(torch.as_tensor(params["quats"]).double())
     S = torch.exp(torch.as_tensor(params["scales"]).double())
     M = R * S[:, None, :]
     cov = M @ M.transpose(1, 2)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from recon.cameras import Cameras
-from recon.camera_paths import quaternion_to_rotation
+from recon.rotations import quaternion_to_matrix
 
 COLORMAPS = ("turbo", "gray")
 
@@ -41,7 +41,7 @@ def frame_size(width: int, height: int, max_res: int) -> tuple[int, int]:
 def to_cameras(view: ViewCamera, max_res: int) -> Cameras:
     """One pinhole camera [1] for ``view`` at the frame size for ``max_res``."""
     w, h = frame_size(view.width, view.height, max_res)
-    R = quaternion_to_rotation(torch.tensor(view.wxyz, dtype=torch.float64)).float()
+    R = quaternion_to_matrix(torch.tensor(view.wxyz, dtype=torch.float64)).float()
     c2w = torch.cat([R, torch.tensor(view.position, dtype=torch.float32)[:, None]], 1)
     fy = 0.5 * h / math.tan(0.5 * view.fov)
     return Cameras(c2w, fy, fy, w / 2, h / 2, w, h)

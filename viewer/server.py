@@ -208,10 +208,10 @@ class Viewer:
             scene.add_box("/scene_box", color=(255, 200, 0), dimensions=tuple(hi - lo), wireframe=True, position=tuple((lo + hi) / 2))
         if self.cameras is None:
             return
-        from recon.camera_paths import rotation_to_quaternion
+        from recon.rotations import matrix_to_quaternion
 
         cams = self.cameras.to("cpu")
-        quats = rotation_to_quaternion(cams.camera_to_worlds[:, :, :3].double()).numpy()
+        quats = matrix_to_quaternion(cams.camera_to_worlds[:, :, :3].double()).numpy()
         with_images = set(np.unique(np.linspace(0, len(cams) - 1, min(len(cams), self.settings.max_frustum_images)).round().astype(int)).tolist())
         for i in range(len(cams)):
             h, w, fy = int(cams.height[i]), int(cams.width[i]), float(cams.fy[i])

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from recon.errors import DataError
+from recon.rotations import quaternion_to_matrix
 
 # name -> (model id, number of params), from COLMAP's src/colmap/sensor/models.h
 CAMERA_MODELS: dict[str, tuple[int, int]] = {
@@ -61,8 +63,8 @@ class ColmapImage:
     point3d_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [K], -1 = none
 
     def rotation(self) -> np.ndarray:
-        """[3, 3] world-to-camera rotation."""
-        return qvec_to_rotmat(self.qvec)
+        """[3, 3] float64 world-to-camera rotation (qvec normalised first)."""
+        return quaternion_to_matrix(torch.tensor(self.qvec, dtype=torch.float64)).numpy()
 
 
 @dataclass
@@ -78,39 +80,6 @@ class ColmapPoints:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def qvec_to_rotmat(q: np.ndarray) -> np.ndarray:
-    """Unit quaternion (w, x, y, z) [4] to rotation [3, 3] (normalised first)."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
-    """Rotation [3, 3] to unit quaternion (w, x, y, z) with w >= 0 (Shepperd's method)."""
-    R = np.asarray(R, dtype=np.float64)
-    tr = np.trace(R)
-    if tr > 0:
-        s = 2.0 * np.sqrt(tr + 1.0)
-        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
-        q = [(R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s]
-    elif R[1, 1] > R[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
-        q = [(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s]
-    else:
-        s = 2.0 * np.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
-        q = [(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s]
-    q = np.array(q)
-    q /= np.linalg.norm(q)
-    return -q if q[0] < 0 else q
 
 
 # -- binary ----------------------------------------------------------------------------------

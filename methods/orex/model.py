@@ -122,7 +122,7 @@ class OReXModel(Model):
 
 @dataclass
 class OReXModelConfig(ModelConfig):
-    """OReX hyper-parameters; defaults are the official code's (spec sdf.md section 4.4-4.5)."""
+    """OReX hyper-parameters; defaults are the official code's (haimsaw/OReX ``Modules.py``, ``Trainer.py``)."""
 
     num_iterations: int = 10
     """Refinement steps T (1 gives a plain MLP occupancy field)."""

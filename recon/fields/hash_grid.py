@@ -2,7 +2,7 @@
 Primitives with a Multiresolution Hash Encoding", ACM TOG 41(4), section 3).
 
 Pure-PyTorch implementation (the reference and the CPU path), with optional tiny-cuda-nn on CUDA
-(DESIGN.md section 3: tiny-cuda-nn only when it imports and the tensors are on CUDA).
+(only when it imports and the tensors are on CUDA: ``docs/architecture.md``, "Rendering backend").
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ class HashGridEncoding(nn.Module):
     # ------------------------------------------------------------------ backend selection
     def _apply(self, fn, *args, **kwargs):
         module = super()._apply(fn, *args, **kwargs)
-        # Moving to CUDA is the one moment tiny-cuda-nn may be imported (DESIGN.md: compiled CUDA
-        # extensions are never imported for CPU tensors). The trainer moves models before it builds
+        # Moving to CUDA is the one moment tiny-cuda-nn may be imported (compiled CUDA extensions are
+        # never imported for CPU tensors: docs/architecture.md). The trainer moves models before it builds
         # their optimizers, so the tcnn parameters created here are seen by the optimizer.
         if self.implementation != "torch" and self.tcnn_encoding is None and self.level_offsets.is_cuda:
             self._build_tcnn(self.level_offsets.device)

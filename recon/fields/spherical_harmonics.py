@@ -13,6 +13,8 @@ Wikipedia's) differ from this basis by the sign of every odd-m function.
 d = 1..4). 3DGS counts from zero: its ``sh_degree = 3`` is ``degree = 4`` here.
 
 Inputs are unit vectors in [-1, 1]^3, NOT tcnn's [0, 1]-mapped directions ((d + 1) / 2).
+
+Rotating a signal in this basis (its coefficients) is :func:`recon.rotations.rotate_sh`.
 """
 
 from __future__ import annotations
@@ -107,34 +109,6 @@ def eval_sh(coeffs: Tensor, directions: Tensor, degree: int | None = None) -> Te
         raise ValueError(f"degree {degree} needs {degree * degree} coefficients, got {k}")
     basis = sh_encoding(directions, degree)  # [..., degree^2]
     return (basis[..., None] * coeffs[..., : degree * degree, :]).sum(-2)
-
-
-def rotate_sh(coeffs: Tensor, rotation: Tensor) -> Tensor:
-    """Coefficients of the rotated signal: returns c' with ``eval_sh(c', d) == eval_sh(c, R d)`` for
-    every unit d (i.e. the signal re-expressed in a frame whose directions are ``R^T`` of the old).
-
-    coeffs: [..., K, C] with K a square (1, 4, 9, 16); rotation: [3, 3] orthonormal. Each band is an
-    invariant subspace of rotations, so its (2l+1)-square rotation matrix is recovered exactly by
-    least squares from the basis at a fixed set of directions (float64), which avoids closed-form
-    Wigner matrices and their sign conventions.
-    """
-    k = coeffs.shape[-2]
-    degree = math.isqrt(k)
-    if degree * degree != k:
-        raise ValueError(f"{k} SH coefficients is not a square number")
-    if degree <= 1:
-        return coeffs.clone()
-    g = torch.Generator().manual_seed(0)
-    dirs = torch.nn.functional.normalize(torch.randn(64, 3, generator=g, dtype=torch.float64), dim=-1)
-    rot = rotation.detach().to(torch.float64).cpu()
-    y, y_rot = sh_encoding(dirs, degree), sh_encoding(dirs @ rot.T, degree)
-    out = coeffs.clone()
-    for band in range(1, degree):
-        sl = slice(band * band, (band + 1) * (band + 1))
-        # y_rot[:, sl] = y[:, sl] @ A, so c'(band) = A @ c(band).
-        a = torch.linalg.lstsq(y[:, sl], y_rot[:, sl]).solution.to(coeffs)
-        out[..., sl, :] = torch.einsum("jk,...kc->...jc", a, coeffs[..., sl, :])
-    return out
 
 
 class SHEncoding(nn.Module):

@@ -4,7 +4,8 @@ Conventions: images [H, W, 3] uint8 (numpy) or [B, C, H, W] float (torch); a flo
 (x, y in pixels) says that the pixel centred at p = (u + 0.5, v + 0.5) of image a shows the point
 seen at p + F_{a->b}(p) in image b. Every sampler here uses the same pixel-centre convention
 (``grid_sample`` with ``align_corners=False``), for flow generation, checking and warping alike
-(the official CoherentGS code mixes two conventions, a half-pixel shift; spec section 2.5).
+(the official CoherentGS code, avinashpaliwal/CoherentGS ``data_preparation_scripts/backwarp.py``,
+maps pixel index x to 2 x / W - 1 under that same ``grid_sample`` setting: a half-pixel shift).
 
 Optical flow is OpenCV's DIS (Kroeger, Timofte, Dai & Van Gool 2016, "Fast Optical Flow using Dense
 Inverse Search", ECCV) or Farneback (2003, "Two-frame motion estimation based on polynomial
@@ -74,8 +75,8 @@ def backward_warp(source: Tensor, flow: Tensor, padding_mode: str = "zeros") -> 
 
 def forward_backward_consistency(flow_ab: Tensor, flow_ba: Tensor, erosion: int = 5) -> Tensor:
     """Consistency weight of F_{a->b}: w(p) = exp(-0.5 |F_{b->a}(p + F_{a->b}(p)) + F_{a->b}(p)|_1)
-    (L1 over the two components), then a ``erosion`` x ``erosion`` minimum filter (CoherentGS,
-    spec section 2.3 step 4); 0 where p + F_{a->b}(p) leaves image b.
+    (L1 over the two components), then a ``erosion`` x ``erosion`` minimum filter (CoherentGS's
+    ``data_preparation_scripts/gen_flow.py``); 0 where p + F_{a->b}(p) leaves image b.
 
     flow_ab [H, W, 2], flow_ba [H', W', 2] -> w [H, W] in (0, 1].
     """

@@ -1,6 +1,6 @@
 """Geometry metrics between a reconstructed and a reference surface.
 
-Protocol (see ``/work/shared/reference/ecosystem.md`` section 5.3):
+Protocol (the conventions of the public evaluation code each item cites):
 
 * Both surfaces are compared as point sets. Meshes are sampled uniformly by area
   (:func:`recon.geometry.mesh.sample_points_on_mesh`, face normals attached); the prediction with

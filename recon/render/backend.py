@@ -1,4 +1,4 @@
-"""Which implementation runs a backend operation (DESIGN.md section 3).
+"""Which implementation runs a backend operation (``docs/architecture.md``, "Rendering backend").
 
 Every operation has a pure-PyTorch reference that runs everywhere. On CUDA tensors an optional
 compiled library takes over when it imports: nerfacc for the packed volume-rendering scans (and,

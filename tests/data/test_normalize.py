@@ -16,7 +16,6 @@ from data.normalize import (
     fit_box,
     focus_point,
     normalize_to_box,
-    rotation_between,
     transform_poses,
 )
 from data.splits import DTU_TRAIN_IDS, apply_few_shot, dtu_splits, interval_splits
@@ -48,18 +47,6 @@ def _outputs(c2w: np.ndarray, points: np.ndarray | None = None) -> DataparserOut
         near=2.0,
         far=6.0,
     )
-
-
-def test_rotation_between() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        a, b = rng.normal(size=3), rng.normal(size=3)
-        R = rotation_between(a, b)
-        np.testing.assert_allclose(R @ (a / np.linalg.norm(a)), b / np.linalg.norm(b), atol=1e-10)
-        np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-10)
-    R = rotation_between(np.array([0, 0, 1.0]), np.array([0, 0, -1.0]))
-    np.testing.assert_allclose(R @ [0, 0, 1.0], [0, 0, -1.0], atol=1e-10)
-    assert np.linalg.det(R) == pytest.approx(1.0)
 
 
 def test_up_orientation_maps_mean_up_to_z() -> None:

@@ -29,9 +29,10 @@ from data.parsers import (
     NerfstudioParserConfig,
     detect_format,
 )
-from data.parsers.colmap_io import ColmapCamera, ColmapImage, ColmapPoints, read_model, read_points3d, rotmat_to_qvec, write_model
+from data.parsers.colmap_io import ColmapCamera, ColmapImage, ColmapPoints, read_model, read_points3d, write_model
 from recon.cameras import look_at
 from recon.errors import ConfigError, DataError
+from recon.rotations import matrix_to_quaternion
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def _colmap_scene(root: Path, ext: str, model: str = "OPENCV") -> dict:
         R = c2w[i, :, :3].T
         t = -R @ c2w[i, :, 3]
         ids = rng.choice(300, 5, replace=False)
-        images[i + 1] = ColmapImage(i + 1, rotmat_to_qvec(R), t, 1 + i % 3, f"img_{i:02d}.png", rng.uniform(0, 48, (5, 2)), ids.astype(np.int64))
+        images[i + 1] = ColmapImage(i + 1, matrix_to_quaternion(torch.from_numpy(R)).numpy(), t, 1 + i % 3, f"img_{i:02d}.png", rng.uniform(0, 48, (5, 2)), ids.astype(np.int64))
         w, h = cams[1 + i % 3].width, cams[1 + i % 3].height
         _write_png(root / "images" / f"img_{i:02d}.png", w, h)
     tracks = [np.array([[1 + j % n, j % 5]], dtype=np.int32) for j in range(300)]

@@ -12,14 +12,12 @@ from recon.camera_paths import (
     interpolate_path,
     load_camera_path_json,
     orbit_path,
-    quaternion_slerp,
-    quaternion_to_rotation,
-    rotation_to_quaternion,
     save_camera_path_json,
     spiral_path,
 )
 from recon.cameras import Cameras
 from recon.errors import ReconError
+from recon.rotations import quaternion_to_matrix
 
 
 def _orthonormal(c: Cameras, tol: float = 1e-5) -> bool:
@@ -30,7 +28,7 @@ def _orthonormal(c: Cameras, tol: float = 1e-5) -> bool:
 
 def _random_rotations(n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return quaternion_to_rotation(torch.randn(n, 4, generator=g, dtype=torch.float64))
+    return quaternion_to_matrix(torch.randn(n, 4, generator=g, dtype=torch.float64))
 
 
 def _forward_facing(n: int = 12) -> Cameras:
@@ -54,20 +52,6 @@ def _keys() -> Cameras:
     return Cameras(
         c2w, torch.tensor([100.0, 120.0, 110.0, 90.0]), torch.tensor([100.0, 120.0, 110.0, 90.0]), 32.0, 24.0, 64, 48
     )
-
-
-def test_quaternions():
-    R = _random_rotations(200)
-    q = rotation_to_quaternion(R)
-    assert torch.allclose(quaternion_to_rotation(q), R, atol=1e-10)
-    q0, q1 = q[:100], q[100:]
-    assert torch.allclose(quaternion_slerp(q0, q1, torch.zeros(100)), q0, atol=1e-10)
-    ends = quaternion_slerp(q0, q1, torch.ones(100))
-    assert torch.allclose(quaternion_to_rotation(ends), R[100:], atol=1e-9)
-    # Constant angular speed: the half-way rotation is equally far from both ends.
-    mid = quaternion_to_rotation(quaternion_slerp(q0, q1, torch.full((100,), 0.5)))
-    ang = lambda A, B: torch.arccos((((A.transpose(1, 2) @ B).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1))
-    assert torch.allclose(ang(R[:100], mid), ang(mid, R[100:]), atol=1e-6)
 
 
 def test_spiral_path():

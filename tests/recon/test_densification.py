@@ -11,11 +11,11 @@ import torch
 from recon.render.gaussians.strategy import (
     DefaultStrategy,
     duplicate,
-    quat_to_rotmat,
     remove,
     reset_opacities,
     split,
 )
+from recon.rotations import quaternion_to_matrix
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -198,7 +198,7 @@ def test_refinement_clones_splits_prunes_and_keeps_adam_in_sync():
         if k == "means":
             parent = old[SPLIT]
             s = torch.exp(before["scales"]["param"][SPLIT])
-            r = quat_to_rotmat(torch.nn.functional.normalize(before["quats"]["param"][SPLIT], dim=-1))
+            r = quaternion_to_matrix(torch.nn.functional.normalize(before["quats"]["param"][SPLIT], dim=-1))
             want = parent + torch.einsum("mij,bmj->bmi", r, s * eps)
             torch.testing.assert_close(children, want, rtol=0, atol=1e-6)
             assert not torch.allclose(children[0], children[1])
@@ -238,7 +238,7 @@ def test_split_samples_follow_the_parent_gaussian():
     assert params["means"].shape == (2 * m, 3) and state["grad2d"].shape == (2 * m,)
     assert torch.equal(state["grad2d"], torch.arange(m, dtype=torch.float32).repeat(2))  # children inherit stats
     d = (params["means"] - mu).double()
-    r = quat_to_rotmat(q).double()
+    r = quaternion_to_matrix(q).double()
     cov = d.T @ d / len(d)
     want = r @ torch.diag(s.double() ** 2) @ r.T
     torch.testing.assert_close(cov, want, rtol=0, atol=0.03 * 0.3**2)

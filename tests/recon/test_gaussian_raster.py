@@ -578,14 +578,11 @@ def test_covars_input_equals_quats_scales():
 
 
 def test_backend_selection(monkeypatch):
-    from recon.render.gaussians import warp_available
-
     means, quats, scales, opac, colors, _ = _scene(5)
     viewmats, Ks, W, H = _cameras()
     args = (means, quats, scales, opac, colors, viewmats, Ks, W, H)
     monkeypatch.delenv("RECON_BACKEND", raising=False)
-    auto = "warp" if warp_available() else "torch"  # auto: Warp on CPU when it imports
-    assert rasterization(*args)[2]["backend"] == auto
+    assert rasterization(*args)[2]["backend"] == "warp"  # auto: Warp on CPU (warp-lang is a dependency)
     assert rasterization(*args, backend="torch")[2]["backend"] == "torch"
     # gsplat is CUDA-only: a clear error for CPU tensors, and gsplat is never imported for them
     gsplat_loaded = "gsplat" in sys.modules

@@ -11,6 +11,7 @@ multi-threaded CPU launch (row blocks, per-worker gradient buffers) against the 
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -25,12 +26,12 @@ from recon.render.gaussians import (
     rasterize_to_pixels_warp,
     warp_available,
 )
+from recon.render.gaussians import warp_backend
 from recon.render.gaussians.warp_projection import project_gaussians_warp
 
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    pytest.mark.skipif(not warp_available(), reason="warp-lang does not import"),
-]
+# No skip when warp-lang is missing: it is a dependency, so a missing Warp is a broken installation
+# and every test here fails (test_warp_is_installed says how to fix it).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 
@@ -368,6 +369,46 @@ def test_backend_dispatch(monkeypatch):
         _assert_close(rasterize_to_pixels(*inputs, *geo, backend=backend)[0], ref, 1e-9)
     with pytest.raises(ValueError, match="CUDA-only"):
         rasterize_to_pixels(*inputs, *geo, backend="gsplat")
+
+
+def test_warp_is_installed():
+    assert warp_available(), (
+        f"warp-lang does not import ({warp_backend.warp_import_error()}); it is a dependency of recon: "
+        "pip install 'warp-lang>=1.9' (or make install)"
+    )
+
+
+@pytest.fixture
+def warp_missing(monkeypatch):
+    """warp-lang made unimportable (``import warp`` raises ImportError) for one test; the cached
+    availability is recomputed on entry and again on exit, with the real module back in place."""
+    monkeypatch.setitem(sys.modules, "warp", None)
+    warp_backend._warp.cache_clear()
+    warp_backend.warp_import_error.cache_clear()
+    yield
+    monkeypatch.undo()
+    warp_backend._warp.cache_clear()
+    warp_backend.warp_import_error.cache_clear()
+    assert warp_available()
+
+
+def test_cpu_without_warp_raises_instead_of_falling_back(warp_missing, monkeypatch):
+    """A broken installation must not silently train 5-8x slower on the reference: "auto" and "warp"
+    raise for CPU tensors, naming the cause and the fix; the reference stays reachable on purpose."""
+    means, quats, scales, opac, colors = _scene(5)
+    viewmats, Ks, W, H = _cameras()
+    args = (means, quats, scales, opac, colors, viewmats, Ks, W, H)
+    monkeypatch.delenv("RECON_BACKEND", raising=False)
+    assert not warp_available()
+    for backend, source in ((None, "RECON_BACKEND=auto"), ("auto", "backend='auto'"), ("warp", "backend='warp'")):
+        with pytest.raises(ImportError, match=f"{source}: warp-lang does not import .*pip install 'warp-lang>=1.9'.*RECON_BACKEND=torch"):
+            rasterization(*args, backend=backend)
+    inputs, geo, _ = _random_2d(4, D=2)
+    with pytest.raises(ImportError, match="warp-lang does not import"):
+        rasterize_to_pixels(*inputs, *geo)
+    assert rasterization(*args, backend="torch")[2]["backend"] == "torch"
+    monkeypatch.setenv("RECON_BACKEND", "torch")
+    assert rasterization(*args)[2]["backend"] == "torch"
 
 
 @pytest.mark.gpu

@@ -101,8 +101,8 @@ def test_exclusive_sum_and_median_depth():
 
 
 def test_cpu_tensors_never_import_nerfacc(monkeypatch):
-    """DESIGN.md: compiled CUDA libraries are never imported for CPU tensors (with nvcc present they
-    would start a failing build). The dispatch answers None without trying to import."""
+    """Compiled CUDA libraries are never imported for CPU tensors (docs/architecture.md; with nvcc
+    present they would start a failing build). The dispatch answers None without trying to import."""
     import recon.render.backend as backend
 
     def refuse(name):

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import torch
 
-from recon.camera_paths import rotation_to_quaternion
 from recon.cameras import look_at
+from recon.rotations import matrix_to_quaternion
 from viewer.render import ViewCamera, frame_size, output_image, to_cameras
 
 
@@ -20,7 +20,7 @@ def test_frame_size_caps_longest_side_and_keeps_aspect():
 
 def test_to_cameras_matches_the_browser_view():
     c2w = look_at(torch.tensor([[1.0, -2.0, 0.5]]), torch.zeros(1, 3))[0]
-    view = ViewCamera(tuple(rotation_to_quaternion(c2w[:, :3].double()).tolist()), tuple(c2w[:, 3].tolist()), math.radians(60), 800, 600)
+    view = ViewCamera(tuple(matrix_to_quaternion(c2w[:, :3].double()).tolist()), tuple(c2w[:, 3].tolist()), math.radians(60), 800, 600)
     cam = to_cameras(view, 400)
     assert (int(cam.width[0]), int(cam.height[0])) == (400, 300)
     assert torch.allclose(cam.camera_to_worlds[0], c2w, atol=1e-5)

@@ -22,9 +22,10 @@ import torch
 from PIL import Image
 
 from data.synthetic import SyntheticSceneConfig, generate_scene
-from recon.camera_paths import load_camera_path_json, rotation_to_quaternion
+from recon.camera_paths import load_camera_path_json
 from recon.config import get_method, override
 from recon.engine.trainer import Trainer
+from recon.rotations import matrix_to_quaternion
 from viewer.render import output_image
 from viewer.server import ViewerSettings
 from viewer.training import attach_viewer
@@ -55,7 +56,7 @@ def view_of(cameras, i: int, width: int = 64, height: int = 48) -> dict:
     """The browser camera of training camera i (viser's pose convention is OpenCV, like recon's)."""
     c2w = cameras.camera_to_worlds[i]
     fov = 2 * math.atan(0.5 * float(cameras.height[i]) / float(cameras.fy[i]))
-    return {"wxyz": rotation_to_quaternion(c2w[:, :3].double()).tolist(), "position": c2w[:, 3].tolist(), "width": width, "height": height, "fov": fov}
+    return {"wxyz": matrix_to_quaternion(c2w[:, :3].double()).tolist(), "position": c2w[:, 3].tolist(), "width": width, "height": height, "fov": fov}
 
 
 def decode(message: dict) -> np.ndarray:

@@ -5,7 +5,7 @@ Method: 3D Gaussian Splatting (Kerbl et al. 2023, "3D Gaussian Splatting for Rea
 Rendering") with EWA projection (Zwicker et al. 2001, "EWA Volume Splatting"), reproducing the
 semantics of gsplat 1.5.3 (Ye et al. 2024, "gsplat: An Open-Source Library for Gaussian Splatting"),
 non-packed mode, pinhole cameras, so that this reference, the Warp kernels and gsplat's CUDA kernels
-render the same scene the same way (DESIGN.md section 3). Written from the papers and from reading
+render the same scene the same way (``docs/architecture.md``, "Rendering backend"). Written from the papers and from reading
 gsplat's kernels; no gsplat code is imported or copied.
 
 Conventions
@@ -40,9 +40,11 @@ and scales, when the cameras need no gradient), the intersection keys of the bin
 cut into blocks that ``torch.get_num_threads()`` threads run concurrently. "gsplat" calls gsplat's
 own CUDA ``rasterization`` (float32 CUDA tensors; the optional ``cuda`` extra; gsplat is never
 imported for CPU tensors). "auto" (default) uses gsplat for float32 CUDA tensors when it imports,
-Warp for CPU tensors when warp-lang imports (forward + backward 5-8x faster than the reference and a
-quarter of its working memory or less, ``benchmarks/RESULTS.md``), the reference otherwise. The Warp
-kernels also run on CUDA, when asked for (``backend="warp"``).
+Warp for CPU tensors (forward + backward 5-8x faster than the reference and a quarter of its working
+memory or less, ``benchmarks/RESULTS.md``), the reference otherwise. warp-lang is a dependency: for
+CPU tensors "auto" raises ImportError when it does not import rather than run the reference 5-8x
+slower unnoticed (``RECON_BACKEND=torch`` runs the reference on purpose). The Warp kernels also run
+on CUDA, when asked for (``backend="warp"``).
 
 Differentiable (first order) w.r.t. means, quats, scales / covars, opacities, colors / SH and
 backgrounds; every op keeps the input dtype (float64 for gradcheck). The compositing backward is a
@@ -71,7 +73,6 @@ from .projection import (
     Projection,
     project_gaussians,
     quat_scale_to_covar,
-    quat_to_rotmat,
 )
 from .rendering import (
     RENDER_MODES,
@@ -92,7 +93,6 @@ __all__ = [
     "isect_tiles",
     "project_gaussians",
     "quat_scale_to_covar",
-    "quat_to_rotmat",
     "rasterization",
     "rasterize_to_pixels",
     "rasterize_to_pixels_warp",

@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from recon.rotations import quaternion_to_matrix
 
 from ._constants import ALPHA_THRESHOLD, FOV_MARGIN, GAUSSIAN_EXTEND
 
@@ -34,25 +35,11 @@ class Projection(NamedTuple):
     compensations: Tensor | None  # [C, N] sqrt(det(cov2d) / det(cov2d + eps2d I)), or None
 
 
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Rotation matrices [..., 3, 3] from quaternions [..., 4] in (w, x, y, z) order.
-
-    The quaternion is normalised first (it need not be unit); a zero quaternion gives the zero matrix
-    instead of NaN."""
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    rows = (
-        (1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)),
-        (2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)),
-        (2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)),
-    )
-    return torch.stack([torch.stack(r, -1) for r in rows], -2)
-
-
 def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
     """World-space covariances [..., 3, 3] = R S S^T R^T (Kerbl et al. 2023, eq. 6).
 
     quats: [..., 4] (w, x, y, z), any norm; scales: [..., 3] activated (positive) standard deviations."""
-    m = quat_to_rotmat(quats) * scales[..., None, :]  # R S
+    m = quaternion_to_matrix(quats) * scales[..., None, :]  # R S
     return m @ m.transpose(-1, -2)
 
 

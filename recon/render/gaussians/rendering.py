@@ -20,7 +20,7 @@ from recon.render.backend import forced_backend, gsplat_module
 from .binning import isect_offset_encode, isect_tiles
 from .composite import rasterize_to_pixels as _rasterize_to_pixels_torch
 from .projection import project_gaussians
-from .warp_backend import rasterize_to_pixels_warp, warp_available
+from .warp_backend import rasterize_to_pixels_warp, require_warp
 from .warp_projection import project_gaussians_warp
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
@@ -53,9 +53,11 @@ def spherical_harmonics(degrees_to_use: int, dirs: Tensor, coeffs: Tensor, masks
 
 
 # "auto": gsplat's CUDA kernels for float32 CUDA tensors when gsplat imports; the Warp kernels for CPU
-# tensors when warp-lang imports (forward + backward 5-8x faster than the reference on a 2-core CPU,
-# benchmarks/RESULTS.md); else the torch reference. The Warp CUDA kernels run only when asked for
-# (backend="warp") until the GPU test tier has run them.
+# tensors (forward + backward 5-8x faster than the reference on a 2-core CPU, benchmarks/RESULTS.md);
+# else the torch reference. warp-lang is a dependency, not an optional extra: on the CPU a Warp that
+# does not import is a broken installation and raises, since falling back to the reference would only
+# show as training 5-8x slower. The Warp CUDA kernels run only when asked for (backend="warp") until
+# the GPU test tier has run them.
 AUTO_WARP_DEVICES = ("cpu",)
 
 
@@ -63,9 +65,10 @@ def _resolve_backend(backend: str | None, device: torch.device | None = None, dt
     """The Gaussian backend to run, "torch", "warp" or "gsplat", for tensors on ``device``.
 
     ``backend`` (else RECON_BACKEND): "torch" forces the reference; "warp" forces the Warp kernels
-    (ImportError when warp-lang is missing); "gsplat" forces gsplat's CUDA kernels (ValueError for
-    CPU or non-float32 tensors, ImportError when gsplat does not import); "auto" (and
-    RECON_BACKEND=nerfacc, which concerns the volume-rendering scans) picks as described above."""
+    (ImportError when warp-lang does not import); "gsplat" forces gsplat's CUDA kernels (ValueError
+    for CPU or non-float32 tensors, ImportError when gsplat does not import); "auto" (and
+    RECON_BACKEND=nerfacc, which concerns the volume-rendering scans) picks as described above
+    (ImportError for CPU tensors when warp-lang does not import)."""
     explicit = backend is not None
     name = (backend if explicit else forced_backend()).strip().lower()
     source = f"backend={backend!r}" if explicit else f"RECON_BACKEND={name}"
@@ -75,12 +78,12 @@ def _resolve_backend(backend: str | None, device: torch.device | None = None, dt
     if name == "auto" or (name == "nerfacc" and not explicit):
         if device.type == "cuda" and dtype in (None, torch.float32) and gsplat_module(torch.empty(0, device=device)) is not None:
             return "gsplat"
-        if device.type in AUTO_WARP_DEVICES and warp_available():
+        if device.type in AUTO_WARP_DEVICES:
+            require_warp(source)
             return "warp"
         return "torch"
     if name == "warp":
-        if not warp_available():
-            raise ImportError(f"{source}: warp-lang does not import; install it (pip install warp-lang) or use 'torch'")
+        require_warp(source)
         return "warp"
     if name == "gsplat":
         if device.type != "cuda":
@@ -175,8 +178,8 @@ def rasterization(
     ``rasterization`` (CUDA, float32; the ``cuda`` extra), "torch" runs the PyTorch reference,
     "warp" the Warp kernels (projection when ``covars`` is None and the cameras need no gradient,
     the intersection keys of the binning (the sort is torch's) and compositing; SH colours stay in
-    torch); "auto" gsplat for float32 CUDA tensors when it imports, Warp for CPU tensors when
-    warp-lang imports, else torch. ``meta["backend"]`` names the one that ran.
+    torch); "auto" gsplat for float32 CUDA tensors when it imports, Warp for CPU tensors (ImportError
+    when warp-lang does not import), else torch. ``meta["backend"]`` names the one that ran.
     """
     backend_name = _resolve_backend(backend, means.device, means.dtype)
     if render_mode not in RENDER_MODES:

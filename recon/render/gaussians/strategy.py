@@ -35,12 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recon.render.gaussians.projection import quat_to_rotmat
+from recon.rotations import quaternion_to_matrix
 
 __all__ = [
     "DefaultStrategy",
     "duplicate",
-    "quat_to_rotmat",
     "remove",
     "replace_rows",
     "reset_opacities",
@@ -347,7 +346,7 @@ def split(
     n_old, m = len(mask), len(sel)
     means = params["means"]
     scales = torch.exp(params["scales"][sel].detach())
-    rotmats = quat_to_rotmat(F.normalize(params["quats"][sel].detach(), dim=-1))
+    rotmats = quaternion_to_matrix(F.normalize(params["quats"][sel].detach(), dim=-1))
     eps = torch.randn(2, m, 3, device=means.device, dtype=means.dtype)
     offsets = torch.einsum("mij,bmj->bmi", rotmats, scales * eps)  # [2, M, 3]
 

@@ -18,7 +18,7 @@ one Warp thread per pixel walks its tile's depth-sorted list sequentially:
   ``wp.atomic_add``.
 
 The backward is written by hand: Warp's automatic adjoint of loops with loop-carried state gives
-silently wrong gradients (``/work/shared/reference/backend.md`` section 3.4). The background is
+silently wrong gradients (``docs/architecture.md``, "Rendering backend"). The background is
 added in torch (``colour + T_final * bg``), so its gradient comes from torch autograd.
 
 Kernels are generated per scalar type (float32, float64; anything else is computed in float32) by a
@@ -73,13 +73,29 @@ def _warp() -> Any:
 
 
 @functools.cache
-def warp_available() -> bool:
-    """True when warp-lang imports and initialises."""
+def warp_import_error() -> str | None:
+    """Why warp-lang does not import and initialise here, or None when it does."""
     try:
         _warp()
-    except Exception:  # noqa: BLE001  (ImportError or a failing native library load)
-        return False
-    return True
+    except Exception as err:  # noqa: BLE001  (ImportError or a failing native library load)
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def warp_available() -> bool:
+    """True when warp-lang imports and initialises."""
+    return warp_import_error() is None
+
+
+def require_warp(source: str) -> None:
+    """Raise ImportError, naming ``source`` (what asked for Warp) and the cause, when warp-lang is
+    unusable. warp-lang is a dependency of recon, so this means a broken installation."""
+    reason = warp_import_error()
+    if reason is not None:
+        raise ImportError(
+            f"{source}: warp-lang does not import ({reason}); it is a dependency of recon: reinstall it "
+            "(pip install 'warp-lang>=1.9'), or set RECON_BACKEND=torch to run the 5-8x slower PyTorch reference"
+        )
 
 
 @functools.cache

@@ -96,6 +96,10 @@ class PrimitiveModel(Model):
 
     config: PrimitiveModelConfig
     exports = frozenset({Export.GAUSSIAN_SPLAT, Export.TSDF, Export.POINTCLOUD})
+    primitive_buffers: tuple[str, ...] = ()
+    """Registered buffers with one row per primitive (e.g. the face each mesh-bound Gaussian sits
+    on): resized with :attr:`params` when a checkpoint holds another primitive count. A strategy
+    that adds or removes primitives must edit them too."""
 
     def __init__(self, config: PrimitiveModelConfig, scene: SceneInfo):
         super().__init__(config, scene)
@@ -178,6 +182,9 @@ class PrimitiveModel(Model):
             if key in state and state[key].shape != self.params[name].shape:
                 requires_grad = self.params[name].requires_grad
                 self.params[name] = nn.Parameter(torch.empty_like(state[key]), requires_grad=requires_grad)
+        for name in self.primitive_buffers:
+            if name in state and state[name].shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(state[name]))
         super().load_checkpoint_state(state)
         self.strategy_state = self._new_strategy_state()
         self.strategy_state.update(strategy)
@@ -203,7 +210,7 @@ class PrimitiveModel(Model):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         out = self.rasterize(batch["camera"], self.primitives(), self.supersample)
-        if self.strategy is not None and out["meta"]["means2d"].requires_grad:
+        if self.strategy is not None and torch.is_grad_enabled():
             self.strategy.step_pre_backward(self.params, None, self.strategy_state, 0, out["meta"])
         return out
 

@@ -115,7 +115,7 @@ def main() -> None:
                 refine = f", densify every {args.splat_refine_every}" if args.splat_refine_every else ""
                 if args.splat_global_scale != 1.0:
                     refine += f", global_scale {args.splat_global_scale:g}"
-                rows.append({**row, "method": title + refine, "data": label, "lr_factor": "", "gaussians": trainer.model.num_gaussians})
+                rows.append({**row, "method": title + refine, "data": label, "lr_factor": "", "gaussians": trainer.model.num_primitives})
                 print(rows[-1], flush=True)
         if "coherentgs" in args.methods:
             for factor in (float(f) for f in args.lr_factors.split(",")):
@@ -125,7 +125,7 @@ def main() -> None:
                     "coherentgs", data, args.output_dir, args.steps, 1, args.device, args.eval_every,
                     on_point=_printer(f"coherentgs lr x{factor:g}", views), **changes,
                 )
-                rows.append({**row, "data": label, "lr_factor": factor, "gaussians": trainer.model.num_gaussians})
+                rows.append({**row, "data": label, "lr_factor": factor, "gaussians": trainer.model.num_primitives})
                 print(rows[-1], flush=True)
     columns = ["method", "data", "steps", "lr_factor", "train_s", "psnr", "ssim", "test_images", "gaussians", "device"]
     print(append_results("CoherentGS vs splat, LLFF fern sparse views (benchmarks/bench_coherentgs.py)", columns, rows, record=not args.no_record))

@@ -48,7 +48,7 @@ def main() -> None:
     row.update(
         data=f"lego {int(size.width[0])}x{int(size.height[0])}",
         train_views=len(trainer.datamanager.train_dataset),
-        gaussians=trainer.model.num_gaussians,
+        gaussians=trainer.model.num_primitives,
         init_gaussians=args.num_random_points,
     )
     columns = ["method", "data", "train_views", "steps", "train_s", "steps_per_s", "init_gaussians", "gaussians",

@@ -153,8 +153,8 @@ def train_and_evaluate(
         test = test_metrics()
         train = evaluate_images(trainer.model, trainer.datamanager.train_dataset, with_lpips=False, progress=False)
         curve.append({"step": step, "psnr": test["mean"]["psnr"], "ssim": test["mean"]["ssim"], "train_psnr": train["mean"]["psnr"]})
-        if hasattr(trainer.model, "num_gaussians"):
-            curve[-1]["gaussians"] = int(trainer.model.num_gaussians)
+        if hasattr(trainer.model, "num_primitives"):
+            curve[-1]["gaussians"] = int(trainer.model.num_primitives)
         if on_point is not None:
             on_point(curve[-1])
         return test

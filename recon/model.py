@@ -78,8 +78,25 @@ class RayModelConfig(ModelConfig):
     """S3IM loss on the batch's rendered colours (off unless its weight is positive)."""
 
 
+def resolve_background(choice: str, dataset_background: Tensor | None) -> Tensor:
+    """The colour [3] behind a rendered scene: "white", "black", or "auto" = the colour the dataset's
+    transparent pixels were composited onto (RGBA images), else black."""
+    fixed = {"white": torch.ones(3), "black": torch.zeros(3)}.get(choice)
+    if fixed is not None:
+        return fixed
+    if choice != "auto":
+        raise ValueError(f"unknown background {choice!r} (auto, white or black)")
+    return dataset_background.float().clone() if dataset_background is not None else torch.zeros(3)
+
+
 class Model(nn.Module):
-    """Base class: subclasses implement the methods that raise ``NotImplementedError``."""
+    """Base class: subclasses implement the methods that raise ``NotImplementedError``.
+
+    A model whose config has a ``background`` field ("auto", "white" or "black") gets the buffer
+    ``background`` [3] (:func:`resolve_background`). :meth:`metrics` reports the PSNR of
+    ``outputs["rgb"]`` against the batch's target colours (``batch["rgb"]`` for rays,
+    ``batch["image"]`` for whole images).
+    """
 
     exports: frozenset[Export] = frozenset()
 
@@ -87,6 +104,9 @@ class Model(nn.Module):
         super().__init__()
         self.config = config
         self.scene = scene
+        choice = getattr(config, "background", None)
+        if choice is not None:
+            self.register_buffer("background", resolve_background(choice, scene.background), persistent=False)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups; the trainer config has one optimizer entry per name."""
@@ -120,8 +140,12 @@ class Model(nn.Module):
         optimizers are built; on resume the checkpoint is loaded afterwards. Default: nothing."""
 
     def metrics(self, batch: dict[str, Any], outputs: dict[str, Tensor]) -> dict[str, float]:
-        """Cheap training-time scalars for the log (e.g. PSNR of the batch)."""
-        return {}
+        """Cheap training-time scalars for the log: the PSNR of the batch, when it has colours."""
+        gt = batch.get("rgb", batch.get("image"))
+        if gt is None or "rgb" not in outputs:
+            return {}
+        mse = torch.mean((outputs["rgb"].detach() - gt) ** 2)
+        return {"psnr": float(-10 * torch.log10(mse.clamp_min(1e-10)))}
 
     @torch.no_grad()
     def render(self, camera: Cameras) -> dict[str, Tensor]:
@@ -185,10 +209,6 @@ class RayModel(Model):
         num_rays = getattr(getattr(datamanager, "config", None), "train_num_rays_per_batch", None)
         if c is not None and c.weight > 0 and num_rays is not None:
             c.check_batch(int(num_rays))
-
-    def metrics(self, batch: dict[str, Any], outputs: dict[str, Any]) -> dict[str, float]:
-        mse = torch.mean((outputs["rgb"].detach() - batch["rgb"]) ** 2)
-        return {"psnr": float(-10 * torch.log10(mse.clamp_min(1e-10)))}
 
     @torch.no_grad()
     def render(self, camera: Cameras) -> dict[str, Tensor]:

@@ -22,14 +22,12 @@ from torch import Tensor, nn
 
 from methods.coherentgs.decoder import ImplicitDecoder, view_encoding
 from methods.coherentgs.views import camera_rays, flow_loss, world_positions
-from recon.cameras import Cameras
 from recon.engine.callbacks import Callback, Where
 from recon.errors import ConfigError
 from recon.losses import multiscale_l1, total_variation
-from recon.image_metrics import ssim
-from recon.model import Export, Model, ModelConfig, Output, SceneInfo
-from recon.render.gaussians import rasterization
-from recon.render.gaussians.helpers import camera_matrices, rgb_to_sh
+from recon.model import SceneInfo
+from recon.primitives import PrimitiveModel, PrimitiveModelConfig
+from recon.render.gaussians.helpers import rgb_to_sh
 
 # Per number of training views (2, 3, 4): official decoder widths and base opacity (spec 2.1-2.2).
 DEPTH_NGF = {2: 10, 3: 15, 4: 18}
@@ -42,26 +40,21 @@ def pick(table: dict[int, Any], views: int) -> Any:
     return table[min(max(views, min(table)), max(table))]
 
 
-class CoherentGSModel(Model):
+class CoherentGSModel(PrimitiveModel):
     """See :class:`CoherentGSModelConfig` and the module docstring.
 
     The per-pixel state exists once the training views are known (:meth:`initialize_from_data`) or
     a checkpoint is loaded (:meth:`load_checkpoint_state`); its buffers hold the views' cameras,
     pixel rays, initial depth and layer masks, so a loaded model renders and exports on its own.
+    Per-primitive parameters: log scales, quaternions, SH (means and opacities come from the
+    decoders, see :meth:`primitives`).
     """
 
     config: "CoherentGSModelConfig"
-    exports = frozenset({Export.GAUSSIAN_SPLAT, Export.TSDF, Export.POINTCLOUD})
 
     def __init__(self, config: "CoherentGSModelConfig", scene: SceneInfo):
         super().__init__(config, scene)
         self._build(0, 3, 3, config.num_layers)
-        bg = {"white": torch.ones(3), "black": torch.zeros(3)}.get(config.background)
-        if bg is None:
-            bg = scene.background if scene.background is not None else torch.zeros(3)
-        self.register_buffer("background", bg.float().clone(), persistent=False)
-        self.register_buffer("active_sh_degree", torch.tensor(0))
-        self.supersample = 1
 
     # ------------------------------------------------------------------ state
     def _build(self, views: int, height: int, width: int, layers: int) -> None:
@@ -72,13 +65,16 @@ class CoherentGSModel(Model):
         ngf_o = c.opacity_decoder_width or pick(OPACITY_NGF, views)
         self.depth_decoder = ImplicitDecoder(height, width, layers, ngf_d, 2 * c.encoding_frequencies)
         self.opacity_decoder = ImplicitDecoder(height, width, layers, ngf_o, 2 * c.encoding_frequencies)
-        k = (c.sh_degree + 1) ** 2
         quats = torch.zeros(n, 4)
         quats[:, 0] = 1.0
-        self.scales = nn.Parameter(torch.zeros(n, 3))
-        self.quats = nn.Parameter(quats)
-        self.sh0 = nn.Parameter(torch.zeros(n, 1, 3), requires_grad=c.train_dc)
-        self.shN = nn.Parameter(torch.zeros(n, k - 1, 3))
+        self.params = nn.ParameterDict(
+            {
+                "scales": nn.Parameter(torch.zeros(n, 3)),
+                "quats": nn.Parameter(quats),
+                "sh0": nn.Parameter(torch.zeros(n, 1, 3), requires_grad=c.train_dc),
+                "shN": nn.Parameter(torch.zeros(n, (c.sh_degree + 1) ** 2 - 1, 3)),
+            }
+        )
         buffers = {
             "grid_shape": torch.tensor([views, height, width, layers]),
             "code": view_encoding(max(views, 1), c.encoding_frequencies)[:views],
@@ -97,10 +93,6 @@ class CoherentGSModel(Model):
     @property
     def num_views(self) -> int:
         return int(self.grid_shape[0])
-
-    @property
-    def num_gaussians(self) -> int:
-        return int(self.scales.shape[0])
 
     @torch.no_grad()
     def initialize_from_data(self, datamanager: Any) -> None:
@@ -121,10 +113,12 @@ class CoherentGSModel(Model):
         alpha0 = c.init_opacity if c.init_opacity is not None else pick(INIT_OPACITY, v)
         self.base_opacity.fill_(math.log(alpha0 / (1 - alpha0)))
         self.residual_scale.copy_(c.residual_depth_scale * torch.stack([d[h].median() for d, h in zip(views.depth, views.hits, strict=True)]))
-        self.sh0.copy_(rgb_to_sh(views.images.reshape(-1, 3))[:, None, :])
+        self.params["sh0"].copy_(rgb_to_sh(views.images.reshape(-1, 3))[:, None, :])
         self.reset_scales()
 
     def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
+        # Checkpoints written before the move onto PrimitiveModel kept these at the top level.
+        state = {f"params.{k}" if k in ("scales", "quats", "sh0", "shN") else k: v for k, v in state.items()}
         v, h, w, layers = (int(x) for x in state["grid_shape"])
         if (v, h, w, layers) != tuple(int(x) for x in self.grid_shape):
             device = self.device
@@ -156,40 +150,28 @@ class CoherentGSModel(Model):
     def reset_scales(self) -> None:
         depth, _ = self.decoded()
         r = torch.log(self.scale_from_depth(depth).clamp_min(1e-10)).reshape(-1, 1)
-        self.scales.copy_(r.expand(-1, 3))
+        self.params["scales"].copy_(r.expand(-1, 3))
 
-    def gaussians(self) -> dict[str, Tensor]:
-        """Means [N, 3], quats [N, 4], scales [N, 3] (activated), opacities [N], SH [N, K, 3], and the
-        per-view world-position maps [V, H, W, 3] that the flow loss compares."""
+    def primitives(self) -> dict[str, Tensor]:
+        """Means [N, 3], quats [N, 4], scales [N, 3] (activated), opacities [N], and the per-view
+        world-position maps [V, H, W, 3] that the flow loss compares and z-depth [V, H, W]."""
         depth, opacity = self.decoded()
         positions = world_positions(depth, self.rays, self.c2w)
         return {
             "means": positions.reshape(-1, 3),
-            "quats": self.quats,
-            "scales": torch.exp(self.scales),
+            "quats": self.params["quats"],
+            "scales": torch.exp(self.params["scales"]),
             "opacities": opacity.reshape(-1),
-            "sh": torch.cat([self.sh0, self.shN], 1),
             "positions": positions,
             "depth": depth,
         }
 
     # ------------------------------------------------------------------ training plumbing
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        groups = {
-            "depth_decoder": list(self.depth_decoder.parameters()),
-            "opacity_decoder": list(self.opacity_decoder.parameters()),
-            "scales": [self.scales],
-            "quats": [self.quats],
-            "sh0": [self.sh0] if self.config.train_dc else [],
-            "shN": [self.shN],
-        }
-        return groups
+    def extra_param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"depth_decoder": list(self.depth_decoder.parameters()), "opacity_decoder": list(self.opacity_decoder.parameters())}
 
-    def callbacks(self) -> list[Callback]:
+    def method_callbacks(self) -> list[Callback]:
         c = self.config
-
-        def raise_sh(step: int, **_: Any) -> None:
-            self.active_sh_degree.fill_(min(c.sh_degree, max(0, (step - c.sh_degree_start) // c.sh_degree_interval + 1)))
 
         def reset(step: int, **_: Any) -> None:
             self.reset_scales()
@@ -198,74 +180,32 @@ class CoherentGSModel(Model):
             # The global RNG: its state is in every checkpoint, so a resumed run draws the same k.
             self.supersample = int(torch.randint(1, c.multisample_max + 1, (1,))) if step >= c.multisample_start else 1
 
-        hooks = [Callback(raise_sh, where=Where.BEFORE_STEP)]
+        hooks = []
         if c.multisample_max > 1:
             hooks.append(Callback(multisample, where=Where.BEFORE_STEP))
         if c.scale_reset_every > 0:
             hooks.append(Callback(reset, where=Where.AFTER_STEP, every=c.scale_reset_every, start=c.scale_reset_every - 1, stop=c.scale_reset_until))
         return hooks
 
-    # ------------------------------------------------------------------ rendering
-    def rasterize(self, camera: Cameras, g: dict[str, Tensor], supersample: int = 1) -> tuple[Tensor, Tensor, Tensor]:
-        """Colour [H, W, 3], expected depth [H, W, 1] and alpha [H, W, 1] of one camera; with
-        ``supersample`` k the image is rendered at k x the size (same field of view) and average-pooled."""
-        cam = camera.scaled(supersample) if supersample > 1 else camera
-        viewmats, Ks = camera_matrices(cam)
-        degree = int(self.active_sh_degree)
-        colors, alphas, _ = rasterization(
-            g["means"], g["quats"], g["scales"], g["opacities"], g["sh"][:, : (degree + 1) ** 2],
-            viewmats, Ks, int(cam.width[0]), int(cam.height[0]), sh_degree=degree,
-            backgrounds=self.background.expand(1, 3), render_mode="RGB+D", near_plane=self.config.near_plane,
-        )
-        out = torch.cat([colors[0], alphas[0]], -1)
-        if supersample > 1:
-            out = F.avg_pool2d(out.permute(2, 0, 1)[None], supersample)[0].permute(1, 2, 0)
-        rgb, acc_depth, alpha = out[..., :3], out[..., 3:4], out[..., 4:5]
-        return rgb, acc_depth / (alpha + 1e-6), alpha
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        g = self.gaussians()
-        rgb, depth, alpha = self.rasterize(batch["camera"], g, self.supersample)
-        return {"rgb": rgb, "depth": depth, "accumulation": alpha, "positions": g["positions"]}
+    def l1(self, pred: Tensor, gt: Tensor) -> Tensor:
+        return multiscale_l1(pred, gt) if self.config.multiscale_l1 else F.l1_loss(pred, gt)
 
     def losses(self, batch: dict[str, Any], outputs: dict[str, Any], step: int) -> dict[str, Tensor]:
         c = self.config
-        pred, gt = outputs["rgb"], batch["image"]
-        out = {
-            "l1": (1.0 - c.ssim_lambda) * (multiscale_l1(pred, gt) if c.multiscale_l1 else F.l1_loss(pred, gt)),
-            "ssim": c.ssim_lambda * (1.0 - ssim(pred, gt)),
-        }
+        out = super().losses(batch, outputs, step)
         if c.tv_weight > 0:
             disparity = 1.0 / (outputs["depth"][..., 0] + 1.0)
             gamma = min(1.0, c.tv_gamma_start + (1.0 - c.tv_gamma_start) * step / max(c.tv_ramp_steps, 1))
             layered = total_variation(batch["layers"] * disparity[None])
             out["tv"] = c.tv_weight * (gamma * layered + (1.0 - gamma) * total_variation(disparity))
         if c.flow_weight > 0 and batch["partners"]:
-            out["flow"] = c.flow_weight * flow_loss(outputs["positions"], batch["index"], batch["partners"], batch["flows"], batch["flow_masks"])
+            positions = outputs["primitives"]["positions"]
+            out["flow"] = c.flow_weight * flow_loss(positions, batch["index"], batch["partners"], batch["flows"], batch["flow_masks"])
         return out
-
-    def metrics(self, batch: dict[str, Any], outputs: dict[str, Any]) -> dict[str, float]:
-        mse = torch.mean((outputs["rgb"].detach() - batch["image"]) ** 2)
-        return {"psnr": float(-10 * torch.log10(mse.clamp_min(1e-10))), "num_gaussians": float(self.num_gaussians)}
-
-    @torch.no_grad()
-    def render(self, camera: Cameras) -> dict[str, Tensor]:
-        rgb, depth, alpha = self.rasterize(camera[0:1] if len(camera) > 1 else camera, self.gaussians())
-        return {Output.RGB.value: rgb, Output.DEPTH.value: depth, Output.ACCUMULATION.value: alpha}
-
-    @torch.no_grad()
-    def splat_parameters(self) -> dict[str, Tensor]:
-        """The Gaussians with the decoders baked in, in gsplat's layout (``ns-export gaussian-splat``)."""
-        g = self.gaussians()
-        p = g["opacities"].clamp(1e-6, 1 - 1e-6)
-        return {
-            "means": g["means"], "scales": self.scales.detach().clone(), "quats": self.quats.detach().clone(),
-            "opacities": torch.log(p / (1 - p)), "sh0": self.sh0.detach().clone(), "shN": self.shN.detach().clone(),
-        }
 
 
 @dataclass
-class CoherentGSModelConfig(ModelConfig):
+class CoherentGSModelConfig(PrimitiveModelConfig):
     """The official code's values unless noted (spec section 2); steps count from the end of the alignment."""
 
     num_layers: int = 5
@@ -291,18 +231,12 @@ class CoherentGSModelConfig(ModelConfig):
     """Last step of the radius resets (official: iteration 15 000 = training step 8000); free afterwards."""
     train_dc: bool = True
     """Optimise the SH DC colour (the paper); the released code keeps it at the pixel colour."""
-    sh_degree: int = 3
-    """Highest SH degree."""
-    sh_degree_start: int = 8000
+    sh_degree_start: int | None = 8000
     """Step at which the SH degree first rises (official 15 000 = training step 8000)."""
-    sh_degree_interval: int = 1000
-    """Steps between raising the SH degree by one."""
     multisample_start: int = 5000
     """Step from which each step renders at a random k x the resolution and average-pools (official 12 001)."""
     multisample_max: int = 4
     """Largest supersampling factor k (uniform in 1..k); 1 disables multisampling."""
-    ssim_lambda: float = 0.2
-    """Weight of D-SSIM: (1 - lambda) L1 + lambda (1 - SSIM)."""
     multiscale_l1: bool = True
     """Multi-scale L1 (5 levels, weights 1, 1/4, 1/8, 1/16, 1/32) instead of plain L1."""
     tv_weight: float = 5.0
@@ -315,8 +249,6 @@ class CoherentGSModelConfig(ModelConfig):
     """Weight of the flow loss (paper 0.1; the released code applies 0.1 twice: 0.01)."""
     background: Literal["auto", "white", "black"] = "white"
     """Colour behind the Gaussians (official: white)."""
-    near_plane: float = 0.01
-    """Gaussians closer to the camera than this are culled."""
 
 
 CoherentGSModelConfig._target = CoherentGSModel

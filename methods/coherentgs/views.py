@@ -22,7 +22,7 @@ from torch import Tensor
 
 from data.base import DataparserOutputs
 from data.datamanager import ImageDataManager, ImageDataManagerConfig, ImageDataset
-from data.images import load_depth
+from data.images import load_depth, load_image
 from recon.cameras import Cameras
 from recon.engine.logging import console
 from recon.errors import DataError
@@ -415,6 +415,9 @@ class CoherentGSDataManager(ImageDataManager):
         filled, hits = [], []
         for i, d in enumerate(sparse):
             valid = torch.isfinite(d) & (d > 0)
+            if source != "files":
+                foreground = self._foreground(i, (h, w))
+                valid &= foreground
             if not valid.any():
                 raise DataError(f"no usable {source} depth in training view {i}", out.image_filenames[i])
             if source == "files":
@@ -426,9 +429,21 @@ class CoherentGSDataManager(ImageDataManager):
             # Drop the farthest and nearest 1 %: triangulation outliers would dominate the layering.
             lo, hi = torch.quantile(d[valid], torch.tensor([0.01, 0.99])).tolist()
             valid &= (d >= lo) & (d <= hi)
-            filled.append(torch.from_numpy(fill_depth(d.nan_to_num(0).numpy(), valid.numpy())))
-            hits.append(torch.ones_like(valid))
+            dense = torch.from_numpy(fill_depth(d.nan_to_num(0).numpy(), valid.numpy()))
+            # Transparent pixels see no surface: far behind, as the depth files' misses above.
+            filled.append(torch.where(foreground, dense, BACKGROUND_DEPTH_FACTOR * d[valid].max()))
+            hits.append(foreground)
         return torch.stack(filled).to(self.device), torch.stack(hits).to(self.device), False
+
+    def _foreground(self, view: int, size: tuple[int, int]) -> Tensor:
+        """Pixels [H, W] of training view ``view`` that show a surface: alpha >= 0.5 for RGBA images
+        (object captures on a transparent background), every pixel otherwise [ours: the official
+        code only meets forward-facing scenes, where every pixel sees one]."""
+        rgba = load_image(self.train_outputs.image_filenames[view])
+        if rgba.shape[-1] != 4:
+            return torch.ones(size, dtype=torch.bool)
+        alpha = torch.from_numpy(rgba[..., 3].astype(np.float32) / 255.0)[None, None]
+        return F.interpolate(alpha, size=size, mode="area")[0, 0] >= 0.5
 
     def _relative_depth(self, flows: Tensor, masks: Tensor, cameras: Cameras, images: Tensor) -> Tensor:
         """Metric depth [V, H, W] from relative depth (depth_model's output, or the dataset's relative

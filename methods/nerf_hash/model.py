@@ -44,10 +44,6 @@ class NerfHashModel(RayModel):
             raise ValueError("proposal_max_res and num_proposal_samples need one entry per proposal network")
         self.sampler = ProposalSampler(c.num_proposal_samples, c.num_nerf_samples, spacing=c.spacing)
         self.register_buffer("aabb", aabb.clone(), persistent=False)
-        bg = {"white": torch.ones(3), "black": torch.zeros(3)}.get(c.background)
-        if bg is None:
-            bg = scene.background if scene.background is not None else torch.zeros(3)
-        self.register_buffer("background", bg.float().clone(), persistent=False)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"proposal_networks": list(self.proposals.parameters()), "fields": list(self.field.parameters())}

@@ -54,10 +54,6 @@ class NeuSModel(RayModel):
         # The learned sharpness of the opacity: NeuS's variance, or VolSDF's Laplace scale beta.
         self.variance = LearnedVariance(config.init_variance) if config.density == "neus" else LearnedBeta(config.init_beta)
         self.register_buffer("aabb", scene.aabb.float().clone(), persistent=False)
-        bg = {"white": torch.ones(3), "black": torch.zeros(3)}.get(config.background)
-        if bg is None:  # "auto": the colour the dataset's transparent pixels were composited onto
-            bg = scene.background if scene.background is not None else torch.zeros(3)
-        self.register_buffer("background", bg.float().clone(), persistent=False)
         # Persistent, so that a model loaded from a checkpoint renders with the ratio it trained with.
         self.register_buffer("cos_anneal_ratio", torch.tensor(0.0 if config.anneal_end > 0 else 1.0))
 

@@ -50,10 +50,6 @@ class VanillaNeRFModel(RayModel):
         self.coarse = NeRFField(config)
         self.fine = NeRFField(config)
         self.register_buffer("aabb", scene.aabb.float().clone(), persistent=False)
-        bg = {"white": torch.ones(3), "black": torch.zeros(3)}.get(config.background)
-        if bg is None:  # "auto": the colour the dataset's transparent pixels were composited onto
-            bg = scene.background if scene.background is not None else torch.zeros(3)
-        self.register_buffer("background", bg.float().clone(), persistent=False)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"fields": list(self.parameters())}

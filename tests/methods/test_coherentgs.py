@@ -101,7 +101,7 @@ def test_every_gaussian_stays_on_its_pixel_ray():
     with torch.no_grad():  # random decoders: large residuals, still on the rays
         for p in model.depth_decoder.parameters():
             p.normal_(0.0, 0.3)
-    g = model.gaussians()
+    g = model.primitives()
     assert g["means"].shape == (2 * 13 * 17, 3) and (g["depth"] - depth).abs().max() > 0.05
     for i in range(2):
         uv, z = cams.project(g["positions"][i].reshape(-1, 3).detach(), i)
@@ -139,24 +139,30 @@ def sparse_synthetic_scene(tmp_path):
 
 STEPS = 100
 LR_FACTOR = 10.0
-"""coherentgs learning rates x this for the 100-step run (measured held-out PSNR: 20.2 dB at x1,
-21.8 dB at x10, 8.3 dB at x30, which diverges)."""
-MARGIN_OVER_RANDOM_SPLAT_DB = 5.0
-"""Measured 21.8 vs 12.6 dB (+9.3 dB)."""
-TOLERANCE_VS_POINTS_SPLAT_DB = 0.5
-"""Measured 21.82 vs 21.82 dB: a tie at 100 steps."""
+"""coherentgs learning rates x this for the 100-step run (measured with depth files: held-out PSNR
+20.2 dB at x1, 21.8 dB at x10, 8.3 dB at x30, which diverges)."""
+MARGIN_OVER_RANDOM_SPLAT_DB = 4.0
+"""Measured 21.26 vs 16.26 dB (+5.0 dB)."""
+TOLERANCE_VS_POINTS_SPLAT_DB = 1.0
+"""Measured 21.26 vs 21.82 dB (-0.56 dB)."""
+GAIN_OVER_INIT_DB = 1.0
+"""The decoded Gaussians before training: measured 19.52 dB, +1.74 dB after 100 steps."""
 
 
 @pytest.mark.slow
-def test_two_views_beat_splat_on_held_out_views(tmp_path, quiet_config, one_thread):
+def test_two_views_with_sfm_depth_beat_random_splat_and_tie_splat_from_the_same_points(tmp_path, quiet_config, one_thread):
     """2 training views of the synthetic scene, 100 steps each, PSNR on the 2 held-out views.
 
-    coherentgs (depth from the scene's depth files, the compressed schedule) against splat with the
-    same views and steps, from 5000 random points (the 3DGS that only the 2 views inform): coherentgs
-    must win by 5 dB. splat from the scene's sparse points is also run: those points are samples of
-    the ground-truth surface seen by all 40 cameras, held-out views included, so they carry
-    information the 2 views lack; coherentgs ties it (21.82 vs 21.82 dB) and must stay within 0.5 dB.
-    A broken ray parameterisation, depth init or loss falls far below both (init alone: 18.9 dB).
+    coherentgs takes its depth from the scene's sparse points (``depth_source=sfm``: weight-free,
+    what a COLMAP capture offers; never the ground-truth depth files) on the compressed schedule.
+    Against splat with the same views and steps: from 5000 random points (the 3DGS that only the 2
+    views inform) coherentgs must win by 4 dB; from the same sparse points it must stay within
+    1 dB (those points carry the surface that the held-out cameras see too). It must also improve
+    on its own initial Gaussians, so a run that learns nothing fails.
+
+    Not asserted, measured: with depth triangulated from DIS flow (the default when a dataset has
+    neither depth files nor points) coherentgs reaches only 11.4 dB here: DIS on 64 x 64 images
+    across a 40-degree baseline gives 25-30 % median depth error (see methods/coherentgs/README.md).
     """
     from methods.coherentgs import short_schedule
     from recon.engine.evaluate import evaluate_images
@@ -166,7 +172,7 @@ def test_two_views_beat_splat_on_held_out_views(tmp_path, quiet_config, one_thre
     schedule = {k: v for k, v in short_schedule(STEPS, LR_FACTOR).items() if k != "max_num_iterations"}
     splat = {"optimizers.means.scheduler.max_steps": STEPS}
     runs = {
-        "coherentgs": ("coherentgs", {**schedule, "model.multisample_max": 2}),
+        "coherentgs": ("coherentgs", {**schedule, "model.multisample_max": 2, "datamanager.depth_source": "sfm"}),
         "splat-random": ("splat", {**splat, "model.init": "random", "model.num_random_points": 5000}),
         "splat-points": ("splat", splat),
     }
@@ -174,8 +180,11 @@ def test_two_views_beat_splat_on_held_out_views(tmp_path, quiet_config, one_thre
     for name, (method, changes) in runs.items():
         trainer = Trainer(quiet_config(method, scene, tmp_path / name, STEPS, **changes))
         assert len(trainer.datamanager.train_dataset) == 2
+        if method == "coherentgs":
+            psnr["coherentgs-init"] = evaluate_images(trainer.model, trainer.datamanager.eval_dataset, progress=False)["mean"]["psnr"]
         trainer.train()
         psnr[name] = evaluate_images(trainer.model, trainer.datamanager.eval_dataset, progress=False)["mean"]["psnr"]
+    assert psnr["coherentgs"] > psnr["coherentgs-init"] + GAIN_OVER_INIT_DB, psnr
     assert psnr["coherentgs"] > psnr["splat-random"] + MARGIN_OVER_RANDOM_SPLAT_DB, psnr
     assert psnr["coherentgs"] > psnr["splat-points"] - TOLERANCE_VS_POINTS_SPLAT_DB, psnr
 
@@ -302,3 +311,25 @@ def test_local_depth_and_flow_networks_and_relative_depth_files(tmp_path, one_th
     views = preprocess(depth_source="auto", align_steps=0, sharpen_depth_edges=False)
     err = ((views.depth - true).abs() / true)[hit]
     assert float(err.median()) < 0.01 and float(err.max()) < 0.02  # measured 0.6 % at most (the sparse reference's)
+
+
+@pytest.mark.parametrize("source", ["sfm", "flow"])
+def test_weight_free_depth_puts_transparent_pixels_far_behind(source, tmp_path, quiet_config, one_thread):
+    """RGBA captures: pixels that see no surface (alpha < 0.5) must not be hole-filled with the
+    depth of their neighbours (their white Gaussians would float in front of the objects in other
+    views: 10.4 dB instead of 21.3 dB on the two-view scene above); they go far behind, as the
+    misses of depth files do."""
+    from data.images import load_image
+    from methods.coherentgs.views import BACKGROUND_DEPTH_FACTOR
+    from recon.engine.trainer import Trainer
+
+    scene = sparse_synthetic_scene(tmp_path)
+    trainer = Trainer(quiet_config("coherentgs", scene, tmp_path / "run", 1, **{"datamanager.depth_source": source}))
+    views, dm = trainer.datamanager.views, trainer.datamanager
+    for i in range(2):
+        alpha = torch.from_numpy(load_image(dm.train_outputs.image_filenames[i])[..., 3].astype(np.float32) / 255)
+        surface = alpha >= 0.5
+        assert 0.2 < float(surface.float().mean()) < 0.8  # both kinds of pixel are present
+        assert torch.equal(views.hits[i].cpu(), surface)
+        far = views.depth[i].cpu()[~surface]
+        assert float(far.min()) >= BACKGROUND_DEPTH_FACTOR * 0.99 * float(views.depth[i].cpu()[surface].max())

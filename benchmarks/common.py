@@ -122,10 +122,12 @@ class Subset:
 
 def train_and_evaluate(
     method: str, data: Path, output_dir: Path, steps: int, test_every: int = 8, device: str = "auto", eval_every: int = 0,
-    on_point: Callable[[dict[str, float]], None] | None = None, **changes: Any
+    on_point: Callable[[dict[str, float]], None] | None = None, time_budget_s: float | None = None, **changes: Any
 ) -> tuple[Any, dict[str, Any]]:
     """Train preset ``method`` (with ``changes``; every optimizer's schedule rescaled to ``steps``)
     quietly, then evaluate every ``test_every``-th test image. Returns the trainer and a result row.
+    ``time_budget_s`` ends training after that many seconds (evaluations excluded) if ``steps`` are
+    not done by then; ``row["steps"]`` counts the steps taken.
     ``eval_every`` > 0 also evaluates those test images and every training image every that many
     steps: ``row["curve"]`` lists ``{step, psnr, ssim, train_psnr}`` (and ``gaussians`` for Gaussian models; the end of training included),
     and ``on_point`` (if given) receives each point as it is measured, so a run cut short still reports."""
@@ -165,14 +167,16 @@ def train_and_evaluate(
             t0 = time.perf_counter()
             point(step)
             paused += time.perf_counter() - t0  # not training time
+        if time_budget_s is not None and time.perf_counter() - start - paused >= time_budget_s:
+            trainer.config.max_num_iterations = step  # the training loop re-reads it after every step
 
     trainer.between_steps.append(checkpoint)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start - paused
-    result = point(steps) if eval_every > 0 else test_metrics()
+    result = point(trainer.step) if eval_every > 0 else test_metrics()
     row = {
-        "method": method, "steps": steps, "train_s": seconds, "steps_per_s": steps / seconds,
+        "method": method, "steps": trainer.step, "train_s": seconds, "steps_per_s": trainer.step / seconds,
         "peak_mem_mb": peak_memory_mb(trainer.device), "psnr": result["mean"]["psnr"], "ssim": result["mean"]["ssim"],
         "test_images": result["mean"]["num_images"], "device": str(trainer.device),
     }

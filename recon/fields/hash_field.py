@@ -9,6 +9,7 @@ optional per-camera appearance embedding (NeRF-W, Martin-Brualla et al. 2021).
 
 Positions come in normalised world units and are mapped into [0, 1]^3 either by the scene box
 (bounded scenes) or, after a scene contraction into the radius-2 ball, by the [-2, 2]^3 cube.
+``implementation`` picks the hash-grid code (:class:`recon.fields.hash_grid.HashGridEncoding`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from recon.fields.appearance import AppearanceEmbedding
-from recon.fields.hash_grid import HashGridEncoding
+from recon.fields.hash_grid import HashGridEncoding, Implementation
 from recon.fields.mlp import MLP
 from recon.fields.spherical_harmonics import SHEncoding
 
@@ -57,10 +58,14 @@ class HashDensityField(nn.Module):
         max_res: int = 128,
         log2_hashmap_size: int = 17,
         hidden_dim: int = 16,
+        implementation: Implementation = "torch",
     ):
         super().__init__()
         self.normalise = _Normalise(aabb, contraction)
-        self.encoding = HashGridEncoding(num_levels=num_levels, features_per_level=2, log2_hashmap_size=log2_hashmap_size, min_res=16, max_res=max_res)
+        self.encoding = HashGridEncoding(
+            num_levels=num_levels, features_per_level=2, log2_hashmap_size=log2_hashmap_size, min_res=16, max_res=max_res,
+            implementation=implementation,
+        )
         self.mlp = MLP(self.encoding.out_dim, hidden_dim, 2, 1)
 
     def forward(self, positions: Tensor) -> Tensor:
@@ -91,11 +96,13 @@ class HashNeRFField(nn.Module):
         num_cameras: int = 0,
         appearance_dim: int = 32,
         sh_degree: int = 4,
+        implementation: Implementation = "torch",
     ):
         super().__init__()
         self.normalise = _Normalise(aabb, contraction)
         self.encoding = HashGridEncoding(
-            num_levels=num_levels, features_per_level=features_per_level, log2_hashmap_size=log2_hashmap_size, min_res=16, max_res=max_res
+            num_levels=num_levels, features_per_level=features_per_level, log2_hashmap_size=log2_hashmap_size, min_res=16, max_res=max_res,
+            implementation=implementation,
         )
         self.geometry = MLP(self.encoding.out_dim, hidden_dim, 2, 1 + geo_feature_dim)
         self.direction_encoding = SHEncoding(sh_degree)

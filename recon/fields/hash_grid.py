@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from recon.errors import ConfigError
+
 # Spatial-hash primes of the paper (eq. 4); the first is 1 so that the x coordinate stays coherent
 # in memory along a row.
 HASH_PRIMES = (1, 2654435761, 805459861)
@@ -53,8 +55,9 @@ class HashGridEncoding(nn.Module):
     padded to a multiple of 8, so the parameter layouts are NOT interchangeable.
 
     implementation: "torch" (default) always runs this module's PyTorch code; "tcnn" requires
-    tiny-cuda-nn and CUDA tensors; "auto" uses tiny-cuda-nn when the module is moved to CUDA and
-    ``import tinycudann`` succeeds, and PyTorch otherwise. tinycudann is imported lazily, only when
+    tiny-cuda-nn and CUDA tensors (a :class:`recon.errors.ConfigError` otherwise); "auto" uses
+    tiny-cuda-nn when the module is moved to CUDA and ``import tinycudann`` succeeds, and PyTorch
+    otherwise. tinycudann is imported lazily, only when
     the module is moved to a CUDA device, never on CPU. Once tiny-cuda-nn is in use its own
     parameters replace ``table`` (which becomes empty), so a tcnn-trained encoding refuses to run
     the torch path instead of silently using untrained features.
@@ -143,7 +146,7 @@ class HashGridEncoding(nn.Module):
             import tinycudann as tcnn  # lazy on purpose (see _apply)
         except Exception as err:  # ImportError, or a failing extension load / build
             if self.implementation == "tcnn":
-                raise RuntimeError(f"implementation='tcnn' but tinycudann does not import: {err}") from err
+                raise ConfigError(f"hash-grid implementation 'tcnn' asked for, but tinycudann does not import ({err}); use 'auto' or 'torch'") from err
             warnings.warn(f"tinycudann does not import ({err}); HashGridEncoding uses the PyTorch path on CUDA", stacklevel=3)
             return
         config = {
@@ -181,7 +184,7 @@ class HashGridEncoding(nn.Module):
             out = self.tcnn_encoding(flat.clamp(0.0, 1.0).float().contiguous()).to(torch.float32)
         else:
             if self.implementation == "tcnn":
-                raise RuntimeError("implementation='tcnn' needs the module on CUDA (call .to('cuda') first)")
+                raise ConfigError("hash-grid implementation 'tcnn' needs CUDA (move the module to a CUDA device); use 'auto' or 'torch' on a CPU")
             if self.table.numel() == 0:
                 raise RuntimeError("the hash table is empty (tcnn parameters were dropped); cannot run the torch path")
             out = self._torch_forward(flat)

@@ -11,13 +11,15 @@ nerfacc's ``OccGridEstimator`` (Li et al. 2023, "NerfAcc"):
   per-step opacity; any non-negative quantity works, ``occ_thre`` is in the same units).
 * ``binary`` [levels, res, res, res] marks cells whose value exceeds ``min(occ_thre, mean)``.
 
-This is the CPU / reference path: marching is vectorised over (ray, step) with a dense candidate
-tensor per ray chunk, not a DDA traversal, so its cost is O(R * max_steps) lookups. On CUDA a caller
-may dispatch to nerfacc or a Warp kernel instead; this module never imports them.
+Marching is vectorised over (ray, step) with a dense candidate tensor per ray chunk, not a DDA
+traversal, so its cost is O(R * max_steps) lookups. The same code runs on CUDA tensors, so CPU and
+GPU keep one semantics; only the packed scans it calls dispatch to nerfacc there
+(:mod:`recon.render.packed`). This module never imports nerfacc.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -80,11 +82,11 @@ class OccupancyGrid(nn.Module):
         occ_thre: float = 0.01,
         ema_decay: float = 0.95,
         warmup_steps: int = 256,
-        n: int = 1,
         chunk: int = 1 << 18,
         generator: torch.Generator | None = None,
     ) -> None:
-        """Refresh the grid (call every training step; acts only when ``step % n == 0``).
+        """Refresh the grid. When to call it is the caller's schedule (a training
+        :class:`recon.engine.callbacks.Callback`; nerfacc and instant-ngp refresh every 16 steps).
 
         While ``step < warmup_steps`` every cell of every level is evaluated. Afterwards, per level,
         ``res^3 // 4`` uniformly drawn cells plus up to ``res^3 // 4`` of the currently occupied cells
@@ -100,8 +102,6 @@ class OccupancyGrid(nn.Module):
         grazes thin or small content may be missed, and the EMA forgets a maximum after roughly
         ``1 / (1 - ema_decay)`` updates, so repeated updates reduce but do not remove such misses.
         """
-        if n > 1 and step % n != 0:
-            return
         dev = self.density.device
         n_cells = self.num_cells
         for lvl in range(self.levels):
@@ -134,14 +134,20 @@ class OccupancyGrid(nn.Module):
         centre, half = 0.5 * (lo0 + hi0), 0.5 * (hi0 - lo0)
         rel = (x - centre) / half  # level-0 box is [-1, 1]^3
         m = rel.abs().amax(-1)
-        # Level l covers |rel|_inf <= 2^l, so the finest containing level is ceil(log2 m), >= 0.
-        lvl = torch.ceil(torch.log2(m.clamp_min(1e-12))).clamp_min(0).long()
-        inside = lvl < self.levels
-        lvl = lvl.clamp_max(self.levels - 1)
-        u = (rel / (2.0 ** lvl.to(rel.dtype))[..., None] + 1.0) * 0.5  # [0, 1] within the level
-        ijk = (u * self.resolution).long().clamp(0, self.resolution - 1)
-        occ = self.binary[lvl, ijk[..., 0], ijk[..., 1], ijk[..., 2]]
-        return occ & inside
+        res = self.resolution
+        if self.levels == 1:  # the common bounded case: no per-point level arithmetic
+            inside, flat_level = m <= 1.0, 0
+        else:
+            # Level l covers |rel|_inf <= 2^l, so the finest containing level is ceil(log2 m), >= 0.
+            lvl = torch.ceil(torch.log2(m.clamp_min(1e-12))).clamp_min(0).long()
+            inside = lvl < self.levels
+            lvl = lvl.clamp_max(self.levels - 1)
+            rel = rel / (2.0 ** lvl.to(rel.dtype))[..., None]
+            flat_level = lvl * res**3
+        ijk = ((rel + 1.0) * (0.5 * res)).long().clamp_(0, res - 1)
+        # One gather from the flat grid is cheaper than advanced indexing with four index tensors.
+        flat = flat_level + (ijk[..., 0] * res + ijk[..., 1]) * res + ijk[..., 2]
+        return self.binary.view(-1)[flat] & inside
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -152,24 +158,34 @@ class OccupancyGrid(nn.Module):
         near: float | Tensor = 0.0,
         far: float | Tensor = float("inf"),
         step_size: float = 1e-3,
+        cone_angle: float = 0.0,
         alpha_thre: float = 0.0,
         sigma_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
         early_stop_eps: float = 0.0,
         stratified: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """March rays with a fixed step and keep the samples in occupied cells (packed output).
+        """March rays on a lattice of steps and keep the steps whose midpoint is in an occupied cell.
 
         rays_o, rays_d: [R, 3] (t is measured in units of |rays_d|; use unit directions so that
         ``step_size`` is a distance). near, far: scalars or [R]; marching is restricted to
-        ``[max(near, t_enter), min(far, t_exit)]`` of the coarsest level's box. Steps are
-        ``[t0 + k * step_size, t0 + (k + 1) * step_size]`` (the last one clipped to the exit); with
-        ``stratified`` t0 is shifted by ``U[0, step_size)`` per ray. A step is kept when its midpoint
-        lies in an occupied cell.
+        ``[t_lo, t_hi] = [max(near, t_enter), min(far, t_exit)]`` of the coarsest level's box. With
+        ``stratified`` t_lo is shifted by ``U[0, step_size)`` per ray (as nerfacc does).
 
-        sigma_fn(t_starts [N], t_ends [N], ray_indices [N]) -> sigma [N]: if given, samples with
-        ``alpha = 1 - exp(-sigma * delta) < alpha_thre`` are dropped, and if ``early_stop_eps > 0``
-        so are samples whose transmittance (over the kept samples before them) is below it.
+        The lattice is instant-ngp's (Müller et al. 2022, sec. 4): from t_lo, a step starting at t
+        has length ``max(step_size, cone_angle * t)``, i.e. constant near the camera and growing
+        geometrically (by ``1 + cone_angle`` per step) beyond ``step_size / cone_angle``, so that
+        distant (contracted) space costs few samples. The last step is clipped to t_hi. Empty cells
+        are skipped without leaving the lattice (instant-ngp advances t by whole steps), so the kept
+        steps are exactly those of a dense march over [t_lo, t_hi] whose midpoint lies in an
+        occupied cell.
+
+        sigma_fn(t_starts [N], t_ends [N], ray_indices [N]) -> sigma [N]: if given, the kept steps
+        are filtered as nerfacc's OccGridEstimator does: a step is dropped when its transmittance
+        (over all kept steps in front of it) is below ``early_stop_eps``, or when its opacity
+        ``1 - exp(-sigma * delta)`` is below ``min(alpha_thre, 1 - exp(-mean grid value))``: with
+        grid values in nerfacc's units, sigma * step_size, the mean relaxes the threshold while the
+        field is still nearly empty. (nerfacc uses the raw mean, see the comment in the code.)
 
         Returns packed ``(ray_indices [N] int64 sorted, t_starts [N], t_ends [N])``; not differentiable.
         """
@@ -182,8 +198,9 @@ class OccupancyGrid(nn.Module):
         t_hi = torch.minimum(t_exit, far_t)
         if stratified:
             t_lo = t_lo + torch.rand(R, dtype=dt, device=dev, generator=generator) * step_size
+        lattice = _Lattice(t_lo, step_size, cone_angle)
         valid_ray = hit & (t_hi > t_lo)
-        n_steps = torch.where(valid_ray, torch.ceil((t_hi - t_lo) / step_size), torch.zeros_like(t_lo)).long()
+        n_steps = torch.where(valid_ray, lattice.count(t_hi), torch.zeros_like(t_lo)).long()
 
         out_r, out_s, out_e = [], [], []
         steps_list = n_steps.tolist()  # python ints: the chunking loop below is host-side
@@ -198,10 +215,11 @@ class OccupancyGrid(nn.Module):
                     break
                 cur_max, end = nxt, end + 1
             if cur_max > 0:
-                k = torch.arange(cur_max, device=dev, dtype=dt)
-                ts = t_lo[start:end, None] + k * step_size  # [C, K]
-                te = torch.minimum(ts + step_size, t_hi[start:end, None])
-                keep = k < n_steps[start:end, None]
+                edges = lattice.edges(slice(start, end), cur_max)  # [C, K + 1]
+                hi = t_hi[start:end, None]
+                ts, te = edges[:, :-1], torch.minimum(edges[:, 1:], hi)
+                # ts < t_hi guards the rounding of the step count on the geometric part.
+                keep = (torch.arange(cur_max, device=dev) < n_steps[start:end, None]) & (ts < hi)
                 mid = 0.5 * (ts + te)
                 pts = rays_o[start:end, None, :] + mid[..., None] * rays_d[start:end, None, :]
                 keep &= self.occupied(pts)
@@ -218,14 +236,46 @@ class OccupancyGrid(nn.Module):
 
         if sigma_fn is not None and ray_indices.numel() > 0 and (alpha_thre > 0 or early_stop_eps > 0):
             sigmas = sigma_fn(t_starts, t_ends, ray_indices).reshape(-1)
-            keep = torch.ones_like(ray_indices, dtype=torch.bool)
-            if alpha_thre > 0:
-                alphas = 1.0 - torch.exp(-sigmas * (t_ends - t_starts))
-                keep &= alphas >= alpha_thre
-            if early_stop_eps > 0:
-                # Transmittance over the samples that survived the alpha test, as nerfacc does.
-                idx = torch.nonzero(keep)[:, 0]
-                _, trans = render_weights_packed(sigmas[idx], t_starts[idx], t_ends[idx], ray_indices[idx], R)
-                keep[idx[trans < early_stop_eps]] = False
+            _, trans = render_weights_packed(sigmas, t_starts, t_ends, ray_indices, R)
+            keep = trans >= early_stop_eps
+            # nerfacc compares opacities with the raw mean of sigma * step_size; as an opacity that
+            # mean is 1 - exp(-mean). The raw mean lies above the opacity of every sample of a
+            # uniform field (a freshly initialised one), which would drop them all.
+            thre = min(alpha_thre, 1.0 - math.exp(-float(self.density.mean())))
+            if thre > 0:
+                keep &= 1.0 - torch.exp(-sigmas * (t_ends - t_starts)) >= thre
             ray_indices, t_starts, t_ends = ray_indices[keep], t_starts[keep], t_ends[keep]
         return ray_indices, t_starts, t_ends
+
+
+class _Lattice:
+    """Step edges of :meth:`OccupancyGrid.sample` in closed form: per ray, ``k_c`` constant steps
+    of ``step_size`` from ``t_lo`` reach the knee ``t_c >= step_size / cone_angle``; beyond it
+    edge ``k`` is ``t_c * (1 + cone_angle)^(k - k_c)``. Without a cone the knee is never reached."""
+
+    def __init__(self, t_lo: Tensor, step_size: float, cone_angle: float):
+        if step_size <= 0 or cone_angle < 0:
+            raise ValueError(f"need step_size > 0 and cone_angle >= 0, got {step_size}, {cone_angle}")
+        self.t_lo, self.step, self.cone = t_lo, step_size, cone_angle
+        if cone_angle > 0:
+            self.k_c = torch.ceil((step_size / cone_angle - t_lo) / step_size).clamp_min(0.0)
+            self.t_c = t_lo + self.k_c * step_size
+            self.log_growth = math.log1p(cone_angle)
+
+    def count(self, t_hi: Tensor) -> Tensor:
+        """Number of steps [R] (float) that start before t_hi [R]."""
+        linear = torch.ceil((t_hi - self.t_lo) / self.step)
+        if self.cone == 0:
+            return linear
+        ratio = (t_hi / self.t_c).clamp_min(1.0)
+        geometric = self.k_c + torch.ceil(torch.log(ratio) / self.log_growth)
+        return torch.where(t_hi <= self.t_c, linear, geometric)
+
+    def edges(self, rays: slice, num_steps: int) -> Tensor:
+        """Edges 0..num_steps [C, num_steps + 1] of the rays in ``rays``."""
+        k = torch.arange(num_steps + 1, device=self.t_lo.device, dtype=self.t_lo.dtype)
+        linear = self.t_lo[rays, None] + k * self.step
+        if self.cone == 0:
+            return linear
+        k_c, t_c = self.k_c[rays, None], self.t_c[rays, None]
+        return torch.where(k <= k_c, linear, t_c * torch.exp((k - k_c) * self.log_growth))

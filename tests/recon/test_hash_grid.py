@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from recon.fields.hash_grid import HASH_PRIMES, HashGridEncoding, gather_rows, level_resolutions
+from recon.errors import ConfigError
+from recon.fields.hash_grid import HASH_PRIMES, HashGridEncoding, Implementation, gather_rows, level_resolutions
 
 # Two dense levels (res 2, 4: 27 and 125 vertices <= 128) and two hashed ones (res 8, 19).
 TINY = {"num_levels": 4, "features_per_level": 2, "log2_hashmap_size": 7, "min_res": 2, "max_res": 19}
@@ -172,7 +173,7 @@ def test_backend_selection_on_cpu(monkeypatch):
     torch_only(torch.rand(3, 3))
     assert torch_only.active_implementation == "torch"
     assert "tinycudann" not in sys.modules  # never imported for CPU tensors
-    with pytest.raises(RuntimeError, match="CUDA"):
+    with pytest.raises(ConfigError, match="'tcnn' needs CUDA"):
         HashGridEncoding(**TINY, implementation="tcnn")(torch.rand(3, 3))
     with pytest.raises(ValueError):
         HashGridEncoding(implementation="cuda")  # type: ignore[arg-type]
@@ -181,11 +182,11 @@ def test_backend_selection_on_cpu(monkeypatch):
     with pytest.warns(UserWarning, match="tinycudann"):
         torch_only._build_tcnn(torch.device("cpu"))
     assert torch_only.active_implementation == "torch" and torch_only.table.numel() > 0
-    with pytest.raises(RuntimeError, match="tinycudann"):
+    with pytest.raises(ConfigError, match="tinycudann does not import"):
         HashGridEncoding(**TINY, implementation="tcnn")._build_tcnn(torch.device("cpu"))
 
 
-def _fit(broken: str | None = None) -> float:
+def _fit(broken: str | None = None, implementation: Implementation = "torch", device: str = "cpu") -> float:
     """Fit a smooth random 3D function with a small hash grid + linear head; held-out MSE."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
@@ -199,7 +200,8 @@ def _fit(broken: str | None = None) -> float:
     x_train, x_test = torch.rand(16384, 3, generator=g), torch.rand(2048, 3, generator=g)
     y_train, y_test = f(x_train), f(x_test)
     assert 0.1 < y_test.var() < 0.2
-    enc = HashGridEncoding(num_levels=6, features_per_level=2, log2_hashmap_size=11, min_res=4, max_res=32)
+    x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
+    enc = HashGridEncoding(num_levels=6, features_per_level=2, log2_hashmap_size=11, min_res=4, max_res=32, implementation=implementation).to(device)
     if broken == "collapsed_hash":  # y and z do not enter the index: a plausible hashing bug
         enc.axis_mul[1:] = 0
     elif broken == "mismatched_weights":  # corner c weighted with corner 7 - c's weight
@@ -210,10 +212,10 @@ def _fit(broken: str | None = None) -> float:
             return idx, weights.flip(0)
 
         enc.corner_indices_and_weights = mismatched
-    head = torch.nn.Linear(enc.out_dim, 1)
+    head = torch.nn.Linear(enc.out_dim, 1).to(device)
     opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], lr=1e-2, eps=1e-15)
     for _ in range(200):
-        batch = torch.randint(0, len(x_train), (1024,), generator=g)
+        batch = torch.randint(0, len(x_train), (1024,), generator=g).to(device)
         loss = (head(enc(x_train[batch]))[:, 0] - y_train[batch]).square().mean()
         opt.zero_grad()
         loss.backward()
@@ -228,3 +230,15 @@ def test_fits_smooth_function_and_broken_variants_do_not():
     assert _fit() < 2e-3
     assert _fit("collapsed_hash") > 2e-2
     assert _fit("mismatched_weights") > 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tcnn_and_torch_fit_alike_on_cuda():
+    """GPU tier: "auto" picks tiny-cuda-nn on CUDA when it imports, and it fits as well as the
+    PyTorch grid. (Their parameter layouts differ, so the outputs cannot be compared directly.)"""
+    pytest.importorskip("tinycudann")
+    auto = HashGridEncoding(**TINY, implementation="auto").cuda()
+    assert auto.active_implementation == "tcnn" and auto.table.numel() == 0
+    torch_mse, tcnn_mse = _fit(device="cuda"), _fit(implementation="tcnn", device="cuda")
+    assert torch_mse < 2e-3 and tcnn_mse < 2e-3 and tcnn_mse < 2 * torch_mse, (torch_mse, tcnn_mse)

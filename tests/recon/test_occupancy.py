@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from recon.render.occupancy import OccupancyGrid
@@ -10,6 +11,7 @@ from recon.render.packed import (
     expected_depth_packed,
     render_weights_packed,
 )
+from recon.render.rays import intersect_aabb
 
 CENTRE = torch.tensor([0.1, -0.05, 0.0])
 RADIUS = 0.3
@@ -68,9 +70,9 @@ def test_post_warmup_update_keeps_occupied_and_decays():
     assert 0 < grid2.density.max() <= 40 * 0.95**100 * 1.0001
 
 
-def _render(est, o, d, step):
+def _render(est, o, d, step, *samples):
     R = o.shape[0]
-    ri, ts, te = est.sample(o, d, near=0.0, far=10.0, step_size=step)
+    ri, ts, te = samples or est.sample(o, d, near=0.0, far=10.0, step_size=step)
     assert (ri[1:] >= ri[:-1]).all()
     x = o[ri] + 0.5 * (ts + te)[:, None] * d[ri]
     w, _ = render_weights_packed(sigma(x), ts, te, ri, R)
@@ -133,3 +135,65 @@ def test_alpha_threshold_and_multilevel_lookup():
     ri3, ts3, te3 = ml.sample(torch.tensor([[-10.0, 0.1, 0.1]]), torch.tensor([[1.0, 0.0, 0.0]]), step_size=0.05)
     mids = -10 + 0.5 * (ts3 + te3)
     assert ((mids.abs() > 1) & (mids.abs() < 2)).all() and ri3.numel() == 40
+
+
+def _stepwise(t_lo: float, t_hi: float, step: float, cone: float) -> list[tuple[float, float]]:
+    """The march one step at a time, as instant-ngp's loop does it: the oracle of the closed form."""
+    out, t = [], t_lo
+    while t < t_hi:
+        dt = max(step, cone * t)
+        out.append((t, min(t + dt, t_hi)))
+        t += dt
+    return out
+
+
+@pytest.mark.parametrize("cone", [0.0, 0.05])
+def test_lattice_matches_stepwise_march(cone):
+    # Rays starting inside the box at t = 0.05 cross the knee (t = step / cone = 0.2) of the cone
+    # lattice; rays from outside start on its geometric part.
+    grid = _dense_estimator().double()
+    o = torch.tensor([[0.0, 0.0, -0.9], [0.3, -0.2, -0.8], [0.0, 0.1, -3.0], [5.0, 5.0, 5.0]], dtype=torch.float64)
+    d = torch.nn.functional.normalize(torch.tensor([[0.0, 0.0, 1.0], [0.1, 0.2, 1.0], [0.05, 0.0, 1.0], [0.0, 0.0, 1.0]], dtype=torch.float64), dim=-1)
+    ri, ts, te = grid.sample(o, d, near=0.05, far=3.7, step_size=0.01, cone_angle=cone)
+    t_enter, t_exit, hit = intersect_aabb(o, d, grid.aabbs[0])
+    assert hit.tolist() == [True, True, True, False]
+    for r in range(len(o)):
+        ref = _stepwise(max(0.05, float(t_enter[r])), min(3.7, float(t_exit[r])), 0.01, cone) if hit[r] else []
+        got = torch.stack([ts[ri == r], te[ri == r]], -1)
+        assert got.shape[0] == len(ref)
+        if ref:
+            torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64), rtol=0, atol=1e-9)
+    if cone > 0:  # the cone actually lengthened the far steps
+        assert (te - ts).max() > 2 * 0.01
+
+
+def test_sample_filters_like_nerfacc():
+    grid = _grid()
+    o, d = _rays()
+
+    def sigma_fn(t0, t1, r):
+        return sigma(o[r] + 0.5 * (t0 + t1)[:, None] * d[r])
+
+    ri, ts, te = grid.sample(o, d, near=0.0, far=10.0, step_size=0.01)
+    w, trans = render_weights_packed(sigma_fn(ts, te, ri), ts, te, ri, o.shape[0])
+    ri2, ts2, te2 = grid.sample(o, d, near=0.0, far=10.0, step_size=0.01, sigma_fn=sigma_fn, early_stop_eps=1e-3)
+    # Early stopping drops exactly the steps behind transmittance 1e-3 (computed over all kept
+    # steps), so the rays lose at most that much opacity.
+    assert ri2.numel() == int((trans >= 1e-3).sum()) < ri.numel()
+    _, acc2, _ = _render(grid, o, d, 0.01, ri2, ts2, te2)
+    assert (accumulate_packed(w, None, ri, o.shape[0]) - acc2).abs().max() < 1e-3
+
+    # A freshly initialised field is nearly uniform. nerfacc's alpha threshold, the raw grid mean
+    # of sigma * step, lies above every sample's opacity 1 - exp(-sigma * step) there; as an
+    # opacity the mean keeps the samples of the denser half.
+    flat = OccupancyGrid([-1, -1, -1, 1, 1, 1], resolution=8)
+    flat.binary.fill_(True)
+    flat.density.fill_(0.01)
+
+    def nearly_uniform(t0, t1, r):  # sigma * step = 0.01, the grid value, up to 0.1 %
+        x = o[r] + 0.5 * (t0 + t1)[:, None] * d[r]
+        return 1.0 + 1e-3 * x[:, 0]
+
+    n_all = flat.sample(o, d, near=0.0, far=10.0, step_size=0.01)[0].numel()
+    n_kept = flat.sample(o, d, near=0.0, far=10.0, step_size=0.01, alpha_thre=0.01, sigma_fn=nearly_uniform)[0].numel()
+    assert 0.3 * n_all < n_kept < 0.7 * n_all

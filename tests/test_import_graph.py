@@ -1,6 +1,6 @@
 """The import graph points down, and nothing shipped refers to a path outside the repository.
 
-Rules (DESIGN.md, section 1): ``recon`` imports none of ``viewer``, ``methods``, ``data``; ``data``
+Rules (docs/architecture.md, section 1): ``recon`` imports none of ``viewer``, ``methods``, ``data``; ``data``
 imports neither ``methods`` nor ``viewer``; ``viewer`` imports neither ``methods`` nor ``data``; a
 method never imports another method. Every import counts, at any depth (function-local imports
 included), and so does a string literal handed to ``importlib.import_module`` or ``__import__``.

@@ -1,4 +1,4 @@
-"""CoherentGS's implicit convolutional decoder (Paliwal et al. 2024, section 3.2; spec section 2.2).
+"""CoherentGS's implicit convolutional decoder (Paliwal et al. 2024, section 3.2; the official ``scene/decoder.py``).
 
 A convolutional generator, in the spirit of the deep image prior (Ulyanov et al. 2018), maps a fixed
 per-view code to C full-resolution maps: its convolutional structure makes the per-pixel residuals

@@ -7,7 +7,7 @@ layer (single-view coherence); opacities get an offset from a second decoder; sc
 depth (reset every 100 steps for the first part of training). Losses: multi-scale L1 + D-SSIM,
 total variation of the rendered disparity over the depth layers, and the flow loss between the
 views' world-position maps (multi-view coherence). No densification. Spec:
-shared/methods/gaussian.md section 2; departures in README.md beside this file.
+departures from the paper and the official code (avinashpaliwal/CoherentGS) in README.md beside this file.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from recon.model import SceneInfo
 from recon.primitives import PrimitiveModel, PrimitiveModelConfig
 from recon.render.gaussians.helpers import rgb_to_sh
 
-# Per number of training views (2, 3, 4): official decoder widths and base opacity (spec 2.1-2.2).
+# Per number of training views (2, 3, 4): official decoder widths and base opacity.
 DEPTH_NGF = {2: 10, 3: 15, 4: 18}
 OPACITY_NGF = {2: 6, 3: 10, 4: 12}
 INIT_OPACITY = {2: 0.6, 3: 0.5, 4: 0.35}
@@ -206,7 +206,7 @@ class CoherentGSModel(PrimitiveModel):
 
 @dataclass
 class CoherentGSModelConfig(PrimitiveModelConfig):
-    """The official code's values unless noted (spec section 2); steps count from the end of the alignment."""
+    """The official code's values unless noted; steps count from the end of the alignment."""
 
     num_layers: int = 5
     """Depth layers per view (C); must match the datamanager's."""

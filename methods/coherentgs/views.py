@@ -1,4 +1,4 @@
-"""CoherentGS's preprocessing of the sparse input views and its datamanager (spec section 2.3).
+"""CoherentGS's preprocessing of the sparse input views and its datamanager (the official ``data_preparation_scripts/`` and ``scene/dataset_readers.py``).
 
 For the N training views: optical flow between every ordered pair with forward-backward consistency
 masks; an initial depth map per view from what the data offers (the dataset's depth files, its
@@ -92,7 +92,7 @@ def world_positions(depth: Tensor, rays: Tensor, c2w: Tensor) -> Tensor:
 
 def flow_loss(positions: Tensor, reference: int, partners: list[int], flows: Tensor, masks: Tensor) -> Tensor:
     """CoherentGS's flow loss for one reference view i: sum over partners j of mean(M_ij |X_j(p + F_ij(p)) - X_i(p)|),
-    mean over every pixel and channel, masked ones included (spec section 2.4 c).
+    mean over every pixel and channel, masked ones included (official ``train.py``).
 
     positions [V, H, W, 3] world positions of every view's pixels; flows [P, H, W, 2] = F_{i->j} and
     masks [P, H, W] for the P partners j.
@@ -109,7 +109,7 @@ def align_depth(
     depth: Tensor, cameras: Cameras, flows: Tensor, masks: Tensor, steps: int, lr_scale: float, lr_offset: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-view scale s and offset o minimising the flow loss summed over every ordered pair (Adam,
-    cosine annealing to 0 over ``steps``; spec section 2.3 step 5). D = s D^m + o median(D^m): the
+    cosine annealing to 0 over ``steps``; the official alignment stage). D = s D^m + o median(D^m): the
     offset is relative to the view's median depth, so the learning rates do not depend on the
     scene's units [ours]. Returns the aligned depth [V, H, W], s [V] and o [V].
 

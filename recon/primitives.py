@@ -37,7 +37,8 @@ from recon.cameras import Cameras
 from recon.engine.callbacks import Callback, Where
 from recon.image_metrics import ssim
 from recon.model import Export, Model, ModelConfig, Output, SceneInfo
-from recon.render.gaussians import rasterization
+from recon.errors import ConfigError
+from recon.render.gaussians import rasterization, resolve_backend
 from recon.render.gaussians.helpers import camera_matrices
 
 __all__ = ["PrimitiveModel", "PrimitiveModelConfig", "knn_rms_distance"]
@@ -140,6 +141,15 @@ class PrimitiveModel(Model):
     def method_callbacks(self) -> list[Callback]:
         """The method's own hooks, run after the base's (SH schedule, densification)."""
         return []
+
+    def check_datamanager(self, datamanager: Any) -> None:
+        """Resolve the rasterizer backend once, before anything is written: a broken installation
+        (warp-lang missing on a CPU) or an impossible ``RECON_BACKEND`` is a one-line error here
+        instead of a traceback at the first step. Primitives with their own rasterizer override this."""
+        try:
+            resolve_backend(None, self.device, torch.float32)
+        except (ImportError, ValueError) as err:
+            raise ConfigError(str(err)) from None
 
     # ------------------------------------------------------------------ parameters and checkpoints
     @property

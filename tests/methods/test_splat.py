@@ -119,3 +119,14 @@ def test_non_positive_global_scale_is_a_config_error(tiny_scene, tmp_path, quiet
 
     with pytest.raises(ConfigError, match="global_scale must be positive"):
         Trainer(quiet_config("splat", tiny_scene, tmp_path, 1, **TINY, **{"model.global_scale": 0.0}))
+
+
+def test_unusable_rasterizer_backend_is_a_config_error_before_the_run_folder(tiny_scene, tmp_path, quiet_config, monkeypatch):
+    """gsplat asked for on a CPU (or warp-lang broken) fails when the trainer is built, with one line,
+    not at the first step after the run folder exists."""
+    from recon.errors import ConfigError
+
+    monkeypatch.setenv("RECON_BACKEND", "gsplat")
+    with pytest.raises(ConfigError, match="gsplat"):
+        Trainer(quiet_config("splat", tiny_scene, tmp_path, 1, **TINY))
+    assert not any(tmp_path.iterdir())

@@ -78,6 +78,7 @@ from .rendering import (
     RENDER_MODES,
     rasterization,
     rasterize_to_pixels,
+    resolve_backend,
     spherical_harmonics,
 )
 from .warp_backend import rasterize_to_pixels_warp, warp_available
@@ -96,6 +97,7 @@ __all__ = [
     "rasterization",
     "rasterize_to_pixels",
     "rasterize_to_pixels_warp",
+    "resolve_backend",
     "spherical_harmonics",
     "warp_available",
 ]

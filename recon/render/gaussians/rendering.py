@@ -61,7 +61,7 @@ def spherical_harmonics(degrees_to_use: int, dirs: Tensor, coeffs: Tensor, masks
 AUTO_WARP_DEVICES = ("cpu",)
 
 
-def _resolve_backend(backend: str | None, device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
+def resolve_backend(backend: str | None, device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
     """The Gaussian backend to run, "torch", "warp" or "gsplat", for tensors on ``device``.
 
     ``backend`` (else RECON_BACKEND): "torch" forces the reference; "warp" forces the Warp kernels
@@ -121,7 +121,7 @@ def rasterize_to_pixels(
     :func:`rasterization`. All give the same results up to rounding.
     """
     args = (means2d, conics, colors, opacities, image_width, image_height, tile_size, isect_offsets, flatten_ids)
-    name = _resolve_backend(backend, means2d.device, means2d.dtype)
+    name = resolve_backend(backend, means2d.device, means2d.dtype)
     if name == "gsplat":
         return gsplat_module(means2d).rasterize_to_pixels(*args, backgrounds=backgrounds)
     if name == "warp":
@@ -181,7 +181,7 @@ def rasterization(
     torch); "auto" gsplat for float32 CUDA tensors when it imports, Warp for CPU tensors (ImportError
     when warp-lang does not import), else torch. ``meta["backend"]`` names the one that ran.
     """
-    backend_name = _resolve_backend(backend, means.device, means.dtype)
+    backend_name = resolve_backend(backend, means.device, means.dtype)
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
     if rasterize_mode not in RASTERIZE_MODES:

@@ -80,8 +80,6 @@ class PrimitiveModelConfig(ModelConfig):
     """Primitives closer to the camera than this are culled."""
     ssim_lambda: float = 0.2
     """Weight of the D-SSIM term: (1 - lambda) L1 + lambda (1 - SSIM)."""
-    rasterize_mode: Literal["classic", "antialiased"] = "classic"
-    """classic = 3DGS; antialiased = Mip-Splatting's opacity compensation (gsplat)."""
 
 
 class PrimitiveModel(Model):
@@ -97,6 +95,8 @@ class PrimitiveModel(Model):
 
     config: PrimitiveModelConfig
     exports = frozenset({Export.GAUSSIAN_SPLAT, Export.TSDF, Export.POINTCLOUD})
+    rasterize_mode: str = "classic"
+    """The Gaussian rasterizer's mode ("antialiased": Mip-Splatting's opacity compensation)."""
     primitive_buffers: tuple[str, ...] = ()
     """Registered buffers with one row per primitive (e.g. the face each mesh-bound Gaussian sits
     on): resized with :attr:`params` when a checkpoint holds another primitive count. A strategy
@@ -131,7 +131,7 @@ class PrimitiveModel(Model):
         return rasterization(
             prims["means"], prims.get("quats"), prims.get("scales"), prims["opacities"], colors, viewmats, Ks, width, height,
             sh_degree=degree, backgrounds=self.background.expand(len(viewmats), 3), render_mode="RGB+D",
-            near_plane=self.config.near_plane, rasterize_mode=self.config.rasterize_mode, covars=prims.get("covars"),
+            near_plane=self.config.near_plane, rasterize_mode=self.rasterize_mode, covars=prims.get("covars"),
         )
 
     def extra_param_groups(self) -> dict[str, list[nn.Parameter]]:

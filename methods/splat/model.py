@@ -54,6 +54,10 @@ class SplatModel(PrimitiveModel):
         self.params = nn.ParameterDict({name: nn.Parameter(t.contiguous()) for name, t in init.items()})
 
     @property
+    def rasterize_mode(self) -> str:  # type: ignore[override]
+        return self.config.rasterize_mode
+
+    @property
     def scene_scale(self) -> float:
         """3DGS's ``cameras_extent`` times ``global_scale``."""
         return self.camera_extent * self.config.global_scale
@@ -76,6 +80,8 @@ class SplatModelConfig(PrimitiveModelConfig):
     """Factor on the initial scale (root mean square distance to the 3 nearest points)."""
     init_seed: int = 0
     """Seed of the random initialisation."""
+    rasterize_mode: Literal["classic", "antialiased"] = "classic"
+    """classic = 3DGS; antialiased = Mip-Splatting's opacity compensation (gsplat)."""
     global_scale: float = 1.0
     """Factor on the scene scale (gsplat's ``global_scale``): the camera extent that scales the position
     learning rate and the densification size thresholds. A few close cameras make that extent small

@@ -9,7 +9,9 @@ eqs. 4-6, with the compositing rules the official CUDA kernel shares with 3DGS):
     colour += colour_i alpha T;  T = T_next
 
 render_alpha = 1 - T_final and render_colour += T_final * background. This is the oracle and the
-fallback of the Warp kernels: gradients come from autograd, so its memory grows with the
+fallback of the Warp kernels: gradients come from autograd (gathers use ``index_select``, whose
+backward is a deterministic ``index_add_``: advanced indexing's ``index_put_`` accumulates in a
+thread-dependent order on the CPU, which would break exact resume), so its memory grows with the
 intersections of a chunk of tiles (``CHUNK_ELEMENTS`` pixel-convex-edge triples at a time are
 evaluated, but autograd keeps every chunk's intermediates until the backward pass).
 """
@@ -98,9 +100,10 @@ def rasterize_convexes_to_pixels(
         in_list = k[None, :] < counts[tiles, None]  # [nt, L]
         gid = ids[(starts[tiles, None] + k).clamp(max=max(M - 1, 0))]
         gid = torch.where(in_list, gid, torch.zeros_like(gid))
+        pick = lambda t: torch.index_select(t, 0, gid.reshape(-1)).reshape(*gid.shape, *t.shape[1:])  # noqa: E731
         raw = convex_alpha(
-            px[..., None], py[..., None], flat_edges[gid][:, None], flat_mask[gid][:, None],
-            flat_sd[gid][:, None], flat_ss[gid][:, None], flat_op[gid][:, None],
+            px[..., None], py[..., None], pick(flat_edges)[:, None], pick(flat_mask)[:, None],
+            pick(flat_sd)[:, None], pick(flat_ss)[:, None], pick(flat_op)[:, None],
         )  # [nt, P, L]
         alpha = raw.clamp_max(MAX_ALPHA)
         ok = in_list[:, None, :] & (alpha >= ALPHA_THRESHOLD)
@@ -111,7 +114,7 @@ def rasterize_convexes_to_pixels(
         T = torch.cumprod(1 - a, -1)
         T_excl = torch.cat([torch.ones_like(T[..., :1]), T[..., :-1]], -1)
         w = a * T_excl
-        accum = torch.einsum("tpl,tld->tpd", w, flat_col[gid])
+        accum = torch.einsum("tpl,tld->tpd", w, pick(flat_col))
         rows_out.append(tiles)
         accum_out.append(accum)
         T_out.append(T[..., -1])

@@ -42,6 +42,7 @@ __all__ = [
     "duplicate",
     "remove",
     "replace_rows",
+    "replace_with_children",
     "reset_opacities",
     "split",
 ]
@@ -342,28 +343,48 @@ def split(
     global generator. Children start with zero optimizer moments and a copy of the parent's statistics.
     """
     sel = torch.nonzero(mask, as_tuple=True)[0]
-    rest = torch.nonzero(~mask, as_tuple=True)[0]
-    n_old, m = len(mask), len(sel)
     means = params["means"]
     scales = torch.exp(params["scales"][sel].detach())
     rotmats = quaternion_to_matrix(F.normalize(params["quats"][sel].detach(), dim=-1))
-    eps = torch.randn(2, m, 3, device=means.device, dtype=means.dtype)
+    eps = torch.randn(2, len(sel), 3, device=means.device, dtype=means.dtype)
     offsets = torch.einsum("mij,bmj->bmi", rotmats, scales * eps)  # [2, M, 3]
 
-    def param_fn(name: str, p: Tensor) -> Tensor:
+    def children(name: str, parents: Tensor) -> Tensor:
         if name == "means":
-            children = (p[sel] + offsets).reshape(2 * m, 3)
-        elif name == "scales":
-            children = torch.log(scales / 1.6).repeat(2, 1)
-        elif name == "opacities" and revised_opacity:
-            alpha = 1.0 - torch.sqrt(1.0 - torch.sigmoid(p[sel]))
-            children = torch.logit(alpha).repeat(2, *([1] * (p.dim() - 1)))
-        else:
-            children = p[sel].repeat(2, *([1] * (p.dim() - 1)))
-        return torch.cat([p[rest], children])
+            return (parents + offsets).reshape(-1, 3)
+        if name == "scales":
+            return torch.log(scales / 1.6).repeat(2, 1)
+        if name == "opacities" and revised_opacity:
+            return torch.logit(1.0 - torch.sqrt(1.0 - torch.sigmoid(parents))).repeat(2, *([1] * (parents.dim() - 1)))
+        return parents.repeat(2, *([1] * (parents.dim() - 1)))
 
-    replace_rows(params, optimizers, param_fn, lambda v: torch.cat([v[rest], _zeros_like_rows(v, 2 * m)]))
-    _edit_state(state, n_old, lambda v: torch.cat([v[rest], v[sel].repeat(2, *([1] * (v.dim() - 1)))]))
+    replace_with_children(params, optimizers, state, mask, children, 2)
+
+
+@torch.no_grad()
+def replace_with_children(
+    params: Params,
+    optimizers: Optimizers,
+    state: MutableMapping[str, Any],
+    mask: Tensor,
+    children: Callable[[str, Tensor], Tensor],
+    n_children: int,
+) -> None:
+    """Replace each primitive selected by ``mask [N]`` by ``n_children`` new ones.
+
+    ``children(name, parents [M, ...]) -> [n_children * M, ...]`` builds each parameter's children
+    in blocks (the M first children, then the M second ones, ...). Unselected primitives keep their
+    order and come first. Children start with zero optimizer moments and copies of their parent's
+    statistics (the per-row tensors of ``state``)."""
+    sel = torch.nonzero(mask, as_tuple=True)[0]
+    rest = torch.nonzero(~mask, as_tuple=True)[0]
+    n_old, m = len(mask), len(sel)
+
+    def param_fn(name: str, p: Tensor) -> Tensor:
+        return torch.cat([p[rest], children(name, p[sel])])
+
+    replace_rows(params, optimizers, param_fn, lambda v: torch.cat([v[rest], _zeros_like_rows(v, n_children * m)]))
+    _edit_state(state, n_old, lambda v: torch.cat([v[rest], v[sel].repeat(n_children, *([1] * (v.dim() - 1)))]))
 
 
 @torch.no_grad()

@@ -88,7 +88,8 @@ SMALL_STEPS = 3000
 def convex_splatting_small() -> MethodSpec:
     """A CPU-sized schedule: 3000 steps, every step-numbered event of the 30k schedule scaled by 1/10
     (refinement every 20 steps from 50 to 950, opacity resets at 300 and 600, the SH degree raised
-    every 100 steps, the points' rate decaying over the 3000 steps)."""
+    every 100 steps, the points' rate decaying over the 3000 steps), and the initial smoothness
+    scaled to the image width (``delta_reference_width`` 1000), since CPU runs use small images."""
     r = SMALL_STEPS / STEPS
     config = override(
         convex_splatting().config, method_name="3dcs-small", max_num_iterations=SMALL_STEPS, steps_per_save=1000, steps_per_eval_image=250,
@@ -97,6 +98,7 @@ def convex_splatting_small() -> MethodSpec:
             "model.strategy.refine_stop_iter": round(9500 * r), "model.strategy.refine_every": round(200 * r),
             "model.strategy.prune_every_after": round(1000 * r), "model.strategy.reset_every": round(3000 * r),
             "model.strategy.reset_until": round(9000 * r), "optimizers.points.scheduler.max_steps": SMALL_STEPS,
+            "model.delta_reference_width": 1000.0,
         },
     )
     return MethodSpec("3dcs-small", "3D Convex Splatting on a CPU-sized schedule (3000 steps)", config, test_overrides=TINY)

@@ -77,6 +77,13 @@ class ConvexSplatModel(PrimitiveModel):
         }
         self.params = nn.ParameterDict({name: nn.Parameter(t.contiguous()) for name, t in init.items()})
 
+    @torch.no_grad()
+    def initialize_from_data(self, datamanager: Any) -> None:
+        ref = self.config.delta_reference_width
+        if ref:
+            width = float(datamanager.train_dataset.cameras.width.float().mean())
+            self.params["delta"].add_(2.0 * math.log(ref / width))
+
     # ------------------------------------------------------------------ the primitives
     def primitives(self) -> dict[str, Tensor]:
         """points [N, K, 3], delta [N], sigma [N] (activated; its gradient is the densification
@@ -161,6 +168,11 @@ class ConvexSplatModelConfig(PrimitiveModelConfig):
     """Initial radius of the points' sphere = this x the root mean square distance to the 3 nearest SfM points."""
     init_delta: float = 0.1
     """Initial smoothness delta = this / (root mean square 3-NN distance)."""
+    delta_reference_width: float | None = None
+    """When set, the initial delta is multiplied by (this / training image width)^2 [ours]: the edge
+    functions are in squared pixels, so the official values, set for images about 1000 pixels wide,
+    make convexes proportionally softer (and their footprints larger) at lower resolutions. None:
+    the official initialisation at any resolution."""
     init_sigma: float = 0.00095
     """Initial sharpness sigma (official default; indoor 0.0009, outdoor 0.001)."""
     init_opacity: float = 0.1

@@ -41,7 +41,7 @@ from recon.errors import ConfigError
 from recon.render.gaussians import rasterization, resolve_backend
 from recon.render.gaussians.helpers import camera_matrices
 
-__all__ = ["PrimitiveModel", "PrimitiveModelConfig", "knn_rms_distance"]
+__all__ = ["PrimitiveModel", "PrimitiveModelConfig", "initial_points", "knn_rms_distance"]
 
 STRATEGY_PREFIX = "strategy_state."
 SPLAT_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -62,6 +62,19 @@ def knn_rms_distance(points: Tensor, k: int = 3) -> Tensor:
     dist, _ = cKDTree(pts).query(pts, k=min(k, len(pts) - 1) + 1)
     rms = np.sqrt((dist[:, 1:] ** 2).mean(-1))
     return torch.as_tensor(rms, dtype=points.dtype, device=points.device)
+
+
+def initial_points(scene: SceneInfo, init: str, num_random: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Where primitives start: the dataset's sparse points [P, 3] and their colours [P, 3] in [0, 1]
+    when ``init == "sfm"`` and it has some, else ``num_random`` uniform points in the scene box with
+    random colours (3DGS's synthetic-scene initialisation)."""
+    if scene.points3d is not None and len(scene.points3d) > 0 and init == "sfm":
+        points = torch.as_tensor(np.asarray(scene.points3d), dtype=torch.float32)
+        return points, torch.as_tensor(np.asarray(scene.points3d_rgb), dtype=torch.float32) / 255.0
+    generator = torch.Generator().manual_seed(seed)
+    lo, hi = scene.aabb[0].float(), scene.aabb[1].float()
+    points = lo + (hi - lo) * torch.rand(num_random, 3, generator=generator)
+    return points, torch.rand(num_random, 3, generator=generator)
 
 
 @dataclass

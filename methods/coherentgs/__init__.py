@@ -6,15 +6,12 @@ from data.parsers import AutoParserConfig
 from methods.coherentgs.model import CoherentGSModel, CoherentGSModelConfig
 from methods.coherentgs.views import CoherentGSDataManager, CoherentGSDataManagerConfig
 from recon.config import MethodSpec
-from recon.engine.optim import OptimizerConfig, SchedulerConfig
+from recon.engine.optim import OptimizerConfig, SchedulerConfig, adam
 from recon.engine.trainer import TrainerConfig
 
 STEPS = 13_000
 """Training steps after the alignment (official: iterations 7001-20 000)."""
 
-
-def _adam(lr: float) -> OptimizerConfig:
-    return OptimizerConfig(lr=lr, eps=1e-15)
 
 
 def _cyclic(max_lr: float, step_size_up: int) -> OptimizerConfig:
@@ -50,10 +47,10 @@ def coherentgs() -> MethodSpec:
         optimizers={
             "depth_decoder": _cyclic(1e-4, 1000),
             "opacity_decoder": _cyclic(1e-5, 2000),
-            "scales": _adam(1e-4),
-            "quats": _adam(1e-5),
-            "sh0": _adam(5e-4),
-            "shN": _adam(5e-5),
+            "scales": adam(1e-4),
+            "quats": adam(1e-5),
+            "sh0": adam(5e-4),
+            "shN": adam(5e-5),
         },
         max_num_iterations=STEPS,
         steps_per_save=2000,

@@ -11,14 +11,11 @@ from data.parsers import AutoParserConfig
 from methods.convex_splatting.model import ConvexSplatModel, ConvexSplatModelConfig
 from methods.convex_splatting.strategy import ConvexStrategy
 from recon.config import MethodSpec, override
-from recon.engine.optim import OptimizerConfig, exponential
+from recon.engine.optim import adam, exponential
 from recon.engine.trainer import TrainerConfig
 
 STEPS = 30_000
 
-
-def _adam(lr: float) -> OptimizerConfig:
-    return OptimizerConfig(lr=lr, eps=1e-15)
 
 
 TINY = {
@@ -44,12 +41,12 @@ def _light() -> TrainerConfig:
         model=ConvexSplatModelConfig(strategy=ConvexStrategy()),
         optimizers={
             "points": exponential(lr=5e-4, lr_final=5e-6, max_steps=STEPS),
-            "delta": _adam(5e-3),
-            "sigma": _adam(4.5e-3),
-            "opacities": _adam(1e-2),
-            "mask": _adam(1e-2),
-            "sh0": _adam(2.5e-3),
-            "shN": _adam(1.25e-4),
+            "delta": adam(5e-3),
+            "sigma": adam(4.5e-3),
+            "opacities": adam(1e-2),
+            "mask": adam(1e-2),
+            "sh0": adam(2.5e-3),
+            "shN": adam(1.25e-4),
         },
         max_num_iterations=STEPS,
         steps_per_save=7000,

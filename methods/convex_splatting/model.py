@@ -16,14 +16,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from methods.convex_splatting.strategy import ConvexStrategy, point_spread
 from recon.errors import ConfigError
 from recon.model import SceneInfo
-from recon.primitives import PrimitiveModel, PrimitiveModelConfig, knn_rms_distance
+from recon.primitives import PrimitiveModel, PrimitiveModelConfig, initial_points, knn_rms_distance
 from recon.render.convex import MAX_POINTS, rasterize_convexes
 from recon.render.gaussians.helpers import rgb_to_sh
 from recon.rotations import matrix_to_quaternion
@@ -55,14 +54,7 @@ class ConvexSplatModel(PrimitiveModel):
             if not getattr(c, name) > 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(c, name)}")
         super().__init__(config, scene)
-        generator = torch.Generator().manual_seed(c.init_seed)
-        if scene.points3d is not None and len(scene.points3d) > 0 and c.init == "sfm":
-            centers = torch.as_tensor(np.asarray(scene.points3d), dtype=torch.float32)
-            rgb = torch.as_tensor(np.asarray(scene.points3d_rgb), dtype=torch.float32) / 255.0
-        else:
-            lo, hi = scene.aabb[0].float(), scene.aabb[1].float()
-            centers = lo + (hi - lo) * torch.rand(c.num_random_points, 3, generator=generator)
-            rgb = torch.rand(c.num_random_points, 3, generator=generator)
+        centers, rgb = initial_points(scene, c.init, c.num_random_points, c.init_seed)
         n = len(centers)
         spacing = knn_rms_distance(centers).clamp_min(1e-7)  # sqrt(mean squared 3-NN distance)
         points = centers[:, None, :] + (c.convex_size * spacing)[:, None, None] * fibonacci_sphere(c.num_points)[None]

@@ -4,14 +4,11 @@ from data.datamanager import ImageDataManagerConfig
 from data.parsers import AutoParserConfig
 from methods.splat.model import SplatModel, SplatModelConfig
 from recon.config import MethodSpec
-from recon.engine.optim import OptimizerConfig, exponential
+from recon.engine.optim import adam, exponential
 from recon.engine.trainer import TrainerConfig
 
 STEPS = 30_000
 
-
-def _adam(lr: float) -> OptimizerConfig:
-    return OptimizerConfig(lr=lr, eps=1e-15)
 
 
 def splat() -> MethodSpec:
@@ -24,11 +21,11 @@ def splat() -> MethodSpec:
         model=SplatModelConfig(),
         optimizers={
             "means": exponential(lr=1.6e-4, lr_final=1.6e-6, max_steps=STEPS),
-            "scales": _adam(5e-3),
-            "quats": _adam(1e-3),
-            "opacities": _adam(5e-2),
-            "sh0": _adam(2.5e-3),
-            "shN": _adam(2.5e-3 / 20),
+            "scales": adam(5e-3),
+            "quats": adam(1e-3),
+            "opacities": adam(5e-2),
+            "sh0": adam(2.5e-3),
+            "shN": adam(2.5e-3 / 20),
         },
         max_num_iterations=STEPS,
         steps_per_save=7000,

@@ -14,13 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import nn
 
 from recon.errors import ConfigError
 from recon.model import SceneInfo
-from recon.primitives import PrimitiveModel, PrimitiveModelConfig, knn_rms_distance
+from recon.primitives import PrimitiveModel, PrimitiveModelConfig, initial_points, knn_rms_distance
 from recon.render.gaussians.helpers import rgb_to_sh
 from recon.render.gaussians.strategy import DefaultStrategy
 
@@ -35,14 +34,7 @@ class SplatModel(PrimitiveModel):
             raise ConfigError(f"model.global_scale must be positive, got {config.global_scale}")
         super().__init__(config, scene)
         c = config
-        generator = torch.Generator().manual_seed(c.init_seed)
-        if scene.points3d is not None and len(scene.points3d) > 0 and c.init == "sfm":
-            means = torch.as_tensor(np.asarray(scene.points3d), dtype=torch.float32)
-            rgb = torch.as_tensor(np.asarray(scene.points3d_rgb), dtype=torch.float32) / 255.0
-        else:
-            lo, hi = scene.aabb[0].float(), scene.aabb[1].float()
-            means = lo + (hi - lo) * torch.rand(c.num_random_points, 3, generator=generator)
-            rgb = torch.rand(c.num_random_points, 3, generator=generator)
+        means, rgb = initial_points(scene, c.init, c.num_random_points, c.init_seed)
         n = len(means)
         scales = torch.log(knn_rms_distance(means).clamp_min(1e-7) * c.init_scale)[:, None].repeat(1, 3)
         quats = torch.zeros(n, 4)

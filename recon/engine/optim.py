@@ -84,6 +84,11 @@ class OptimizerConfig:
         return cls(params, lr=self.lr, eps=self.eps, betas=self.betas, weight_decay=self.weight_decay, fused=fused or None)
 
 
+def adam(lr: float, eps: float = 1e-15) -> OptimizerConfig:
+    """Shorthand for a constant-rate Adam group with 3DGS's eps."""
+    return OptimizerConfig(lr=lr, eps=eps)
+
+
 def exponential(lr: float, lr_final: float, max_steps: int, eps: float = 1e-15, warmup_steps: int = 0) -> OptimizerConfig:
     """Shorthand for the common Adam + exponential-decay group."""
     return OptimizerConfig(lr=lr, eps=eps, scheduler=SchedulerConfig("exponential", lr_final=lr_final, max_steps=max_steps, warmup_steps=warmup_steps))

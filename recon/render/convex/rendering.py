@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from recon.render.gaussians import RENDER_MODES, isect_offset_encode, isect_tiles, spherical_harmonics
+from recon.render.gaussians.rendering import depth_channels, expected_depth
 
 from .composite import rasterize_convexes_to_pixels
 from .projection import project_convexes
@@ -70,14 +71,7 @@ def rasterize_convexes(
     colors = colors.to(dtype)
     if backgrounds is not None and backgrounds.shape != (C, colors.shape[-1]):
         raise ValueError(f"backgrounds must be [C={C}, D={colors.shape[-1]}], got {tuple(backgrounds.shape)}")
-    if render_mode in ("RGB+D", "RGB+ED"):
-        colors = torch.cat([colors, proj.depths[..., None]], -1)
-        if backgrounds is not None:
-            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], -1)
-    elif render_mode in ("D", "ED"):
-        colors = proj.depths[..., None]
-        if backgrounds is not None:
-            backgrounds = backgrounds.new_zeros(C, 1)
+    colors, backgrounds = depth_channels(colors, proj.depths, backgrounds, render_mode)
 
     tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
     tiles_per_convex, isect_ids, flatten_ids = isect_tiles(proj.box_centers, proj.radii, proj.depths, tile_size, tile_width, tile_height)
@@ -87,8 +81,7 @@ def rasterize_convexes(
         proj.edges, proj.edge_mask, proj.sharp_delta, proj.sharp_sigma, colors, opac, width, height, tile_size,
         isect_offsets, flatten_ids, backgrounds=backgrounds,
     )
-    if render_mode in ("ED", "RGB+ED"):
-        render_colors = torch.cat([render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], -1)
+    render_colors = expected_depth(render_colors, render_alphas, render_mode)
     meta = {
         "radii": proj.radii,
         "box_centers": proj.box_centers,

@@ -61,6 +61,28 @@ def spherical_harmonics(degrees_to_use: int, dirs: Tensor, coeffs: Tensor, masks
 AUTO_WARP_DEVICES = ("cpu",)
 
 
+def depth_channels(colors: Tensor, depths: Tensor, backgrounds: Tensor | None, render_mode: str) -> tuple[Tensor, Tensor | None]:
+    """The per-primitive channels to composite for ``render_mode``: colors [C, N, D] and the camera
+    z ``depths`` [C, N] appended (RGB+D, RGB+ED) or alone (D, ED); backgrounds [C, D] get 0 for depth."""
+    C = depths.shape[0]
+    if render_mode in ("RGB+D", "RGB+ED"):
+        colors = torch.cat([colors, depths[..., None]], -1)
+        if backgrounds is not None:
+            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], -1)
+    elif render_mode in ("D", "ED"):
+        colors = depths[..., None]
+        if backgrounds is not None:
+            backgrounds = backgrounds.new_zeros(C, 1)
+    return colors, backgrounds
+
+
+def expected_depth(render_colors: Tensor, render_alphas: Tensor, render_mode: str) -> Tensor:
+    """ED modes: the last channel (accumulated depth) divided by max(alpha, 1e-10)."""
+    if render_mode in ("ED", "RGB+ED"):
+        return torch.cat([render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], -1)
+    return render_colors
+
+
 def resolve_backend(backend: str | None, device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
     """The Gaussian backend to run, "torch", "warp" or "gsplat", for tensors on ``device``.
 
@@ -243,14 +265,7 @@ def rasterization(
 
     if backgrounds is not None and backgrounds.shape != (C, colors.shape[-1]):
         raise ValueError(f"backgrounds must be [C={C}, D={colors.shape[-1]}], got {tuple(backgrounds.shape)}")
-    if render_mode in ("RGB+D", "RGB+ED"):
-        colors = torch.cat([colors, depths[..., None]], -1)
-        if backgrounds is not None:
-            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], -1)
-    elif render_mode in ("D", "ED"):
-        colors = depths[..., None]
-        if backgrounds is not None:
-            backgrounds = backgrounds.new_zeros(C, 1)
+    colors, backgrounds = depth_channels(colors, depths, backgrounds, render_mode)
 
     tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
     tiles_per_gauss, isect_ids, flatten_ids = isect_tiles(
@@ -271,10 +286,7 @@ def rasterization(
         backgrounds=backgrounds,
         backend=backend_name,
     )
-    if render_mode in ("ED", "RGB+ED"):
-        render_colors = torch.cat(
-            [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], -1
-        )
+    render_colors = expected_depth(render_colors, render_alphas, render_mode)
 
     meta = {
         "camera_ids": None,

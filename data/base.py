@@ -74,6 +74,10 @@ class DataparserOutputs(NormalisedFrame):
     points3d / points3d_rgb: [P, 3] float32 sparse points (normalised world) and [P, 3] uint8 colours.
     points3d_tracks: [T, 2] int64 (point index, frame index) pairs, the frames that observed each
         point (SfM tracks); read only for a few-shot selection, else None.
+    points3d_keypoints: [T, 2] float64 pixel coordinates (x, y) of each observation in
+        ``points3d_tracks`` in its frame's image as loaded (distorted, pixel centres at +0.5), where
+        the format records them (COLMAP images.bin/txt), else None; lets a few-shot selection
+        re-triangulate the points from the training views alone.
     near / far: ray bounds in normalised units when the format provides them.
     dataparser_transform: [3, 4] rotation and translation applied to the input poses.
     dataparser_scale: scale applied after the transform.
@@ -94,6 +98,7 @@ class DataparserOutputs(NormalisedFrame):
     points3d: np.ndarray | None = None
     points3d_rgb: np.ndarray | None = None
     points3d_tracks: np.ndarray | None = None
+    points3d_keypoints: np.ndarray | None = None
     near: float | None = None
     far: float | None = None
     dataparser_transform: Tensor = field(default_factory=lambda: torch.eye(4)[:3])

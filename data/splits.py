@@ -11,6 +11,14 @@ Protocols:
 
 Split lists in :class:`~data.base.DataparserOutputs` are sorted frame indices, so the chosen DTU
 views ``[25, 22, 28]`` appear as ``[22, 25, 28]``; the *choice* follows the protocol order.
+
+Sparse points under few-shot (``points``): RegNeRF, FreeNeRF and CoherentGS compare against
+baselines that know only the K views, so by default the points are re-triangulated from the K
+views' own keypoints with the known poses (:func:`triangulate_tracks`, the counterpart of COLMAP's
+``point_triangulator`` on those images), where the format records keypoints (COLMAP); else they
+are the points two of the K views observed (:func:`points_seen_by`; COLMAP and LLFF tracks); else
+all. Which keypoints belong to one point still comes from the full model's matching, whose tracks
+may link two training views through a held-out one.
 """
 
 from __future__ import annotations
@@ -20,10 +28,22 @@ from typing import Literal
 
 import numpy as np
 
+import torch
+
 from data.base import DataparserOutputs
+from data.images import load_image
+from recon.cameras import Cameras, undistort_points
 from recon.errors import ConfigError
 
 FewShotProtocol = Literal["llff", "dtu", "even"]
+FewShotPoints = Literal["retriangulate", "train-views", "all"]
+
+TRIANGULATION_MAX_ERROR = 4.0
+"""A re-triangulated point is dropped when it reprojects farther than this (pixels of the images as
+loaded) from any of its training keypoints (COLMAP's ``filter_max_reproj_error``)."""
+TRIANGULATION_MIN_ANGLE = 1.5
+"""... or when no two of its training rays are this many degrees apart (COLMAP's ``filter_min_tri_angle``):
+along nearly parallel rays the depth is not determined."""
 
 DTU_TRAIN_IDS: tuple[int, ...] = (25, 22, 28, 40, 44, 48, 0, 8, 13)
 """pixelNeRF/RegNeRF training view IDs for DTU, in protocol order (few-shot takes the first K)."""
@@ -74,22 +94,122 @@ def points_seen_by(outputs: DataparserOutputs, frames: list[int], min_views: int
     seen = tracks[np.isin(tracks[:, 1], np.asarray(frames, dtype=np.int64))]
     keep = np.bincount(seen[:, 0], minlength=num)[:num] >= min_views
     new_index = np.cumsum(keep) - 1
-    kept_tracks = tracks[keep[tracks[:, 0]]]
-    kept_tracks = np.stack([new_index[kept_tracks[:, 0]], kept_tracks[:, 1]], axis=1)
-    rgb = outputs.points3d_rgb
+    rows = keep[tracks[:, 0]]
+    kept_tracks = np.stack([new_index[tracks[rows, 0]], tracks[rows, 1]], axis=1)
+    rgb, keypoints = outputs.points3d_rgb, outputs.points3d_keypoints
     return replace(
-        outputs, points3d=outputs.points3d[keep], points3d_rgb=None if rgb is None else rgb[keep], points3d_tracks=kept_tracks
+        outputs,
+        points3d=outputs.points3d[keep],
+        points3d_rgb=None if rgb is None else rgb[keep],
+        points3d_tracks=kept_tracks,
+        points3d_keypoints=None if keypoints is None else keypoints[rows],
     )
 
 
-def apply_few_shot(
-    outputs: DataparserOutputs, k: int, protocol: FewShotProtocol, points: Literal["train-views", "all"] = "train-views"
-) -> DataparserOutputs:
+def triangulate_tracks(
+    tracks: np.ndarray,
+    keypoints: np.ndarray,
+    cameras: Cameras,
+    frames: list[int],
+    min_views: int = 2,
+    max_error: float = TRIANGULATION_MAX_ERROR,
+    min_angle: float = TRIANGULATION_MIN_ANGLE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Points triangulated from their observations in ``frames`` alone, with the known cameras.
+
+    tracks [T, 2] int64 (point index, frame index), each pair once; keypoints [T, 2] pixel
+    coordinates of those observations (distorted, as recorded); cameras: every frame's camera.
+    Every point that at least ``min_views`` of ``frames`` observed is solved by linear triangulation
+    (DLT on the undistorted normalised coordinates; Hartley and Zisserman 2004, *Multiple View
+    Geometry*, sec. 12.2) and kept when it lies in front of each of those cameras, reprojects within
+    ``max_error`` pixels of each keypoint and two of its rays meet at ``min_angle`` degrees or more
+    (the acute angle between the lines: opposite rays are as degenerate as parallel ones).
+    Returns the kept point indices [P] (ascending) and their positions [P, 3] float64.
+    """
+    chosen = np.asarray(sorted(frames), dtype=np.int64)
+    seen = np.isin(tracks[:, 1], chosen)
+    point, frame, uv = tracks[seen, 0], tracks[seen, 1], np.asarray(keypoints, dtype=np.float64)[seen]
+    ids, slot = np.unique(point, return_inverse=True)
+    enough = (np.bincount(slot, minlength=len(ids)) >= min_views)[slot]
+    point, frame, uv = point[enough], frame[enough], uv[enough]
+    ids, slot = np.unique(point, return_inverse=True)
+    if not len(ids):
+        return ids, np.zeros((0, 3))
+    cams = cameras[frame.tolist()]
+    x = (torch.from_numpy(uv[:, 0]) - cams.cx.double()) / cams.fx.double()
+    y = (torch.from_numpy(uv[:, 1]) - cams.cy.double()) / cams.fy.double()
+    if cams.has_distortion:
+        x, y = undistort_points(x, y, cams.distortion.double())
+    w2c = cams.world_to_cameras().double().numpy()[:, :3]  # [T', 3, 4], one per observation
+    # The algebraic error DLT minimises depends on the world frame: solve in one fixed by the chosen
+    # cameras (centred on them, unit spread; Hartley's conditioning), so the points move with the
+    # cameras under any similarity, whatever the dataset's normalisation.
+    centres = cameras.camera_to_worlds[:, :, 3].double().numpy()
+    mean = centres[chosen].mean(0)
+    spread = float(np.sqrt(((centres[chosen] - mean) ** 2).sum(1).mean())) or 1.0
+    conditioned = np.concatenate([spread * w2c[:, :, :3], w2c[:, :, :3] @ mean[:, None] + w2c[:, :, 3:]], 2)
+    # Each observation says x P3.X = P1.X and y P3.X = P2.X; the rows are scaled to unit length.
+    eqs = np.concatenate([x.numpy()[:, None] * conditioned[:, 2] - conditioned[:, 0], y.numpy()[:, None] * conditioned[:, 2] - conditioned[:, 1]])
+    eqs /= np.linalg.norm(eqs, axis=1, keepdims=True)
+    normal = np.zeros((len(ids), 4, 4))
+    np.add.at(normal, np.r_[slot, slot], eqs[:, :, None] * eqs[:, None, :])
+    homogeneous = np.linalg.eigh(normal)[1][:, :, 0]  # eigenvector of the smallest eigenvalue
+    good = np.abs(homogeneous[:, 3]) > 1e-12  # else a point at infinity
+    xyz = mean + spread * homogeneous[:, :3] / np.where(good, homogeneous[:, 3], 1.0)[:, None]
+
+    depth = np.einsum("tij,tj->ti", w2c[:, :, :3], xyz[slot])[:, 2] + w2c[:, 2, 3]
+    good &= np.bincount(slot, weights=depth <= 0, minlength=len(ids)) == 0
+    rays = xyz[slot] - centres[frame]
+    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+    widest = np.zeros(len(ids))
+    for a, fa in enumerate(chosen):
+        at = frame == fa
+        if not at.any():
+            continue
+        projected, _ = cameras.project(torch.from_numpy(xyz[slot[at]]).float(), int(fa))
+        error = np.linalg.norm(projected.double().numpy() - uv[at], axis=1)
+        good[slot[at][~(error <= max_error)]] = False
+        for fb in chosen[a + 1 :]:
+            both, ia, ib = np.intersect1d(slot[at], slot[frame == fb], return_indices=True)
+            # |cos|: rays from opposite sides are as degenerate as parallel ones (COLMAP does the same).
+            cosine = np.clip(np.abs((rays[at][ia] * rays[frame == fb][ib]).sum(-1)), 0.0, 1.0)
+            widest[both] = np.fmax(widest[both], np.degrees(np.arccos(cosine)))
+    good &= widest >= min_angle
+    return ids[good], xyz[good]
+
+
+def retriangulated(outputs: DataparserOutputs, frames: list[int]) -> DataparserOutputs:
+    """``outputs`` whose sparse points are :func:`triangulate_tracks` from ``frames``' keypoints
+    (needs ``points3d_tracks`` and ``points3d_keypoints``), coloured by the mean of those frames'
+    pixels at the keypoints (COLMAP's colours average every image, held-out ones included); tracks
+    and keypoints keep only those frames."""
+    tracks, keypoints = outputs.points3d_tracks, outputs.points3d_keypoints
+    kept, xyz = triangulate_tracks(tracks, keypoints, outputs.cameras, frames)
+    new_index = np.full(len(outputs.points3d), -1, dtype=np.int64)
+    new_index[kept] = np.arange(len(kept))
+    rows = (new_index[tracks[:, 0]] >= 0) & np.isin(tracks[:, 1], np.asarray(frames, dtype=np.int64))
+    tracks = np.stack([new_index[tracks[rows, 0]], tracks[rows, 1]], axis=1)
+    keypoints = keypoints[rows]
+    total = np.zeros((len(kept), 3))
+    for f in np.unique(tracks[:, 1]):
+        image = load_image(outputs.image_filenames[f])[..., :3]
+        at = tracks[:, 1] == f
+        h, w = image.shape[:2]
+        col = np.clip(np.floor(keypoints[at, 0]).astype(np.int64), 0, w - 1)
+        row = np.clip(np.floor(keypoints[at, 1]).astype(np.int64), 0, h - 1)
+        np.add.at(total, tracks[at, 0], image[row, col].astype(np.float64))
+    rgb = np.round(total / np.bincount(tracks[:, 0], minlength=len(kept))[:, None].clip(1)).astype(np.uint8)
+    return replace(outputs, points3d=xyz.astype(np.float32), points3d_rgb=rgb, points3d_tracks=tracks, points3d_keypoints=keypoints)
+
+
+def apply_few_shot(outputs: DataparserOutputs, k: int, protocol: FewShotProtocol, points: FewShotPoints = "retriangulate") -> DataparserOutputs:
     """``outputs`` with its train split narrowed to K views by ``protocol``; val/test untouched.
 
-    ``points="train-views"`` also keeps only the sparse points that two or more of the chosen views
-    observed (:func:`points_seen_by`; needs ``points3d_tracks``), recorded in
-    ``metadata["few_shot"]["points"]``.
+    The sparse points, by ``points``: ``"retriangulate"`` computes them again from the chosen views'
+    keypoints alone (:func:`retriangulated`; needs ``points3d_keypoints``), ``"train-views"`` keeps
+    those that two or more of the chosen views observed (:func:`points_seen_by`; needs
+    ``points3d_tracks``); each falls back to the next where the format lacks what it needs, down to
+    ``"all"``. What was done is recorded in ``metadata["few_shot"]["points"]``.
 
     For ``"dtu"`` the frames' DTU view IDs are read from ``outputs.metadata["frame_ids"]`` (default:
     the frame position). Raises ConfigError when K < 1 or K exceeds the views available.
@@ -118,10 +238,13 @@ def apply_few_shot(
     metadata = dict(outputs.metadata)
     metadata["few_shot"] = {"protocol": protocol, "k": int(k), "views": [int(i) for i in chosen]}
     if outputs.points3d is not None:
-        if points not in ("train-views", "all"):
-            raise ConfigError(f"unknown few_shot_points {points!r} (train-views or all)")
+        if points not in ("retriangulate", "train-views", "all"):
+            raise ConfigError(f"unknown few_shot_points {points!r} (retriangulate, train-views or all)")
         before = len(outputs.points3d)
-        if points == "train-views" and outputs.points3d_tracks is not None:
+        if points == "retriangulate" and outputs.points3d_tracks is not None and outputs.points3d_keypoints is not None:
+            outputs = retriangulated(outputs, chosen)
+            how = "re-triangulated from >= 2 training views"
+        elif points != "all" and outputs.points3d_tracks is not None:
             outputs = points_seen_by(outputs, chosen)
             how = "seen by >= 2 training views"
         else:

@@ -204,11 +204,14 @@ class DataParserConfig(InstantiateConfig):
 
     num_train_views: int | None = None
     """Few-shot: keep only K training views (RegNeRF protocol for LLFF and DTU, evenly spaced otherwise)."""
-    few_shot_points: Literal["train-views", "all"] = "train-views"
-    """With ``num_train_views``: which SfM points to keep. train-views: only those observed by at
-    least two of the chosen views (formats whose points carry tracks: COLMAP, LLFF), so an
-    initialisation from them carries nothing from held-out or unused images except their
-    positions' refinement by the full bundle adjustment; all: every point."""
+    few_shot_points: Literal["retriangulate", "train-views", "all"] = "retriangulate"
+    """With ``num_train_views``: which SfM points to use. retriangulate (default, as the sparse-view
+    papers' baselines know only the chosen views): each point seen by two or more chosen views is
+    triangulated again from their keypoints alone with the known poses, and coloured from them
+    (COLMAP models, whose images.bin/txt hold the keypoints; other formats fall back to
+    train-views); train-views: the full model's points that two or more chosen views observed
+    (COLMAP, LLFF with sparse/0), still placed by the bundle adjustment over every image; all:
+    every point. Formats without tracks (synthetic, nerfstudio, LLFF without sparse/0) keep all."""
 
     def load(self, data: Path | None) -> Any:
         """Parse ``data`` into a ``data.base.DataparserOutputs``."""

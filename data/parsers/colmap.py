@@ -11,7 +11,7 @@ import numpy as np
 from data.base import DataparserOutputs
 from data.images import image_size
 from data.normalize import normalize_points_or_cameras
-from data.parsers.colmap_io import ColmapCamera, read_model, track_pairs
+from data.parsers.colmap_io import ColmapCamera, read_model, track_observations
 from data.parsers.common import (
     ParserConfig,
     c2w_from_w2c,
@@ -107,7 +107,7 @@ class ColmapParserConfig(ParserConfig):
             raise DataError(f"image folder {folder.name}/ not found next to the COLMAP model", data)
 
         ordered = sorted(images.values(), key=lambda im: natural_key(im.name))
-        paths, missing, c2ws, intr, dists, sizes, frame_of_image = [], [], [], [], [], [], {}
+        paths, missing, c2ws, intr, dists, sizes, model_sizes, frame_of_image = [], [], [], [], [], [], [], {}
         for im in ordered:
             path = folder / im.name
             if not path.is_file():
@@ -129,6 +129,7 @@ class ColmapParserConfig(ParserConfig):
             c2ws.append(c2w_from_w2c(im.rotation(), np.asarray(im.tvec, dtype=np.float64)))
             intr.append((fx, fy, cx, cy))
             sizes.append((w, h))
+            model_sizes.append((cam.width, cam.height))
             dists.append(k)
             frame_of_image[im.id] = len(paths)
             paths.append(path)
@@ -139,11 +140,14 @@ class ColmapParserConfig(ParserConfig):
         c2w = np.stack(c2ws)
         intr_a, sizes_a = np.array(intr), np.array(sizes)
         cameras = make_cameras(c2w, *intr_a.T, sizes_a[:, 0], sizes_a[:, 1], distortion=np.stack(dists))
-        pts = rgb = tracks = None
+        pts = rgb = tracks = keypoints = None
         if points is not None and len(points):
             pts, rgb = points.xyz, points.rgb.astype(np.uint8)  # float64 until normalised
             if points.tracks:
-                tracks = track_pairs(points, frame_of_image)
+                tracks, keypoints = track_observations(points, images, frame_of_image, model_dir)
+                # Keypoints are in the model's camera pixels: scale them with the intrinsics
+                # (COLMAP's origin is the image corner, so scaling is exact).
+                keypoints *= (sizes_a / np.array(model_sizes))[tracks[:, 1]]
         outputs = raw_outputs(
             paths,
             cameras,
@@ -151,6 +155,7 @@ class ColmapParserConfig(ParserConfig):
             points3d=pts,
             points3d_rgb=rgb,
             points3d_tracks=tracks,
+            points3d_keypoints=keypoints,
             metadata={"format": self.name, "few_shot_protocol": "even", "colmap_model": str(model_dir)},
         )
         return normalize_points_or_cameras(outputs, c2w, pts, self.orientation_method, self.center_method)

@@ -286,24 +286,59 @@ def read_model(
     return cams, images, points
 
 
-def track_pairs(points: ColmapPoints, frame_of_image: dict[int, int]) -> np.ndarray:
-    """[T, 2] int64 (point index, frame index) pairs from ``points``' tracks (read with tracks),
-    image ids mapped to frames by ``frame_of_image``; observations in images without a frame (not
-    loaded) are dropped, and each (point, frame) pair appears once."""
+def _flat_tracks(points: ColmapPoints, frame_of_image: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every observation of ``points``' tracks (read with tracks) whose image has a frame: point
+    index, frame, image id and point2D index, each [T] int64."""
     if len(points.tracks) != len(points):
         raise ValueError("points were read without tracks")
     lengths = np.fromiter((len(t) for t in points.tracks), dtype=np.int64, count=len(points))
     if not lengths.sum():
-        return np.zeros((0, 2), dtype=np.int64)
-    image_ids = np.concatenate([t[:, 0] for t in points.tracks]).astype(np.int64)
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty
+    flat = np.concatenate([t for t in points.tracks]).astype(np.int64)
+    image_ids = flat[:, 0]
     point_idx = np.repeat(np.arange(len(points), dtype=np.int64), lengths)
     lookup = np.full(int(max(image_ids.max(), max(frame_of_image, default=0))) + 1, -1, dtype=np.int64)
     for image_id, frame in frame_of_image.items():
         if image_id >= 0:
             lookup[image_id] = frame
     frames = np.where(image_ids >= 0, lookup[np.clip(image_ids, 0, None)], -1)
-    pairs = np.stack([point_idx, frames], axis=1)[frames >= 0]
-    return np.unique(pairs, axis=0)
+    keep = frames >= 0
+    return point_idx[keep], frames[keep], image_ids[keep], flat[keep, 1]
+
+
+def track_pairs(points: ColmapPoints, frame_of_image: dict[int, int]) -> np.ndarray:
+    """[T, 2] int64 (point index, frame index) pairs from ``points``' tracks (read with tracks),
+    image ids mapped to frames by ``frame_of_image``; observations in images without a frame (not
+    loaded) are dropped, and each (point, frame) pair appears once."""
+    point_idx, frames, _, _ = _flat_tracks(points, frame_of_image)
+    return np.unique(np.stack([point_idx, frames], axis=1), axis=0)
+
+
+def track_observations(
+    points: ColmapPoints, images: dict[int, ColmapImage], frame_of_image: dict[int, int], source: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`track_pairs` with where each pair was seen: ([T, 2] int64 (point index, frame index),
+    [T, 2] float64 keypoint pixel coordinates from ``images``' POINTS2D, in that image's camera
+    resolution). A point observed twice in one frame keeps its first observation. A track that
+    names a keypoint its image does not have is a DataError naming ``source``."""
+    point_idx, frames, image_ids, keypoint = _flat_tracks(points, frame_of_image)
+    pairs, first = np.unique(np.stack([point_idx, frames], axis=1), axis=0, return_index=True)
+    ids, kp = image_ids[first], keypoint[first]
+    xy = np.empty((len(pairs), 2))
+    order = np.argsort(ids, kind="stable")
+    starts = np.flatnonzero(np.r_[True, ids[order][1:] != ids[order][:-1]])
+    for rows in np.split(order, starts[1:]) if len(order) else []:
+        image = images[int(ids[rows[0]])]
+        bad = (kp[rows] < 0) | (kp[rows] >= len(image.xys))
+        if bad.any():
+            k = first[rows[bad][0]]
+            raise DataError(
+                f"point {int(points.ids[point_idx[k]])} is tracked to keypoint {int(keypoint[k])} of image {image.name!r}, which has {len(image.xys)}",
+                source,
+            )
+        xy[rows] = image.xys[kp[rows]]
+    return pairs, xy
 
 
 def read_points3d(path: Path, with_tracks: bool = False) -> ColmapPoints:

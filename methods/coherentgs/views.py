@@ -2,7 +2,8 @@
 
 For the N training views: optical flow between every ordered pair with forward-backward consistency
 masks; an initial depth map per view from what the data offers (the dataset's depth files, its
-sparse points, or flow triangulated with the known poses), aligned across views by a per-view scale
+sparse points, or flow triangulated with the known poses; a view flow cannot triangulate falls back
+to the points, then to a plane), aligned across views by a per-view scale
 and offset that minimise the flow loss; and C depth layers per view by agglomerative (Ward)
 clustering of its disparity. Batches are whole training images with that view's layers and its
 flows to every other view.
@@ -226,8 +227,34 @@ def covisible(hit: Tensor, flows: Tensor) -> Tensor:
     return out
 
 
-def triangulated_depth(flows: Tensor, masks: Tensor, cameras: Cameras, min_angle_deg: float) -> tuple[Tensor, Tensor]:
-    """Per view, the median over partner views of the depth triangulated from consistent flow.
+def epipolar_error(flow: Tensor, K_a: Tensor, c2w_a: Tensor, K_b: Tensor, c2w_b: Tensor) -> Tensor:
+    """Distance in pixels [H, W] from each flow target p + F_ab(p) in view b to the epipolar line
+    F p of its source pixel p (Hartley and Zisserman 2004, *Multiple View Geometry*, sec. 9.2).
+
+    flow [H, W, 2] = F_{a->b}; K [3, 3]; c2w [3, 4] (OpenCV, pinhole). A flow vector far from its
+    epipolar line matches two rays that do not meet: the midpoint of their closest approach is no
+    point of the surface."""
+    dtype = torch.float64
+    h, w = flow.shape[:2]
+    pa = pixel_grid(h, w, flow.device, dtype)
+    pb = pa + flow.to(dtype)
+    R_a, R_b = c2w_a[:3, :3].to(dtype), c2w_b[:3, :3].to(dtype)
+    R = R_b.T @ R_a  # x_b = R x_a + t in camera coordinates
+    t = R_b.T @ (c2w_a[:3, 3] - c2w_b[:3, 3]).to(dtype)
+    t_cross = torch.zeros(3, 3, dtype=dtype, device=flow.device)
+    t_cross[0, 1], t_cross[0, 2], t_cross[1, 2] = -t[2], t[1], -t[0]
+    t_cross = t_cross - t_cross.T
+    fundamental = torch.linalg.inv(K_b.to(dtype)).T @ t_cross @ R @ torch.linalg.inv(K_a.to(dtype))
+    line = torch.cat([pa, torch.ones_like(pa[..., :1])], -1) @ fundamental.T
+    residual = (pb * line[..., :2]).sum(-1) + line[..., 2]
+    return (residual.abs() / line[..., :2].norm(dim=-1).clamp_min(1e-12)).to(flow.dtype)
+
+
+def triangulated_depth(
+    flows: Tensor, masks: Tensor, cameras: Cameras, min_angle_deg: float, max_epipolar_error: float = float("inf")
+) -> tuple[Tensor, Tensor]:
+    """Per view, the median over partner views of the depth triangulated from consistent flow whose
+    target lies within ``max_epipolar_error`` pixels of its epipolar line (:func:`epipolar_error`).
     Returns depth [V, H, W] (NaN where no partner triangulates) and the count of partners [V, H, W]."""
     v = flows.shape[0]
     K, c2w = cameras.intrinsics_matrices(), cameras.camera_to_worlds
@@ -238,7 +265,8 @@ def triangulated_depth(flows: Tensor, masks: Tensor, cameras: Cameras, min_angle
             if j == i:
                 continue
             d, ok = triangulate_flow(flows[i, j], K[i], c2w[i], K[j], c2w[j], min_angle_deg)
-            samples.append(torch.where(ok & (masks[i, j] > 0), d, torch.full_like(d, float("nan"))))
+            ok &= (masks[i, j] > 0) & (epipolar_error(flows[i, j], K[i], c2w[i], K[j], c2w[j]) <= max_epipolar_error)
+            samples.append(torch.where(ok, d, torch.full_like(d, float("nan"))))
         stack = torch.stack(samples)
         out.append(torch.nanmedian(stack, 0).values)
         count.append((~torch.isnan(stack)).sum(0))
@@ -258,6 +286,27 @@ def sfm_depth(points: np.ndarray, cameras: Cameras) -> Tensor:
         flat.scatter_reduce_(0, (v * w + u)[ok], z[ok], reduce="amin")
         maps.append(torch.where(torch.isinf(flat), torch.full_like(flat, float("nan")), flat).reshape(h, w))
     return torch.stack(maps)
+
+
+def plane_depth(sparse: Tensor, cameras: Cameras, view: int, points: np.ndarray | None = None) -> float | None:
+    """Depth of a fronto-parallel plane for a view that has no depth of its own: the median z, in
+    camera ``view``, of the other views' sparse depth (``sparse`` [V, H, W] z-depth, NaN where none)
+    back-projected to the world, and of ``points`` [P, 3]; counted are those that project into the
+    image or, when none does, every one in front of the camera. None when nothing lies in front.
+
+    A plane is the coarsest guess that stays where the scene is: the other views' surfaces are what
+    this view most likely sees [ours; the official code always has flow depth]."""
+    others = [j for j in range(len(sparse)) if j != view]
+    rays = camera_rays(cameras)
+    world = [world_positions(sparse[others], rays[others], cameras.camera_to_worlds[others])[torch.isfinite(sparse[others])]]
+    if points is not None and len(points):
+        world.append(torch.as_tensor(points, dtype=torch.float32))
+    uv, z = cameras.project(torch.cat(world), view)
+    h, w = int(cameras.height[view]), int(cameras.width[view])
+    front = z > 0
+    inside = front & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+    chosen = z[inside] if inside.any() else z[front]
+    return float(chosen.median()) if len(chosen) else None
 
 
 @dataclass
@@ -283,7 +332,9 @@ class CoherentGSDataManagerConfig(ImageDataManagerConfig):
     """Initial depth: files (the dataset's depth maps; relative ones are fitted like model), sfm (its
     sparse points, hole-filled), flow (triangulated from the flows and the poses, hole-filled), model
     (depth_model's relative output, fitted to relative_depth_reference then aligned on the flow loss);
-    auto = model when depth_model is given, else files when the dataset has them, else flow."""
+    auto = model when depth_model is given, else files when the dataset has them, else flow. With
+    flow, a view that no flow triangulates (views too far apart) takes the sparse points instead,
+    and without those a plane at the median depth of what the other views see (printed per view)."""
     depth_model: Path | None = None
     """A local monocular depth network (e.g. Depth Anything saved with torch.export.save as .pt2, or TorchScript;
     called on [1, 3, H', W'] RGB, returning [1, H', W'] or [1, 1, H', W']). Nothing is downloaded."""
@@ -307,6 +358,10 @@ class CoherentGSDataManagerConfig(ImageDataManagerConfig):
     by a scale and shift: flow (triangulated from the flows and poses) or sfm (the dataset's points)."""
     triangulation_min_angle: float = 0.5
     """Flow triangulation: rays closer than this angle (degrees) are not triangulated."""
+    triangulation_max_epipolar_error: float = 2.0
+    """Flow triangulation: flow whose target lies farther than this (pixels, at the preprocessing
+    resolution) from its epipolar line is not triangulated [ours]. Views where no flow passes get
+    their depth from the next source (see depth_source)."""
     num_layers: int = 5
     """Depth layers per view (C)."""
     align_steps: int = 1000
@@ -366,9 +421,15 @@ class CoherentGSDataManager(ImageDataManager):
         steps = c.align_steps if relative or c.align_metric_depth else 0  # the official stage exists for relative depth
         depth, s, o = align_depth(depth, cameras, flows, masks, steps, c.align_lr_scale, c.align_lr_offset)
         layers = torch.stack([depth_layers(d, c.num_layers) for d in depth])
+        by_source: dict[str, list[int]] = {}
+        for i, name in enumerate(self.view_depth_sources):
+            by_source.setdefault(name, []).append(i)
+        sources = ", ".join(f"{name} (views {', '.join(map(str, ids))})" for name, ids in by_source.items())
+        if len(by_source) == 1:
+            sources = next(iter(by_source))
         console.print(
             f"coherentgs: {len(ds)} views, flow {c.flow_method if c.flow_model is None else c.flow_model.name} ({float(masks.mean()) * len(ds) / max(len(ds) - 1, 1):.0%} of pixel pairs consistent),"
-            f" depth from {self.depth_source}{' (relative, fitted)' if relative else ''}, alignment s={[round(float(x), 3) for x in s]} o={[round(float(x), 3) for x in o]},"
+            f" depth from {sources}{' (relative, fitted)' if relative else ''}, alignment s={[round(float(x), 3) for x in s]} o={[round(float(x), 3) for x in o]},"
             f" {time.perf_counter() - t0:.1f} s"
         )
         return SparseViews(rgb.to(self.device), cameras, depth, layers, flows, masks, hit)
@@ -386,53 +447,91 @@ class CoherentGSDataManager(ImageDataManager):
         """Initial z-depth [V, H, W], the pixels that see a surface [V, H, W] (all but the misses a
         metric depth file marks with 0), and whether the depth came from a relative source (then
         fitted to sparse metric depth here and aligned on the flow loss afterwards).
-        ``images`` [V, H, W, 3] float RGB at the cameras' size (for a depth network)."""
+        ``images`` [V, H, W, 3] float RGB at the cameras' size (for a depth network).
+        ``self.view_depth_sources`` records where each view's depth came from."""
         h, w = int(cameras.height[0]), int(cameras.width[0])
         source = self.depth_source
         out = self.train_outputs
+        v = flows.shape[0]
+        self.view_depth_sources = [source] * v
         if source == "model" or (source == "files" and out.depth_is_relative):
-            return self._relative_depth(flows, masks, cameras, images), torch.ones(flows.shape[0], h, w, dtype=torch.bool, device=self.device), True
+            return self._relative_depth(flows, masks, cameras, images), torch.ones(v, h, w, dtype=torch.bool, device=self.device), True
         if source == "files":
             if not out.depth_filenames:
                 raise DataError("depth_source=files but the dataset has no depth files", out.metadata.get("source"))
-            maps = []
-            for path in out.depth_filenames:
+            filled, hits = [], []
+            for i, path in enumerate(out.depth_filenames):
                 d = load_depth(path, out.depth_unit_scale_factor) * out.dataparser_scale
-                d = torch.nn.functional.interpolate(torch.from_numpy(d)[None, None].float(), size=(h, w), mode="nearest")[0, 0]
-                maps.append(torch.where(d > 0, d, torch.full_like(d, float("nan"))))
-            sparse = torch.stack(maps)
-        elif source == "sfm":
-            if self.points3d is None or len(self.points3d) == 0:
-                raise DataError("depth_source=sfm but the dataset has no sparse points", out.metadata.get("source"))
-            sparse = sfm_depth(self.points3d, cameras.to("cpu"))
-        elif source == "flow":
-            if flows.shape[0] < 2:
-                raise DataError("depth_source=flow needs at least 2 training views", out.metadata.get("source"))
-            sparse, _ = triangulated_depth(flows.cpu(), masks.cpu(), cameras.to("cpu"), self.config.triangulation_min_angle)
-        else:
-            raise DataError(f"unknown depth_source {source!r} (auto, files, sfm or flow)")
-        sparse = sparse.cpu()
-        filled, hits = [], []
-        for i, d in enumerate(sparse):
-            valid = torch.isfinite(d) & (d > 0)
-            if source != "files":
-                foreground = self._foreground(i, (h, w))
-                valid &= foreground
-            if not valid.any():
-                raise DataError(f"no usable {source} depth in training view {i}", out.image_filenames[i])
-            if source == "files":
+                d = F.interpolate(torch.from_numpy(d)[None, None].float(), size=(h, w), mode="nearest")[0, 0]
+                valid = d > 0
+                if not valid.any():
+                    raise DataError(f"no usable files depth in training view {i}", out.image_filenames[i])
                 # Depth files mark rays that hit nothing (background): put those Gaussians far behind
                 # every surface [ours], where nearest-depth filling would float them in front of other views.
                 filled.append(torch.where(valid, d, BACKGROUND_DEPTH_FACTOR * d[valid].max()))
                 hits.append(valid)
+            return torch.stack(filled).to(self.device), torch.stack(hits).to(self.device), False
+        if source not in ("sfm", "flow"):
+            raise DataError(f"unknown depth_source {source!r} (auto, files, sfm or flow)")
+        has_points = self.points3d is not None and len(self.points3d) > 0
+        if source == "sfm" and not has_points:
+            raise DataError("depth_source=sfm but the dataset has no sparse points", out.metadata.get("source"))
+        if source == "flow" and v < 2:
+            raise DataError("depth_source=flow needs at least 2 training views", out.metadata.get("source"))
+        foreground = torch.stack([self._foreground(i, (h, w)) for i in range(v)])
+        sparse = torch.full((v, h, w), float("nan"))
+        # Flow first; a view it cannot triangulate (baselines too wide) falls back to the sparse
+        # points, the next weight-free source, rather than stopping the run.
+        chain = {"flow": ["flow", "sfm"] if has_points else ["flow"], "sfm": ["sfm"]}[source]
+        for name in chain:
+            todo = [i for i in range(v) if not (sparse[i] > 0).any()]
+            if not todo:
+                break
+            if name == "flow":
+                candidate, _ = triangulated_depth(
+                    flows.cpu(), masks.cpu(), cameras.to("cpu"), self.config.triangulation_min_angle, self.config.triangulation_max_epipolar_error
+                )
+            else:
+                candidate = sfm_depth(self.points3d, cameras.to("cpu"))
+            for i in todo:
+                valid = torch.isfinite(candidate[i]) & (candidate[i] > 0) & foreground[i]
+                sparse[i] = torch.where(valid, candidate[i].cpu(), float("nan"))
+                self.view_depth_sources[i] = name
+        planes = {}
+        for i in range(v):
+            if (sparse[i] > 0).any():
                 continue
-            # Drop the farthest and nearest 1 %: triangulation outliers would dominate the layering.
-            lo, hi = torch.quantile(d[valid], torch.tensor([0.01, 0.99])).tolist()
-            valid &= (d >= lo) & (d <= hi)
-            dense = torch.from_numpy(fill_depth(d.nan_to_num(0).numpy(), valid.numpy()))
+            if source != "flow":
+                raise DataError(f"no usable {source} depth in training view {i}", out.image_filenames[i])
+            plane = plane_depth(sparse, cameras.to("cpu"), i, self.points3d)
+            if plane is None:
+                raise DataError(
+                    f"no usable depth in training view {i}: no flow triangulates, no sparse point and no other view's depth lies in front of it",
+                    out.image_filenames[i],
+                )
+            planes[i] = plane
+        filled, hits = [], []
+        for i in range(v):
+            if i in planes:
+                self.view_depth_sources[i] = "plane"
+                dense, far = torch.full((h, w), planes[i]), planes[i]
+            else:
+                d = sparse[i]
+                valid = d > 0
+                # Drop the farthest and nearest 1 %: triangulation outliers would dominate the layering.
+                lo, hi = torch.quantile(d[valid], torch.tensor([0.01, 0.99])).tolist()
+                valid &= (d >= lo) & (d <= hi)
+                dense, far = torch.from_numpy(fill_depth(d.nan_to_num(0).numpy(), valid.numpy())), float(d[valid].max())
             # Transparent pixels see no surface: far behind, as the depth files' misses above.
-            filled.append(torch.where(foreground, dense, BACKGROUND_DEPTH_FACTOR * d[valid].max()))
-            hits.append(foreground)
+            filled.append(torch.where(foreground[i], dense, BACKGROUND_DEPTH_FACTOR * far))
+            hits.append(foreground[i])
+            if self.view_depth_sources[i] != source:
+                how = (
+                    f"a plane at depth {planes[i]:.3g} (median depth of the other views' points in it)"
+                    if i in planes
+                    else f"the sparse points ({int((sparse[i] > 0).sum())} pixels)"
+                )
+                console.print(f"coherentgs: training view {i} ({out.image_filenames[i].name}): no usable {source} depth, starting from {how}")
         return torch.stack(filled).to(self.device), torch.stack(hits).to(self.device), False
 
     def _foreground(self, view: int, size: tuple[int, int]) -> Tensor:
@@ -472,7 +571,7 @@ class CoherentGSDataManager(ImageDataManager):
         else:
             if flows.shape[0] < 2:
                 raise DataError("fitting relative depth to triangulated flow needs at least 2 training views", out.metadata.get("source"))
-            reference, _ = triangulated_depth(flows.cpu(), masks.cpu(), cameras.to("cpu"), c.triangulation_min_angle)
+            reference, _ = triangulated_depth(flows.cpu(), masks.cpu(), cameras.to("cpu"), c.triangulation_min_angle, c.triangulation_max_epipolar_error)
         fitted = []
         for i, (rel, ref) in enumerate(zip(maps, reference.cpu(), strict=True)):
             valid = torch.isfinite(ref) & (ref > 0)

@@ -269,8 +269,8 @@ def test_colmap_few_shot_keeps_points_the_chosen_views_saw(tmp_path: Path) -> No
     write_model(tmp_path / "sparse" / "0", scene["cams"], scene["images"], points, ext=".bin")
     (tmp_path / "images" / "img_05.png").unlink()
     frame = {i + 1: i - (i > 5) for i in range(10) if i != 5}
-    with pytest.warns(UserWarning, match="img_05.png"):
-        out = ColmapParserConfig(num_train_views=3).load(tmp_path)
+    with pytest.warns(UserWarning, match="img_05.png"):  # the track filter (the keypoints here are random)
+        out = ColmapParserConfig(num_train_views=3, few_shot_points="train-views").load(tmp_path)
     chosen = set(out.splits["train"])
     assert len(chosen) == 3
     expect = np.array([len({frame[int(i)] for i in t[:, 0] if int(i) in frame} & chosen) >= 2 for t in tracks])

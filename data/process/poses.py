@@ -41,9 +41,17 @@ class PoseErrors:
 
 def pose_errors(c2w: np.ndarray, reference_c2w: np.ndarray) -> PoseErrors:
     """Errors of camera-to-world poses c2w [N, 3, 4] (or [N, 4, 4]) against reference_c2w in the
-    same camera convention, after aligning the centres by a similarity."""
+    same camera convention, after aligning the centres by a similarity.
+
+    The similarity is fitted twice: to all centres, then to those within 3x the median distance
+    (at least 3), so that one badly registered camera does not shift the others' errors; every
+    camera's error is reported."""
     centres, ref_centres = c2w[:, :3, 3], reference_c2w[:, :3, 3]
     s, R, t = umeyama(centres, ref_centres)
+    dist = np.linalg.norm(s * centres @ R.T + t - ref_centres, axis=-1)
+    inliers = dist <= 3 * np.median(dist)
+    if inliers.sum() >= 3:
+        s, R, t = umeyama(centres[inliers], ref_centres[inliers])
     aligned = (s * centres @ R.T) + t
     size = np.sqrt(((ref_centres - ref_centres.mean(0)) ** 2).sum(-1).mean())
     rel = np.einsum("nji,njk->nik", reference_c2w[:, :3, :3], R @ c2w[:, :3, :3])

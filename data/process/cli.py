@@ -169,17 +169,19 @@ class VideoConfig(ProcessConfig):
 
 
 def _summary(result: ProcessResult, total: float) -> None:
+    def say(text: str, style: str | None = None) -> None:
+        # file names are printed verbatim: "[" in a name is not rich markup
+        console.print(text, style=style, soft_wrap=True, markup=False, highlight=False)
+
     stages = ", ".join(f"{name} {sec:.1f} s" for name, sec in result.timings.items())
     if result.note:
-        console.print(result.note)
-    console.print(f"processed in {total:.1f} s ({stages}; {result.matching} matching)")
-    console.print(
-        f"{len(result.registered)} of {result.num_images} images registered; {result.num_points} sparse points,"
-        f" mean reprojection error {result.reprojection_error:.2f} px"
-    )
+        say(result.note)
+    say(f"processed in {total:.1f} s ({stages}; {result.matching} matching)")
+    say(f"{len(result.registered)} of {result.num_images} images registered; {result.num_points} sparse points,"
+        f" mean reprojection error {result.reprojection_error:.2f} px")
     if result.unregistered:
-        console.print(f"[yellow]not registered (left out of transforms.json): {', '.join(result.unregistered)}[/yellow]")
-    console.print(f"wrote {result.output_dir}; train with: ns-train nerf-hash --data {result.output_dir}")
+        say(f"not registered (left out of transforms.json): {', '.join(result.unregistered)}", "yellow")
+    say(f"wrote {result.output_dir}; train with: ns-train nerf-hash --data {result.output_dir}")
 
 
 Commands = Union[

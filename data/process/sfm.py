@@ -23,8 +23,9 @@ MatchingMethod = Literal["auto", "exhaustive", "sequential"]
 
 EXHAUSTIVE_MAX_IMAGES = 200
 """``auto`` matches every pair up to this many images and neighbours in name order above. Measured
-on lego 400x400 (benchmarks/RESULTS.md): exhaustive matching of 200 images takes about 5 minutes on
-two cores and registers all of them; the pair count, hence the time, grows with the square."""
+on lego 400x400 (benchmarks/RESULTS.md): exhaustive matching of 200 photos took 3.7 minutes on two
+busy cores (19,900 pairs) and registered all of them; the time grows with the square of the count,
+and unordered photos need it (sequential matching relies on capture order)."""
 SEQUENTIAL_OVERLAP = 10
 """Sequential matching pairs each image with the next 10 and with those 2^k ahead (COLMAP's
 quadratic overlap), which also bridges short gaps such as a skipped blurry frame."""
@@ -65,21 +66,30 @@ def _cancellable(call: Callable[..., T], **kwargs) -> T:
 
     token = pycolmap.CancellationToken()
     result: dict[str, object] = {}
+    done = threading.Event()
 
     def work() -> None:
         try:
             result["value"] = call(cancellation_token=token, **kwargs)
         except BaseException as exc:  # handed to the main thread below
             result["error"] = exc
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
+    # Waiting on an Event, not Thread.join: a join that Ctrl-C interrupted returns at once on the
+    # next call (CPython 3.11), and a worker still inside COLMAP when Python exits aborts the process.
+    threading.Thread(target=work, daemon=True).start()
     try:
-        while worker.is_alive():
-            worker.join(0.1)
+        while not done.wait(0.1):
+            pass
     except KeyboardInterrupt:
         token.cancel()
-        worker.join()
+        while True:
+            try:
+                done.wait()
+                break
+            except KeyboardInterrupt:  # COLMAP stops at its next check; leaving earlier would crash
+                continue
         raise
     if "error" in result:
         raise result["error"]  # type: ignore[misc]

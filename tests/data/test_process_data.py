@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +215,24 @@ def test_video_skips_blurry_frames_and_recovers_the_poses(renders, tmp_path):
     errors = pose_errors(parsed.cameras.camera_to_worlds.double().numpy(), c2w[kept])
     assert errors.rotation_deg.max() < MAX_ROTATION_DEG and errors.position.max() < MAX_POSITION, (
         errors.rotation_deg.max(), errors.position.max())
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_structure_from_motion_leaves_nothing(photos, tmp_path):
+    """Ctrl-C while COLMAP works: it is cancelled (the process exits promptly with 130, without
+    COLMAP aborting the interpreter) and neither the output folder nor its temporary sibling stays."""
+    out = tmp_path / "dataset"
+    proc = subprocess.Popen([sys.executable, "-m", "data.process.cli", "images", "--data", str(photos), "--output-dir", str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".dataset.tmp-*/colmap/work/database.db")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # into feature extraction
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().endswith("interrupted"), err
+    assert "Traceback" not in err and "Aborted" not in err and "terminate" not in err
+    assert_no_output(out)
 
 
 def _noise_images(folder: Path, count: int, start: int = 0) -> None:

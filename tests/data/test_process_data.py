@@ -107,13 +107,15 @@ def on_white(rgba: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def photos(renders, tmp_path_factory) -> Path:
-    """The renders as a folder of photos named IMG_1.png .. IMG_40.png (natural order matters). They
+    """The renders as a folder of photos named IMG_1.png .. IMG_40.png (natural order matters), and
+    two photos of noise that cannot register (noise_00.png, noise_01.png, sorted last). The renders
     keep their alpha, so that nerf-hash-small knows the background colour (white, the parser's
     default); COLMAP reads them as grey images."""
     folder = tmp_path_factory.mktemp("capture") / "photos"
     folder.mkdir()
     for i, image in enumerate(renders[0]):
         Image.fromarray(image).save(folder / f"IMG_{i + 1}.png")
+    _noise_images(folder, 2)
     return folder
 
 
@@ -137,12 +139,14 @@ def _colmap_c2w(model: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_images_recover_the_poses(processed, renders):
-    """All 40 renders register; after a similarity alignment the poses are within MAX_ROTATION_DEG
-    and MAX_POSITION of the truth; recon's nerfstudio parser reads the dataset back with exactly
-    the COLMAP model's poses, intrinsics and distortion; images_2/_4/_8 hold the downscaled images."""
+    """All 40 renders register and the two noise photos are named as not registered; after a
+    similarity alignment the poses are within MAX_ROTATION_DEG and MAX_POSITION of the truth;
+    recon's nerfstudio parser reads the dataset back with exactly the COLMAP model's poses,
+    intrinsics and distortion; images_2/_4/_8 hold the downscaled images."""
     out, proc = processed
     assert proc.returncode == 0, proc.stderr
-    assert f"{NUM_VIEWS} of {NUM_VIEWS} images registered" in proc.stderr
+    assert f"{NUM_VIEWS} of {NUM_VIEWS + 2} images registered" in proc.stderr
+    assert "not registered (left out of transforms.json): noise_00.png, noise_01.png" in proc.stderr
     for stage in ("inputs", "features", "matching", "mapping", "output"):
         assert f"{stage} " in proc.stderr
     assert not list(out.parent.glob(".dataset.*"))

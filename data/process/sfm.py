@@ -5,6 +5,10 @@ COLMAP (Schoenberger & Frahm 2016, "Structure-from-Motion Revisited", CVPR; Scho
 through its Python bindings. Each long call runs in a worker thread (pycolmap releases the GIL)
 with a cancellation token, so Ctrl-C stops it promptly and the progress bars keep refreshing.
 Features are extracted and pairs matched in batches so the bars show real progress.
+
+pycolmap is imported inside the functions, so always after torch (imported here through
+``recon.engine.logging``): imported first in a process, pycolmap 4.2.1 makes Pillow's PNG encoder
+abort with "free(): invalid pointer" (measured; with numpy or torch imported before, it does not).
 """
 
 from __future__ import annotations

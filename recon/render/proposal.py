@@ -213,7 +213,9 @@ class ProposalSampler(nn.Module):
                 bins = self._initial_bins(near, far, n, perturb, generator)
             else:
                 assert weights is not None
-                w = weights.detach() ** self.anneal  # annealed histogram, no gradient into resampling
+                # Clamped: a ray grazing the box has intervals of zero length whose weights round to
+                # -1e-7, and a negative base to the fractional annealing power is NaN.
+                w = weights.detach().clamp_min(0.0) ** self.anneal  # annealed histogram, no gradient into resampling
                 bins = sample_pdf_edges(
                     bins, w, n, perturb, self.single_jitter, self.histogram_padding, generator
                 )

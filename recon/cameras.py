@@ -5,10 +5,23 @@ camera coordinates to world coordinates. Pixel ``(u, v)`` has its centre at ``(u
 Parsers convert from OpenGL/Blender (x right, y up, camera looks down -z) and LLFF at load time
 with :func:`opengl_to_opencv`.
 
-Lens distortion is OpenCV's radial-tangential model restricted to ``k1, k2, p1, p2``. Rays for
-distorted pixels are found by inverting the distortion with a few Newton steps.
+Two projection models (``Cameras.camera_model``), each with up to eight coefficients in
+``Cameras.distortion``:
 
-Shapes: C cameras, R rays.
+* ``PERSPECTIVE``: OpenCV's rational radial-tangential model (Brown 1971, "Close-range camera
+  calibration"; the numerator/denominator form of OpenCV's ``CALIB_RATIONAL_MODEL``), coefficients
+  in OpenCV's order ``k1, k2, p1, p2, k3, k4, k5, k6``. COLMAP's SIMPLE_PINHOLE, PINHOLE,
+  SIMPLE_RADIAL, RADIAL, OPENCV and FULL_OPENCV are all special cases.
+* ``FISHEYE``: the equidistant model of Kannala and Brandt (2006, "A generic camera model and
+  calibration method for conventional, wide-angle, and fish-eye lenses", TPAMI), OpenCV's
+  ``cv2.fisheye`` and COLMAP's OPENCV_FISHEYE: ``theta_d = theta (1 + k1 theta^2 + k2 theta^4 +
+  k3 theta^6 + k4 theta^8)`` with ``k1..k4`` in the first four slots. Its rays may leave at more
+  than 90 degrees from the optical axis.
+
+Rays for distorted pixels invert the model by Newton's method (2-D for perspective, 1-D in the
+angle for fisheye); :meth:`Cameras.project` applies it forwards.
+
+Shapes: C cameras, R rays, P points.
 """
 
 from __future__ import annotations
@@ -17,6 +30,14 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import Tensor
+
+PERSPECTIVE = 0
+FISHEYE = 1
+CAMERA_MODEL_NAMES = ("perspective", "fisheye")
+"""``Cameras.camera_model`` value -> name."""
+NUM_DISTORTION = 8
+"""Coefficients per camera in ``Cameras.distortion``."""
+_FISHEYE_MAX_THETA = 3.1  # radians: the angle a fisheye ray is clamped below (just short of straight back)
 
 _OPENGL_TO_OPENCV = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
 
@@ -60,11 +81,31 @@ class RayBundle:
         )
 
 
+def _full(k: Tensor) -> Tensor:
+    """Distortion coefficients [..., n <= 8] padded with zeros to [..., 8]."""
+    if k.shape[-1] == NUM_DISTORTION:
+        return k
+    return torch.cat([k, k.new_zeros(*k.shape[:-1], NUM_DISTORTION - k.shape[-1])], -1)
+
+
+def _radial(r2: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """The rational radial factor (1 + k1 r^2 + k2 r^4 + k3 r^6) / (1 + k4 r^2 + k5 r^4 + k6 r^6)
+    at r2 [R] and its derivative with respect to r2; k [R, 8] in OpenCV's order."""
+    k1, k2, _, _, k3, k4, k5, k6 = k.unbind(-1)
+    a = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    b = 1 + r2 * (k4 + r2 * (k5 + r2 * k6))
+    da = k1 + r2 * (2 * k2 + 3 * k3 * r2)
+    db = k4 + r2 * (2 * k5 + 3 * k6 * r2)
+    return a / b, (da * b - a * db) / (b * b)
+
+
 def _distort(x: Tensor, y: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-    """Apply OpenCV k1,k2,p1,p2 distortion to normalised coordinates; k is [..., 4]."""
-    k1, k2, p1, p2 = k.unbind(-1)
+    """Apply the perspective model's distortion to normalised coordinates x, y [R]; k [R, n <= 8]
+    in OpenCV's order (k1, k2, p1, p2, k3, k4, k5, k6)."""
+    k = _full(k)
+    p1, p2 = k[..., 2], k[..., 3]
     r2 = x * x + y * y
-    radial = 1 + k1 * r2 + k2 * r2 * r2
+    radial, _ = _radial(r2, k)
     xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
     yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
     return xd, yd
@@ -73,36 +114,56 @@ def _distort(x: Tensor, y: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
 def undistort_points(xd: Tensor, yd: Tensor, k: Tensor, iterations: int = 10) -> tuple[Tensor, Tensor]:
     """Invert :func:`_distort` by Newton's method on normalised coordinates.
 
-    xd, yd: [R] distorted normalised coordinates; k: [R, 4]. Returns undistorted (x, y).
+    xd, yd: [R] distorted normalised coordinates; k: [R, n <= 8]. Returns undistorted (x, y).
     """
+    k = _full(k)
+    p1, p2 = k[..., 2], k[..., 3]
     x, y = xd.clone(), yd.clone()
-    k1, k2, p1, p2 = k.unbind(-1)
     for _ in range(iterations):
         r2 = x * x + y * y
-        radial = 1 + k1 * r2 + k2 * r2 * r2
-        dradial = 2 * k1 + 4 * k2 * r2  # d(radial)/d(r2)
+        radial, g = _radial(r2, k)  # g = d(radial)/d(r2)
         fx = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x) - xd
         fy = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y - yd
-        # Jacobian of the distortion map.
-        j00 = radial + x * dradial * 2 * x + 2 * p1 * y + 6 * p2 * x
-        j01 = x * dradial * 2 * y + 2 * p1 * x + 2 * p2 * y
-        j10 = y * dradial * 2 * x + 2 * p1 * x + 2 * p2 * y
-        j11 = radial + y * dradial * 2 * y + 6 * p1 * y + 2 * p2 * x
-        det = j00 * j11 - j01 * j10
+        j00 = radial + 2 * x * x * g + 2 * p1 * y + 6 * p2 * x
+        j01 = 2 * x * y * g + 2 * p1 * x + 2 * p2 * y
+        j11 = radial + 2 * y * y * g + 6 * p1 * y + 2 * p2 * x
+        det = j00 * j11 - j01 * j01  # the Jacobian is symmetric
         det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
         x = x - (j11 * fx - j01 * fy) / det
-        y = y - (-j10 * fx + j00 * fy) / det
+        y = y - (-j01 * fx + j00 * fy) / det
     return x, y
+
+
+def _fisheye_theta_d(theta: Tensor, k: Tensor) -> Tensor:
+    """Kannala-Brandt distorted angle theta_d [R] of angles theta [R] from the optical axis; k [R, 8]."""
+    k1, k2, k3, k4 = k[..., :4].unbind(-1)
+    t2 = theta * theta
+    return theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4))))
+
+
+def fisheye_theta(theta_d: Tensor, k: Tensor, iterations: int = 10) -> Tensor:
+    """Invert :func:`_fisheye_theta_d` by Newton's method: angles [R] in [0, 3.1] from theta_d [R] >= 0."""
+    k1, k2, k3, k4 = _full(k)[..., :4].unbind(-1)
+    theta = theta_d.clone()
+    for _ in range(iterations):
+        t2 = theta * theta
+        f = theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4)))) - theta_d
+        df = 1 + t2 * (3 * k1 + t2 * (5 * k2 + t2 * (7 * k3 + 9 * k4 * t2)))
+        df = torch.where(df.abs() < 1e-12, torch.full_like(df, 1e-12), df)
+        theta = (theta - f / df).clamp(0.0, _FISHEYE_MAX_THETA)
+    return theta
 
 
 @dataclass
 class Cameras:
-    """A set of C pinhole cameras with optional OpenCV distortion.
+    """A set of C cameras: pinhole, distorted perspective or fisheye (see the module docstring).
 
     camera_to_worlds: [C, 3, 4] OpenCV convention.
     fx, fy, cx, cy: [C] intrinsics in pixels.
     width, height: [C] int64 image sizes.
-    distortion: [C, 4] (k1, k2, p1, p2); zeros for pinhole.
+    distortion: [C, 8] coefficients of each camera's model (zeros: pinhole); fewer columns
+        (e.g. OpenCV's k1, k2, p1, p2) are padded with zeros, one row is shared by all cameras.
+    camera_model: [C] int64, ``PERSPECTIVE`` (default) or ``FISHEYE``.
     """
 
     camera_to_worlds: Tensor
@@ -113,6 +174,7 @@ class Cameras:
     width: Tensor
     height: Tensor
     distortion: Tensor = field(default=None)  # type: ignore[assignment]
+    camera_model: Tensor = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         c2w = torch.as_tensor(self.camera_to_worlds, dtype=torch.float32)
@@ -131,11 +193,16 @@ class Cameras:
 
         self.fx, self.fy, self.cx, self.cy = (vec(v) for v in (self.fx, self.fy, self.cx, self.cy))
         self.width, self.height = vec(self.width, torch.int64), vec(self.height, torch.int64)
-        if self.distortion is None:
-            self.distortion = torch.zeros(n, 4, device=c2w.device)
-        else:
-            self.distortion = torch.as_tensor(self.distortion, dtype=torch.float32, device=c2w.device)
-            self.distortion = self.distortion.reshape(n, 4) if self.distortion.numel() == 4 * n else self.distortion.expand(n, 4).clone()
+        d = torch.zeros(n, NUM_DISTORTION) if self.distortion is None else torch.as_tensor(self.distortion, dtype=torch.float32)
+        d = d.to(c2w.device)
+        if d.ndim == 1:
+            d = d[None]
+        if d.ndim != 2 or d.shape[-1] > NUM_DISTORTION or d.shape[0] not in (1, n):
+            raise ValueError(f"distortion must be [C, <= {NUM_DISTORTION}] or one row, got {tuple(d.shape)} for {n} cameras")
+        self.distortion = _full(d).expand(n, NUM_DISTORTION).clone()
+        self.camera_model = vec(PERSPECTIVE if self.camera_model is None else self.camera_model, torch.int64)
+        if not bool(((self.camera_model == PERSPECTIVE) | (self.camera_model == FISHEYE)).all()):
+            raise ValueError(f"camera_model must be {PERSPECTIVE} (perspective) or {FISHEYE} (fisheye)")
 
     # -- container behaviour -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -155,7 +222,8 @@ class Cameras:
 
     @property
     def has_distortion(self) -> bool:
-        return bool((self.distortion != 0).any())
+        """Whether any camera is not a plain pinhole (distortion coefficients or a fisheye model)."""
+        return bool((self.distortion != 0).any()) or bool((self.camera_model != PERSPECTIVE).any())
 
     @staticmethod
     def cat(cams: list["Cameras"]) -> "Cameras":
@@ -183,19 +251,41 @@ class Cameras:
         return out
 
     # -- rays ----------------------------------------------------------------------------------
-    def rays_for_pixels(self, camera_indices: Tensor, u: Tensor, v: Tensor) -> RayBundle:
-        """Rays through pixel coordinates (continuous; centres are at +0.5).
+    def pixel_directions(self, camera_indices: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        """Unit camera-space directions [R, 3] of the rays through pixel coordinates (continuous;
+        centres are at +0.5), with each camera's distortion inverted.
 
         camera_indices: [R] int; u, v: [R] pixel coordinates (x right, y down).
         """
         i = camera_indices.long()
         x = (u - self.cx[i]) / self.fx[i]
         y = (v - self.cy[i]) / self.fy[i]
+        if not self.has_distortion:
+            d = torch.stack([x, y, torch.ones_like(x)], -1)
+            return d / d.norm(dim=-1, keepdim=True)
         k = self.distortion[i]
-        if self.has_distortion:
-            x, y = undistort_points(x, y, k)
-        d_cam = torch.stack([x, y, torch.ones_like(x)], -1)
-        d_cam = d_cam / d_cam.norm(dim=-1, keepdim=True)
+        fisheye = self.camera_model[i] == FISHEYE
+        d = torch.empty(len(x), 3, dtype=x.dtype, device=x.device)
+        flat = ~fisheye
+        if bool(flat.any()):
+            xu, yu = undistort_points(x[flat], y[flat], k[flat])
+            d[flat] = torch.stack([xu, yu, torch.ones_like(xu)], -1)
+        if bool(fisheye.any()):
+            xd, yd = x[fisheye], y[fisheye]
+            rd = torch.sqrt(xd * xd + yd * yd)
+            theta = fisheye_theta(rd, k[fisheye])
+            # sin(theta) / theta_d tends to 1 on the optical axis, where theta = theta_d = 0
+            s = torch.where(rd > 1e-9, torch.sin(theta) / rd.clamp_min(1e-9), torch.ones_like(rd))
+            d[fisheye] = torch.stack([xd * s, yd * s, torch.cos(theta)], -1)
+        return d / d.norm(dim=-1, keepdim=True)
+
+    def rays_for_pixels(self, camera_indices: Tensor, u: Tensor, v: Tensor) -> RayBundle:
+        """Rays through pixel coordinates (continuous; centres are at +0.5).
+
+        camera_indices: [R] int; u, v: [R] pixel coordinates (x right, y down).
+        """
+        i = camera_indices.long()
+        d_cam = self.pixel_directions(i, u, v)
         c2w = self.camera_to_worlds[i]
         directions = (c2w[:, :, :3] @ d_cam[..., None])[..., 0]
         directions = directions / directions.norm(dim=-1, keepdim=True)
@@ -212,6 +302,25 @@ class Cameras:
         idx = torch.full((h * w,), camera_index, device=self.device, dtype=torch.long)
         return self.rays_for_pixels(idx, uu.reshape(-1), vv.reshape(-1))
 
+    def camera_to_pixels(self, points: Tensor, camera_index: int = 0) -> Tensor:
+        """Pixel coordinates [P, 2] (centres at +0.5, distortion applied) of camera-space points
+        [P, 3] in camera ``camera_index``. Perspective cameras need z > 0; fisheye ones take any
+        direction."""
+        i = camera_index
+        X, Y, Z = points.unbind(-1)
+        k = self.distortion[i].expand(len(points), NUM_DISTORTION)
+        if int(self.camera_model[i]) == FISHEYE:
+            rho = torch.sqrt(X * X + Y * Y)
+            theta_d = _fisheye_theta_d(torch.atan2(rho, Z), k)
+            # theta_d / rho tends to 1 / Z on the optical axis
+            s = torch.where(rho > 1e-9, theta_d / rho.clamp_min(1e-9), 1.0 / Z)
+            x, y = X * s, Y * s
+        else:
+            x, y = X / Z, Y / Z
+            if bool((self.distortion[i] != 0).any()):
+                x, y = _distort(x, y, k)
+        return torch.stack([x * self.fx[i] + self.cx[i], y * self.fy[i] + self.cy[i]], -1)
+
     def project(self, points: Tensor, camera_index: int = 0) -> tuple[Tensor, Tensor]:
         """Project world points [P, 3] into camera ``camera_index``.
 
@@ -219,13 +328,7 @@ class Cameras:
         """
         w2c = self.world_to_cameras()[camera_index]
         pc = points @ w2c[:3, :3].T + w2c[:3, 3]
-        z = pc[:, 2]
-        x, y = pc[:, 0] / z, pc[:, 1] / z
-        if self.has_distortion:
-            x, y = _distort(x, y, self.distortion[camera_index].expand(len(x), 4))
-        i = camera_index
-        uv = torch.stack([x * self.fx[i] + self.cx[i], y * self.fy[i] + self.cy[i]], -1)
-        return uv, z
+        return self.camera_to_pixels(pc, camera_index), pc[:, 2]
 
 
 def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:

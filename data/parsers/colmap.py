@@ -22,9 +22,13 @@ from data.parsers.common import (
     warn_missing,
 )
 from data.splits import interval_splits
+from recon.cameras import FISHEYE, NUM_DISTORTION, PERSPECTIVE
 from recon.errors import DataError
 
-SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+SUPPORTED_MODELS = (
+    "SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV",
+    "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "OPENCV_FISHEYE",
+)
 
 # Where a sparse model is looked for, relative to the dataset folder, in this order.
 MODEL_CANDIDATES = ("sparse/0", "colmap/sparse/0", "sparse", ".")
@@ -32,25 +36,23 @@ MODEL_CANDIDATES = ("sparse/0", "colmap/sparse/0", "sparse", ".")
 """Fewer sparse points than this cannot give a robust content box; the cameras rule is used then."""
 
 
-def camera_intrinsics(cam: ColmapCamera, source: Path) -> tuple[float, float, float, float, np.ndarray]:
-    """(fx, fy, cx, cy, [k1, k2, p1, p2]) of a COLMAP camera; DataError for other models."""
+def camera_intrinsics(cam: ColmapCamera, source: Path) -> tuple[float, float, float, float, np.ndarray, int]:
+    """(fx, fy, cx, cy, distortion [8], camera model) of a COLMAP camera in recon's terms
+    (:mod:`recon.cameras`); DataError for the models recon does not model (FOV, thin-prism).
+
+    Perspective models give OpenCV's (k1, k2, p1, p2, k3, k4, k5, k6), of which COLMAP's FULL_OPENCV
+    is the whole; the fisheye models are Kannala-Brandt's (k1, k2, k3, k4): COLMAP's
+    SIMPLE_RADIAL_FISHEYE and RADIAL_FISHEYE are OPENCV_FISHEYE with the higher terms zero."""
     p = np.asarray(cam.params, dtype=np.float64)
-    k = np.zeros(4)
-    if cam.model == "SIMPLE_PINHOLE":
-        f, cx, cy = p
-        return f, f, cx, cy, k
-    if cam.model == "PINHOLE":
-        fx, fy, cx, cy = p
-        return fx, fy, cx, cy, k
-    if cam.model == "SIMPLE_RADIAL":
-        f, cx, cy, k[0] = p
-        return f, f, cx, cy, k
-    if cam.model == "RADIAL":
-        f, cx, cy, k[0], k[1] = p
-        return f, f, cx, cy, k
-    if cam.model == "OPENCV":
-        fx, fy, cx, cy, k[0], k[1], k[2], k[3] = p
-        return fx, fy, cx, cy, k
+    k = np.zeros(NUM_DISTORTION)
+    if cam.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE"):
+        f, cx, cy = p[:3]
+        k[: len(p) - 3] = p[3:]
+        return f, f, cx, cy, k, FISHEYE if cam.model.endswith("FISHEYE") else PERSPECTIVE
+    if cam.model in ("PINHOLE", "OPENCV", "FULL_OPENCV", "OPENCV_FISHEYE"):
+        fx, fy, cx, cy = p[:4]
+        k[: len(p) - 4] = p[4:]
+        return fx, fy, cx, cy, k, FISHEYE if cam.model == "OPENCV_FISHEYE" else PERSPECTIVE
     raise DataError(
         f"unsupported COLMAP camera model {cam.model} (camera {cam.id}); supported: {', '.join(SUPPORTED_MODELS)}."
         " Undistort the images first (colmap image_undistorter) to get PINHOLE cameras",
@@ -107,7 +109,7 @@ class ColmapParserConfig(ParserConfig):
             raise DataError(f"image folder {folder.name}/ not found next to the COLMAP model", data)
 
         ordered = sorted(images.values(), key=lambda im: natural_key(im.name))
-        paths, missing, c2ws, intr, dists, sizes, model_sizes, frame_of_image = [], [], [], [], [], [], [], {}
+        paths, missing, c2ws, intr, dists, models, sizes, model_sizes, frame_of_image = [], [], [], [], [], [], [], [], {}
         for im in ordered:
             path = folder / im.name
             if not path.is_file():
@@ -116,7 +118,7 @@ class ColmapParserConfig(ParserConfig):
             if im.camera_id not in cams:
                 raise DataError(f"image {im.name!r} refers to camera {im.camera_id}, which is not in the model", model_dir)
             cam = cams[im.camera_id]
-            fx, fy, cx, cy, k = camera_intrinsics(cam, model_dir)
+            fx, fy, cx, cy, k, model = camera_intrinsics(cam, model_dir)
             w, h = cam.width, cam.height
             if self.downscale_factor != 1:
                 # Downscaled folders may round differently: scale by the real size, not 1/factor.
@@ -131,6 +133,7 @@ class ColmapParserConfig(ParserConfig):
             sizes.append((w, h))
             model_sizes.append((cam.width, cam.height))
             dists.append(k)
+            models.append(model)
             frame_of_image[im.id] = len(paths)
             paths.append(path)
         if not paths:
@@ -139,7 +142,7 @@ class ColmapParserConfig(ParserConfig):
 
         c2w = np.stack(c2ws)
         intr_a, sizes_a = np.array(intr), np.array(sizes)
-        cameras = make_cameras(c2w, *intr_a.T, sizes_a[:, 0], sizes_a[:, 1], distortion=np.stack(dists))
+        cameras = make_cameras(c2w, *intr_a.T, sizes_a[:, 0], sizes_a[:, 1], distortion=np.stack(dists), camera_model=models)
         pts = rgb = tracks = keypoints = None
         if points is not None and len(points):
             pts, rgb = points.xyz, points.rgb.astype(np.uint8)  # float64 until normalised

@@ -154,8 +154,10 @@ def make_cameras(
     width: Any,
     height: Any,
     distortion: np.ndarray | None = None,
+    camera_model: Any = None,
 ) -> Cameras:
-    """Cameras from numpy arrays (c2w [N, 3, 4] OpenCV; the rest [N] or scalars; distortion [N, 4])."""
+    """Cameras from numpy arrays (c2w [N, 3, 4] OpenCV; the rest [N] or scalars; distortion
+    [N, <= 8] in :class:`~recon.cameras.Cameras`' order; camera_model [N] or a scalar, default perspective)."""
     n = len(c2w)
     vec = lambda v: torch.as_tensor(np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)).copy())  # noqa: E731
     return Cameras(
@@ -166,7 +168,8 @@ def make_cameras(
         cy=vec(cy).float(),
         width=vec(width).round().long(),
         height=vec(height).round().long(),
-        distortion=None if distortion is None else torch.as_tensor(np.asarray(distortion, dtype=np.float64)).float().reshape(n, 4),
+        distortion=None if distortion is None else torch.as_tensor(np.asarray(distortion, dtype=np.float64)).float().reshape(n, -1),
+        camera_model=None if camera_model is None else vec(camera_model).long(),
     )
 
 

@@ -29,9 +29,10 @@ from data.parsers.common import (
     warn_missing,
 )
 from data.splits import interval_splits
+from recon.cameras import FISHEYE, NUM_DISTORTION, PERSPECTIVE
 from recon.errors import DataError
 
-PERSPECTIVE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE")
 CUE_KEYS = {
     "mask_path": "mask_filenames",
     "depth_file_path": "depth_filenames",
@@ -117,10 +118,9 @@ class NerfstudioParserConfig(ParserConfig):
         poses = [check_pose(f["transform_matrix"], jpath, i) for i, f in enumerate(frames)]
         order = sorted(range(len(frames)), key=lambda i: natural_key(frames[i]["file_path"]))
 
-        paths, rels, c2ws, intr, dists, missing = [], [], [], [], [], []
+        paths, rels, c2ws, intr, dists, models, missing = [], [], [], [], [], [], []
         cues: dict[str, list[Path]] = {key: [] for key in CUE_KEYS}
         cue_seen: dict[str, int] = {key: 0 for key in CUE_KEYS}
-        ignored_k34 = False
         for i in order:
             frame = frames[i]
             rel = str(frame["file_path"])
@@ -128,8 +128,7 @@ class NerfstudioParserConfig(ParserConfig):
             if not path.is_file():
                 missing.append(path)
                 continue
-            fx, fy, cx, cy, w, h, k, k34 = self._intrinsics(meta, frame, path, jpath, i)
-            ignored_k34 |= k34
+            fx, fy, cx, cy, w, h, k, model = self._intrinsics(meta, frame, path, jpath, i)
             for key in CUE_KEYS:
                 if frame.get(key) is not None:
                     cue_seen[key] += 1
@@ -142,18 +141,17 @@ class NerfstudioParserConfig(ParserConfig):
             c2ws.append(poses[i])
             intr.append((fx, fy, cx, cy, w, h))
             dists.append(k)
+            models.append(model)
         if not paths:
             raise DataError(f"none of the {len(frames)} images listed exist (first: {missing[0]})", jpath)
         warn_missing(missing, "frames", jpath)
-        if ignored_k34:
-            warnings.warn(f"{jpath}: k3/k4 distortion terms are ignored (recon models k1, k2, p1, p2)", stacklevel=2)
         for key, count in cue_seen.items():
             if 0 < count < len(paths):
                 raise DataError(f"{key} is given for {count} of {len(paths)} frames; give it for all or none", jpath)
 
         c2w = opengl_to_opencv_np(np.stack(c2ws))
         fx, fy, cx, cy, w, h = np.array(intr).T
-        cameras = make_cameras(c2w, fx, fy, cx, cy, w, h, distortion=np.stack(dists))
+        cameras = make_cameras(c2w, fx, fy, cx, cy, w, h, distortion=np.stack(dists), camera_model=models)
 
         pts = rgb = None
         if self.load_points and meta.get("ply_file_path"):
@@ -202,12 +200,13 @@ class NerfstudioParserConfig(ParserConfig):
 
     def _intrinsics(
         self, meta: dict, frame: dict, path: Path, jpath: Path, i: int
-    ) -> tuple[float, float, float, float, int, int, np.ndarray, bool]:
-        """(fx, fy, cx, cy, w, h, [k1, k2, p1, p2], has k3/k4) for one frame; frame keys override global."""
+    ) -> tuple[float, float, float, float, int, int, np.ndarray, int]:
+        """(fx, fy, cx, cy, w, h, distortion [8], camera model) for one frame in recon's terms
+        (:mod:`recon.cameras`); frame keys override global ones."""
         get = lambda key: frame.get(key, meta.get(key))  # noqa: E731
         model = str(get("camera_model") or "OPENCV").upper()
-        if model not in PERSPECTIVE_MODELS:
-            raise DataError(f"frame {i}: unsupported camera_model {model} (supported: {', '.join(PERSPECTIVE_MODELS)})", jpath)
+        if model not in CAMERA_MODELS:
+            raise DataError(f"frame {i}: unsupported camera_model {model} (supported: {', '.join(CAMERA_MODELS)})", jpath)
         w_json, h_json = get("w"), get("h")
         if w_json is None or h_json is None or self.downscale_factor != 1:
             w_img, h_img = image_size(path)
@@ -234,15 +233,21 @@ class NerfstudioParserConfig(ParserConfig):
         if self.downscale_factor != 1:
             sx, sy = w_img / w_json, h_img / h_json
             fx, cx, fy, cy, w, h = fx * sx, cx * sx, fy * sy, cy * sy, w_img, h_img
-        k = np.array([float(get(key) or 0.0) for key in ("k1", "k2", "p1", "p2")])
-        if model in ("SIMPLE_PINHOLE", "PINHOLE"):
-            k[:] = 0.0
+        coeff = {key: number(get(key) or 0.0, jpath, f"frame {i}: {key}") for key in ("k1", "k2", "k3", "k4", "p1", "p2")}
+        k = np.zeros(NUM_DISTORTION)
+        if model == "OPENCV_FISHEYE":
+            if coeff["p1"] or coeff["p2"]:
+                raise DataError(f"frame {i}: OPENCV_FISHEYE has no tangential terms, but p1/p2 are set", jpath)
+            k[:4] = [coeff[key] for key in ("k1", "k2", "k3", "k4")]
+            return fx, fy, cx, cy, int(round(w)), int(round(h)), k, FISHEYE
+        if model == "OPENCV":
+            # nerfstudio's perspective k4 is an r^8 term, which OpenCV's model (and recon's) has not.
+            if coeff["k4"]:
+                raise DataError(f"frame {i}: k4 with camera_model OPENCV (nerfstudio's r^8 radial term) is not supported; use a COLMAP model (FULL_OPENCV) instead", jpath)
+            k[:5] = [coeff[key] for key in ("k1", "k2", "p1", "p2", "k3")]
         elif model in ("SIMPLE_RADIAL", "RADIAL"):
-            k[2:] = 0.0
-        k34 = model == "OPENCV" and any(float(get(key) or 0.0) != 0.0 for key in ("k3", "k4"))
-        if not np.isfinite(k).all():
-            raise DataError(f"frame {i}: distortion coefficients must be finite", jpath)
-        return fx, fy, cx, cy, int(round(w)), int(round(h)), k, k34
+            k[:2] = coeff["k1"], coeff["k2"]
+        return fx, fy, cx, cy, int(round(w)), int(round(h)), k, PERSPECTIVE
 
     def _splits(self, meta: dict, rels: list[str], jpath: Path) -> dict[str, list[int]]:
         keys = {s: meta.get(f"{s}_filenames") for s in ("train", "val", "test")}

@@ -29,7 +29,7 @@ from data.parsers import (
     NerfstudioParserConfig,
     detect_format,
 )
-from data.parsers.colmap_io import ColmapCamera, ColmapImage, ColmapPoints, read_model, read_points3d, write_model
+from data.parsers.colmap_io import CAMERA_MODELS, ColmapCamera, ColmapImage, ColmapPoints, read_model, read_points3d, write_model
 from recon.cameras import look_at
 from recon.errors import ConfigError, DataError
 from recon.rotations import matrix_to_quaternion
@@ -202,7 +202,7 @@ def _colmap_scene(root: Path, ext: str, model: str = "OPENCV") -> dict:
     xyz = rng.uniform(-1, 1, (300, 3)) @ q.T + offset
     cams = {
         1: ColmapCamera(1, "PINHOLE", 64, 48, np.array([60.0, 58.0, 31.5, 24.5])),
-        2: ColmapCamera(2, model, 80, 60, np.r_[70.0, 71.0, 40.0, 30.0, 0.01, -0.002, 0.001, 0.0005, [0.0] * (4 if model == "FULL_OPENCV" else 0)]),
+        2: ColmapCamera(2, model, 80, 60, np.r_[70.0, 71.0, 40.0, 30.0, 0.01, -0.002, 0.001, 0.0005, [0.0] * 8][: CAMERA_MODELS[model][1]]),
         3: ColmapCamera(3, "SIMPLE_RADIAL", 64, 48, np.array([55.0, 32.0, 24.0, 0.03])),
     }
     images = {}
@@ -245,9 +245,9 @@ def test_colmap_round_trip_and_parse(tmp_path: Path, ext: str) -> None:
     c = out.cameras
     assert c.fx.tolist()[:3] == pytest.approx([60.0, 70.0, 55.0]) and c.fy.tolist()[:3] == pytest.approx([58.0, 71.0, 55.0])
     assert c.cx.tolist()[:3] == pytest.approx([31.5, 40.0, 32.0]) and c.width.tolist()[:3] == [64, 80, 64]
-    np.testing.assert_allclose(c.distortion[1].numpy(), [0.01, -0.002, 0.001, 0.0005], rtol=1e-5)
-    np.testing.assert_allclose(c.distortion[2].numpy(), [0.03, 0, 0, 0], rtol=1e-5)
-    assert not c.distortion[0].any()
+    np.testing.assert_allclose(c.distortion[1].numpy(), [0.01, -0.002, 0.001, 0.0005, 0, 0, 0, 0], rtol=1e-5)
+    np.testing.assert_allclose(c.distortion[2].numpy(), [0.03, 0, 0, 0, 0, 0, 0, 0], rtol=1e-5)
+    assert not c.distortion[0].any() and not c.camera_model.any()
     # poses and points match what was written, once mapped back to the input frame
     np.testing.assert_allclose(_to_input(out, c.camera_to_worlds[:, :, 3]), scene["c2w"][:, :, 3], atol=1e-4)
     np.testing.assert_allclose(_input_rotations(out), scene["c2w"][:, :, :3], atol=1e-5)
@@ -285,9 +285,38 @@ def test_colmap_few_shot_keeps_points_the_chosen_views_saw(tmp_path: Path) -> No
         assert len(ColmapParserConfig().load(tmp_path).points3d) == 300
 
 
-def test_colmap_unsupported_model(tmp_path: Path) -> None:
-    _colmap_scene(tmp_path, ".bin", model="FULL_OPENCV")
-    with pytest.raises(DataError, match="unsupported COLMAP camera model FULL_OPENCV") as exc:
+@pytest.mark.parametrize(
+    "model, distortion, fisheye",
+    [
+        ("FULL_OPENCV", [0.01, -0.002, 0.001, 0.0005, 0, 0, 0, 0], False),
+        ("OPENCV_FISHEYE", [0.01, -0.002, 0.001, 0.0005, 0, 0, 0, 0], True),
+        ("RADIAL_FISHEYE", [30.0, 0.01, 0, 0, 0, 0, 0, 0], True),  # the same numbers read as f, cx, cy, k1, k2
+    ],
+)
+def test_colmap_rational_and_fisheye_models(tmp_path: Path, model: str, distortion: list[float], fisheye: bool) -> None:
+    _colmap_scene(tmp_path, ".txt", model=model)
+    c = ColmapParserConfig().load(tmp_path).cameras
+    np.testing.assert_allclose(c.distortion[1].numpy(), distortion, rtol=1e-5)
+    assert c.camera_model.tolist()[:3] == [0, int(fisheye), 0]
+    assert c.fx.tolist()[1] == pytest.approx(70.0)
+
+
+def test_nerfstudio_fisheye_and_k3(tmp_path: Path) -> None:
+    _ns_dataset(tmp_path, n=3, missing=(), k3=-0.001)
+    c = NerfstudioParserConfig().load(tmp_path).cameras
+    np.testing.assert_allclose(c.distortion[0].numpy(), [0.01, 0, 0, 0.002, -0.001, 0, 0, 0], rtol=1e-5)
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    meta.update(camera_model="OPENCV_FISHEYE", k1=0.02, k2=-0.01, k3=0.003, k4=-0.001, p2=0.0)
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    c = NerfstudioParserConfig().load(tmp_path).cameras
+    assert c.camera_model.tolist() == [1, 1, 1]
+    np.testing.assert_allclose(c.distortion[0].numpy(), [0.02, -0.01, 0.003, -0.001, 0, 0, 0, 0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["FOV", "THIN_PRISM_FISHEYE"])
+def test_colmap_unsupported_model(tmp_path: Path, model: str) -> None:
+    _colmap_scene(tmp_path, ".bin", model=model)
+    with pytest.raises(DataError, match=f"unsupported COLMAP camera model {model}") as exc:
         ColmapParserConfig().load(tmp_path)
     assert "sparse/0" in str(exc.value)
 
@@ -354,7 +383,7 @@ def test_nerfstudio_dataset(tmp_path: Path) -> None:
     assert c.fx.tolist()[:3] == pytest.approx([60.0, 60.0, 70.0])
     assert c.fy.tolist()[2] == pytest.approx(71.0) and c.cy.tolist()[2] == pytest.approx(20.0)
     assert c.width.tolist()[:3] == [64, 64, 80] and c.height.tolist()[:3] == [48, 48, 40]
-    np.testing.assert_allclose(c.distortion[0].numpy(), [0.01, 0, 0, 0.002], rtol=1e-5)
+    np.testing.assert_allclose(c.distortion[0].numpy(), [0.01, 0, 0, 0.002, 0, 0, 0, 0], rtol=1e-5)
     # OpenGL -> OpenCV and normalisation undo to the written poses
     np.testing.assert_allclose(_to_input(out, c.camera_to_worlds[:, :, 3]), scene["c2w"][keep, :, 3], atol=1e-4)
     np.testing.assert_allclose(_input_rotations(out), scene["c2w"][keep, :, :3], atol=1e-5)
@@ -427,7 +456,9 @@ def test_nerfstudio_bad_inputs(tmp_path: Path) -> None:
 
     expect(lambda m: m["frames"][1].update(transform_matrix=np.eye(3).tolist()), r"frame 1: transform_matrix must be 4x4")
     expect(lambda m: m["frames"][2].__setitem__("transform_matrix", [[float("nan")] * 4] * 4), r"frame 2: .*NaN")
-    expect(lambda m: m.update(camera_model="OPENCV_FISHEYE"), "unsupported camera_model OPENCV_FISHEYE")
+    expect(lambda m: m.update(k4=0.01), "k4 with camera_model OPENCV")
+    expect(lambda m: m.update(camera_model="OPENCV_FISHEYE"), "OPENCV_FISHEYE has no tangential terms")
+    expect(lambda m: m.update(k1="strong"), "k1 must be a number")
     expect(lambda m: m.update(camera_model="EQUIRECTANGULAR"), "unsupported camera_model EQUIRECTANGULAR")
     expect(lambda m: (m.pop("fl_x"), m.pop("fl_y")), "missing intrinsics")
     expect(lambda m: m.update(frames=[]), "no frames")

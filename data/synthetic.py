@@ -94,7 +94,10 @@ import tyro
 from PIL import Image
 from torch import Tensor
 
+from data.parsers.colmap import camera_intrinsics
+from data.parsers.colmap_io import ColmapCamera, ColmapImage, ColmapPoints, write_model
 from recon.cameras import Cameras, look_at, opengl_to_opencv
+from recon.rotations import matrix_to_quaternion
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,11 @@ log = logging.getLogger(__name__)
 GENERATOR_VERSION = 1
 
 ObjectName = Literal["sphere", "rounded_box", "torus", "cylinder", "capsule"]
+CameraModelName = Literal["PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV", "OPENCV_FISHEYE"]
+_NUM_COEFFICIENTS = {"PINHOLE": 0, "SIMPLE_RADIAL": 1, "RADIAL": 2, "OPENCV": 4, "FULL_OPENCV": 8, "OPENCV_FISHEYE": 4}
+_CAMERA_FIELDS = ("camera_model", "distortion", "layout")
+"""Fields added after GENERATOR_VERSION 1: they enter the config hash only when set, so the cache
+folders of scenes made before them keep their names."""
 GROUND_TOP_Z = -0.4
 _SINK = 0.01  # objects sink this far into the ground: no coplanar faces, a clean contact line
 _LIGHT_DIR = (0.5, -0.35, 0.8)
@@ -162,6 +170,22 @@ class SyntheticSceneConfig:
     """Marching-cubes grid spacing of the GT mesh, world units."""
     num_points: int = 5000
     """Points in ``sparse_pc.ply``."""
+    camera_model: CameraModelName = "PINHOLE"
+    """Lens model of every camera, by COLMAP's name; images and every cue are rendered through it
+    exactly (the rays of :meth:`recon.cameras.Cameras.generate_rays`)."""
+    distortion: tuple[float, ...] = ()
+    """The model's coefficients in COLMAP's order: SIMPLE_RADIAL k; RADIAL k1 k2; OPENCV k1 k2 p1 p2;
+    FULL_OPENCV k1 k2 p1 p2 k3 k4 k5 k6; OPENCV_FISHEYE k1 k2 k3 k4; none for PINHOLE."""
+    layout: Literal["nerfstudio", "colmap"] = "nerfstudio"
+    """Files written: nerfstudio's transforms.json with every ground-truth cue, or a COLMAP capture
+    (images/ composited onto black, sparse/0/ as a text model whose points carry their tracks)."""
+
+    def __post_init__(self) -> None:
+        want = _NUM_COEFFICIENTS[self.camera_model]
+        if len(self.distortion) != want:
+            raise ValueError(f"camera_model {self.camera_model} takes {want} distortion coefficients, got {len(self.distortion)}")
+        if self.layout == "nerfstudio" and self.camera_model == "FULL_OPENCV":
+            raise ValueError("FULL_OPENCV has no transforms.json form (k4..k6 are rational terms there); use layout colmap")
 
 
 # -- SDF primitives (local coordinates, [P, 3] -> [P]) ---------------------------------------------
@@ -398,6 +422,7 @@ def make_cameras(config: SyntheticSceneConfig) -> dict[str, Cameras]:
     test = _farthest_from(train, candidates, config.num_test_views)
     val = _farthest_from(np.concatenate([train, test]), candidates, config.num_val_views)
     fx = 0.5 * config.width / math.tan(math.radians(config.fov_degrees) / 2)
+    _, _, _, _, distortion, model = _lens(config, fx)
     target = torch.tensor(config.target, dtype=torch.float32)
     out: dict[str, Cameras] = {}
     for name, dirs in (("train", train), ("test", test), ("val", val)):
@@ -406,8 +431,21 @@ def make_cameras(config: SyntheticSceneConfig) -> dict[str, Cameras]:
         radii = config.radius * (1 + rng.uniform(-config.radius_jitter, config.radius_jitter, size=len(dirs)))
         eye = target + torch.from_numpy(dirs * radii[:, None]).float()
         c2w = look_at(eye, target[None]) if len(dirs) else torch.zeros(0, 3, 4)
-        out[name] = Cameras(c2w, fx, fx, config.width / 2, config.height / 2, config.width, config.height)
+        out[name] = Cameras(c2w, fx, fx, config.width / 2, config.height / 2, config.width, config.height, distortion, model)
     return out
+
+
+def _colmap_camera(config: SyntheticSceneConfig, fx: float) -> ColmapCamera:
+    """The scene's camera as COLMAP writes it (principal point at the image centre, fy = fx)."""
+    single_focal = config.camera_model in ("SIMPLE_RADIAL", "RADIAL")
+    head = [fx, config.width / 2, config.height / 2] if single_focal else [fx, fx, config.width / 2, config.height / 2]
+    return ColmapCamera(1, config.camera_model, config.width, config.height, np.array(head + list(config.distortion), dtype=np.float64))
+
+
+def _lens(config: SyntheticSceneConfig, fx: float) -> tuple:
+    """(fx, fy, cx, cy, distortion [8], camera model) through the COLMAP parser's own reading of the
+    camera, so the scene renders exactly the camera a parser gives back."""
+    return camera_intrinsics(_colmap_camera(config, fx), Path("synthetic"))
 
 
 # -- the scene ---------------------------------------------------------------------------------
@@ -623,7 +661,11 @@ def _object_normal(obj: SceneObject, points: Tensor) -> Tensor:
 
 def config_hash(config: SyntheticSceneConfig) -> str:
     """Short stable hash of the config and generator version (names the cache folder)."""
-    payload = json.dumps({"version": GENERATOR_VERSION, "config": asdict(config)}, sort_keys=True)
+    fields = asdict(config)
+    for name in _CAMERA_FIELDS:
+        if fields[name] == SyntheticSceneConfig.__dataclass_fields__[name].default:
+            del fields[name]
+    payload = json.dumps({"version": GENERATOR_VERSION, "config": fields}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -670,18 +712,83 @@ def _sparse_points(scene: SyntheticScene, cams: Cameras, out: dict[str, Tensor],
     return pts.numpy().astype(np.float32), (rgb.numpy() * 255 + 0.5).astype(np.uint8)
 
 
+def _lens_keys(config: SyntheticSceneConfig) -> dict[str, float]:
+    """transforms.json's distortion keys of the scene's camera model (nerfstudio's names)."""
+    names = {"SIMPLE_RADIAL": ("k1",), "RADIAL": ("k1", "k2"), "OPENCV": ("k1", "k2", "p1", "p2"), "OPENCV_FISHEYE": ("k1", "k2", "k3", "k4")}
+    return dict(zip(names.get(config.camera_model, ()), map(float, config.distortion)))
+
+
+def _tracks(cameras: Cameras, out: dict[str, Tensor], points: np.ndarray) -> list[np.ndarray]:
+    """Per camera, the indices of the points it sees: in the image, in front, and within 3 % of the
+    depth of the pixel they fall on (so occluded points are not observations)."""
+    pts = torch.from_numpy(points).float()
+    seen = []
+    for i in range(len(cameras)):
+        uv, z = cameras.project(pts, i)
+        h, w = out["depth"].shape[1:3]
+        u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+        inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        depth = out["depth"][i][v.clamp(0, h - 1), u.clamp(0, w - 1)]
+        visible = inside & (depth > 0) & ((depth - z).abs() < 0.03 * z)
+        seen.append(np.flatnonzero(visible.numpy()))
+    return seen
+
+
+def _write_colmap(root: Path, config: SyntheticSceneConfig, cameras: Cameras, out: dict[str, Tensor], points: np.ndarray, colours: np.ndarray) -> None:
+    """images/ (RGB composited onto black: COLMAP data has no alpha, and black is the background
+    recon's models assume for RGB data) and a COLMAP text model in sparse/0/ whose points keep
+    the images that see them."""
+    seen = _tracks(cameras, out, points)
+    tracks: list[list[tuple[int, int]]] = [[] for _ in range(len(points))]
+    images = {}
+    for i in range(len(cameras)):
+        name = f"frame_{i:05d}.png"
+        rgb = out["rgb"][i] * out["alpha"][i][..., None]
+        _save_png(root / "images" / name, (rgb.numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8))
+        uv, _ = cameras.project(torch.from_numpy(points[seen[i]]).float(), i)
+        for j, p in enumerate(seen[i]):
+            tracks[p].append((i + 1, j))
+        R = cameras.camera_to_worlds[i, :, :3].double().T
+        t = -R @ cameras.camera_to_worlds[i, :, 3].double()
+        images[i + 1] = ColmapImage(i + 1, matrix_to_quaternion(R).numpy(), t.numpy(), 1, name, uv.double().numpy(), seen[i].astype(np.int64) + 1)
+    model_points = ColmapPoints(
+        np.arange(1, len(points) + 1, dtype=np.int64), points.astype(np.float64), colours, np.zeros(len(points)),
+        [np.array(tr, dtype=np.int32).reshape(-1, 2) for tr in tracks],
+    )
+    write_model(root / "sparse" / "0", {1: _colmap_camera(config, float(cameras.fx[0]))}, images, model_points, ext=".txt")
+
+
 @_torch_threads(1)
 def _write_scene(root: Path, config: SyntheticSceneConfig) -> None:
     """Generate every file of the scene into the (empty) folder ``root``."""
     t0 = time.perf_counter()
     scene = SyntheticScene(config)
-    for sub in ("images", "depth", "normals", "instances", "masks"):
+    colmap = config.layout == "colmap"
+    for sub in ("images",) if colmap else ("images", "depth", "normals", "instances", "masks"):
         (root / sub).mkdir()
     cams = scene.cameras()
     order = [s for s in ("train", "test", "val") if s in cams]
     all_cams = Cameras.cat([cams[s] for s in order])
     out = scene.render(all_cams)
 
+    n_train = len(cams["train"])
+    train_out = {key: v[:n_train] for key, v in out.items()}
+    pts, cols = _sparse_points(scene, cams["train"], train_out, config.num_points, config.seed)
+    mesh = scene.mesh()
+    mesh.export(root / "mesh.ply")
+    np.save(root / "mesh_instances.npy", mesh.face_attributes["instance"].astype(np.int32))
+    if colmap:
+        _write_colmap(root, config, all_cams, out, pts, cols)
+    else:
+        _write_nerfstudio(root, config, cams, order, all_cams, out, pts, cols)
+    _write_scene_json(root, config, scene)
+    log.info("synthetic scene written to %s in %.1f s", root, time.perf_counter() - t0)
+
+
+def _write_nerfstudio(
+    root: Path, config: SyntheticSceneConfig, cams: dict[str, Cameras], order: list[str], all_cams: Cameras, out: dict[str, Tensor], pts: np.ndarray, cols: np.ndarray
+) -> None:
+    """Every per-frame file, sparse_pc.ply and transforms.json (layout in the module docstring)."""
     frames, split_files = [], {s: [] for s in ("train", "val", "test")}
     k = 0
     for s in order:
@@ -702,27 +809,19 @@ def _write_scene(root: Path, config: SyntheticSceneConfig) -> None:
             k += 1
     if not split_files["val"]:
         split_files["val"] = list(split_files["test"])
-
-    n_train = len(cams["train"])
-    train_out = {key: v[:n_train] for key, v in out.items()}
-    pts, cols = _sparse_points(scene, cams["train"], train_out, config.num_points, config.seed)
     trimesh.PointCloud(pts, colors=np.concatenate([cols, np.full((len(cols), 1), 255, np.uint8)], 1)).export(
         root / "sparse_pc.ply"
     )
-
-    mesh = scene.mesh()
-    mesh.export(root / "mesh.ply")
-    np.save(root / "mesh_instances.npy", mesh.face_attributes["instance"].astype(np.int32))
-
     fx = float(all_cams.fx[0])
     transforms = {
-        "camera_model": "PINHOLE",
+        "camera_model": config.camera_model,
         "fl_x": fx,
         "fl_y": float(all_cams.fy[0]),
         "cx": float(all_cams.cx[0]),
         "cy": float(all_cams.cy[0]),
         "w": config.width,
         "h": config.height,
+        **_lens_keys(config),
         "ply_file_path": "sparse_pc.ply",
         "mesh_file_path": "mesh.ply",  # recon extension: ground-truth mesh, same frame as poses
         "normal_frame": "world",  # recon extension: normals/*.npy are world-space (not camera-space)
@@ -732,6 +831,9 @@ def _write_scene(root: Path, config: SyntheticSceneConfig) -> None:
         "frames": frames,
     }
     (root / "transforms.json").write_text(json.dumps(transforms, indent=2))
+
+
+def _write_scene_json(root: Path, config: SyntheticSceneConfig, scene: SyntheticScene) -> None:
     meta = {
         "generator_version": GENERATOR_VERSION,
         "config_hash": config_hash(config),
@@ -758,7 +860,6 @@ def _write_scene(root: Path, config: SyntheticSceneConfig) -> None:
         ],
     }
     (root / "scene.json").write_text(json.dumps(meta, indent=2))
-    log.info("synthetic scene written to %s in %.1f s", root, time.perf_counter() - t0)
 
 
 def generate_scene(out_dir: str | Path, config: SyntheticSceneConfig | None = None, overwrite: bool = False) -> Path:

@@ -3,7 +3,9 @@
 :class:`ImageDataset` holds the decoded images of one split (uint8, resized once at load) and
 their cameras. :class:`RayDataManager` draws random rays over all pixels of the training images
 from its own seeded generator, whose state is part of every checkpoint so a resumed run draws
-the same batches as an uninterrupted one.
+the same batches as an uninterrupted one; its rays are each camera's exact distorted rays.
+:class:`ImageDataManager` hands whole images to a pinhole rasterizer, so it sees the data through
+:meth:`DataManagerConfig.prepare_data`: distorted cameras undistorted (:mod:`data.undistort`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor
 
 from data.base import DataparserOutputs
 from data.images import load_image, load_mask
+from data.undistort import undistort_outputs
 from recon.config import InstantiateConfig
 from recon.errors import DataError
 
@@ -109,9 +112,19 @@ class DataManagerConfig(InstantiateConfig):
     eval_split: str = "test"
     """Split used for evaluation and eval images."""
 
+    def prepare_data(self, outputs: Any) -> Any:
+        """The parsed data as this datamanager presents it to its model (and to evaluation, rendering,
+        export and the viewer, which reparse a run's dataset through it); the base keeps it as parsed."""
+        return outputs
+
+    def setup(self, **kwargs: Any) -> Any:
+        if "outputs" in kwargs:
+            kwargs["outputs"] = self.prepare_data(kwargs["outputs"])
+        return super().setup(**kwargs)
+
     def dataset(self, outputs: DataparserOutputs) -> ImageDataset:
         """The images of ``outputs`` (one split) as this datamanager would load them."""
-        return ImageDataset(outputs, self.image_scale, load_masks=False)
+        return ImageDataset(self.prepare_data(outputs), self.image_scale, load_masks=False)
 
 
 class DataManager:
@@ -186,7 +199,13 @@ RayDataManagerConfig._target = RayDataManager  # the config is declared first so
 
 @dataclass
 class ImageDataManagerConfig(DataManagerConfig):
-    """Whole training images, one camera per step, in epochs of random order (3DGS's sampling)."""
+    """Whole training images, one camera per step, in epochs of random order (3DGS's sampling);
+    distorted cameras are undistorted to pinhole ones once, at load time (cached on disk)."""
+
+    def prepare_data(self, outputs: Any) -> Any:
+        """Undistorted to pinhole cameras (:func:`data.undistort.undistort_outputs`): the models that
+        take whole images rasterize through a pinhole."""
+        return undistort_outputs(outputs) if isinstance(outputs, DataparserOutputs) else outputs
 
 
 class ImageDataManager(DataManager):

@@ -39,7 +39,7 @@ from recon.image_metrics import ssim
 from recon.model import Export, Model, ModelConfig, Output, SceneInfo
 from recon.errors import ConfigError
 from recon.render.gaussians import rasterization, resolve_backend
-from recon.render.gaussians.helpers import camera_matrices
+from recon.render.gaussians.helpers import camera_matrices, require_pinhole
 
 __all__ = ["PrimitiveModel", "PrimitiveModelConfig", "initial_points", "knn_rms_distance"]
 
@@ -158,7 +158,9 @@ class PrimitiveModel(Model):
     def check_datamanager(self, datamanager: Any) -> None:
         """Resolve the rasterizer backend once, before anything is written: a broken installation
         (warp-lang missing on a CPU) or an impossible ``RECON_BACKEND`` is a one-line error here
-        instead of a traceback at the first step. Primitives with their own rasterizer override this."""
+        instead of a traceback at the first step; so are lens-distorted training cameras, which a
+        pinhole rasterizer cannot render. Primitives with their own rasterizer override this."""
+        require_pinhole(datamanager, type(self).__name__)
         try:
             resolve_backend(None, self.device, torch.float32)
         except (ImportError, ValueError) as err:

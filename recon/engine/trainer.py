@@ -153,11 +153,15 @@ def _camera_extent(outputs: Any) -> dict[str, float]:
 
 
 def load_dataset(config: TrainerConfig) -> Any:
-    """Parse the configured dataset (few-shot split applied)."""
+    """Parse the configured dataset (few-shot split applied), as the datamanager presents it
+    (its ``prepare_data``: whole-image datamanagers undistort it), so that evaluation, rendering,
+    export and the viewer see the cameras the model was trained with."""
     parser = config.dataparser
     if config.num_train_views is not None:
         parser.num_train_views = config.num_train_views
-    return parser.load(config.data)
+    outputs = parser.load(config.data)
+    prepare = getattr(config.datamanager, "prepare_data", None)
+    return outputs if prepare is None else prepare(outputs)
 
 
 class Trainer:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import Tensor
 
 from recon.cameras import Cameras
+from recon.errors import ConfigError
 from recon.fields.spherical_harmonics import C0
 
 
@@ -15,7 +17,22 @@ def rgb_to_sh(rgb: Tensor) -> Tensor:
 
 
 def camera_matrices(camera: Cameras) -> tuple[Tensor, Tensor]:
-    """Cameras [C] -> view matrices [C, 4, 4] (world-to-camera, OpenCV) and intrinsics [C, 3, 3]."""
+    """Pinhole cameras [C] -> view matrices [C, 4, 4] (world-to-camera, OpenCV) and intrinsics [C, 3, 3].
+
+    The rasterizers project through a pinhole. Whole-image datamanagers undistort distorted data
+    at load time (``data.undistort``) and :func:`require_pinhole` refuses others before training,
+    so a distorted camera here is a bug in the caller, not a user error."""
     if camera.has_distortion:
-        raise ValueError("Gaussian splatting renders pinhole cameras; undistort the images first")
+        raise ValueError("internal error: a distorted camera reached the pinhole rasterizer (whole-image data must be undistorted at load time)")
     return camera.world_to_cameras(), camera.intrinsics_matrices()
+
+
+def require_pinhole(datamanager: Any, method: str) -> None:
+    """ConfigError, before anything is written, when ``datamanager``'s training cameras are not all
+    pinhole cameras (a datamanager that does not undistort, given lens-distorted data)."""
+    cameras = getattr(getattr(datamanager, "train_dataset", None), "cameras", None)
+    if isinstance(cameras, Cameras) and cameras.has_distortion:
+        raise ConfigError(
+            f"{method} rasterizes pinhole cameras, but its datamanager ({type(datamanager).__name__}) gives it lens-distorted ones;"
+            " use a whole-image datamanager (ImageDataManager undistorts the images at load time)"
+        )

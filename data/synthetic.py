@@ -50,14 +50,22 @@ Files (nerfstudio layout)
     mesh_instances.npy       int32 [F] instance id of every face of mesh.ply
     scene.json               generator version, config (+ hash), objects with poses/params, light
 
-``transforms.json`` keys: ``camera_model: "PINHOLE"``, ``fl_x, fl_y, cx, cy, w, h`` (pixels,
-pixel centres at +0.5), ``frames[i]`` with ``file_path``, ``transform_matrix`` (4x4 camera-to-world
+``transforms.json`` keys: ``camera_model`` (``"PINHOLE"`` unless a lens is chosen, then its name
+and its ``k1``.. ``p2`` keys), ``fl_x, fl_y, cx, cy, w, h`` (pixels, pixel centres at +0.5), ``frames[i]`` with ``file_path``, ``transform_matrix`` (4x4 camera-to-world
 in the **OpenGL/Blender** convention: camera looks down -z, y up; recon parsers convert with
 :func:`recon.cameras.opengl_to_opencv`), ``depth_file_path``, ``mask_path``, ``normal_file_path``,
 ``instance_file_path``; top level ``ply_file_path: "sparse_pc.ply"``, ``train_filenames`` /
 ``val_filenames`` / ``test_filenames`` (lists of ``file_path`` values; val = the test frames when
 ``num_val_views == 0``) and the recon extensions ``mesh_file_path: "mesh.ply"`` and
 ``normal_frame: "world"``.
+
+Lenses and the COLMAP layout: ``camera_model``/``distortion`` (COLMAP's names and coefficient
+order) render every image and cue through that lens exactly, with the camera a parser reads back
+(``data.parsers.colmap.camera_intrinsics`` makes it). ``layout="colmap"`` writes a capture as
+COLMAP gives one instead: ``images/`` (RGB composited onto black), ``sparse/0/{cameras,images,
+points3D}.txt`` with one shared camera and the sparse points' tracks (every view that sees a
+point within 3 % of its depth), plus ``mesh.ply`` and ``scene.json``; COLMAP's parser holds out
+every 8th image rather than the generator's test views.
 
 Depth units: nerfstudio multiplies depth files by ``depth_unit_scale_factor`` (default 1e-3, meant
 for millimetre PNGs) -- that factor is a dataparser option, not a transforms.json key. Depth here

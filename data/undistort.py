@@ -147,15 +147,19 @@ def _inner_rectangle(camera: Cameras) -> tuple[float, float, float, float]:
 
 
 def _trim(valid: np.ndarray) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) bounds of a sub-rectangle of ``valid`` [H, W] holding only True,
-    found by repeatedly dropping the border row or column with the most invalid pixels."""
+    """(top, bottom, left, right) bounds of a sub-rectangle of ``valid`` [H, W] whose border holds
+    only True, found by repeatedly dropping the border row or column with the most False."""
     top, bottom, left, right = 0, valid.shape[0], 0, valid.shape[1]
     while top < bottom and left < right:
-        block = valid[top:bottom, left:right]
-        if block.all():
-            break
-        bad = [(~block[0]).sum(), (~block[-1]).sum(), (~block[:, 0]).sum(), (~block[:, -1]).sum()]
+        bad = [
+            (~valid[top, left:right]).sum(),
+            (~valid[bottom - 1, left:right]).sum(),
+            (~valid[top:bottom, left]).sum(),
+            (~valid[top:bottom, right - 1]).sum(),
+        ]
         side = int(np.argmax(bad))
+        if bad[side] == 0:
+            break
         if side == 0:
             top += 1
         elif side == 1:
@@ -167,22 +171,32 @@ def _trim(valid: np.ndarray) -> tuple[int, int, int, int]:
     return top, bottom, left, right
 
 
+def _folded(w: int, h: int) -> DataError:
+    return DataError(
+        f"the lens distortion of a {w}x{h} camera leaves no region that a pinhole camera can show"
+        " (it folds over within the image: are the distortion coefficients right?)"
+    )
+
+
 def undistortion(camera: Cameras) -> Undistortion:
     """The pinhole replacement of one distorted camera and its sampling maps (see the module docstring)."""
     w, h = int(camera.width[0]), int(camera.height[0])
     fx, fy = float(camera.fx[0]), float(camera.fy[0])
     x0, x1, y0, y1 = _inner_rectangle(camera)
     if not (x1 > x0 and y1 > y0):
-        raise DataError(f"the lens distortion of a {w}x{h} camera leaves no region that a pinhole camera can show")
+        raise _folded(w, h)
     scale = min(w / (fx * (x1 - x0)), h / (fy * (y1 - y0)))
     nfx, nfy = fx * scale, fy * scale
     nw, nh = max(1, int(nfx * (x1 - x0) + 1e-6)), max(1, int(nfy * (y1 - y0) + 1e-6))
     target = Cameras(camera.camera_to_worlds, nfx, nfy, -x0 * nfx, -y0 * nfy, nw, nh)
     map_x, map_y = _sampling_maps(camera, target)
-    valid = np.isfinite(map_x) & np.isfinite(map_y) & (map_x >= -0.5) & (map_x <= w - 0.5) & (map_y >= -0.5) & (map_y <= h - 0.5)
+    tol = 1e-3  # pixels: the rectangle's own edge maps onto the image border up to rounding
+    valid = np.isfinite(map_x) & np.isfinite(map_y)
+    valid &= (map_x >= -0.5 - tol) & (map_x <= w - 0.5 + tol) & (map_y >= -0.5 - tol) & (map_y <= h - 0.5 + tol)
     top, bottom, left, right = _trim(valid)
-    if bottom - top < 2 or right - left < 2:
-        raise DataError(f"the lens distortion of a {w}x{h} camera leaves no region that a pinhole camera can show")
+    # Invalid pixels inside a valid border mean the lens folds over within the image.
+    if bottom - top < 2 or right - left < 2 or not valid[top:bottom, left:right].all():
+        raise _folded(w, h)
     target = Cameras(camera.camera_to_worlds, nfx, nfy, -x0 * nfx - left, -y0 * nfy - top, right - left, bottom - top)
     return Undistortion(camera, target, map_x[top:bottom, left:right].copy(), map_y[top:bottom, left:right].copy())
 
@@ -321,7 +335,8 @@ _CUES = (("image", "image_filenames", ".png"), ("mask", "mask_filenames", ".png"
 def undistort_outputs(outputs: DataparserOutputs, cache: Path | None = None, workers: int | None = None) -> DataparserOutputs:
     """``outputs`` with every distorted camera replaced by its pinhole camera and the per-pixel files
     of those frames by undistorted copies in the cache; pinhole frames (and datasets without a
-    distorted camera) pass through unchanged. Work already in the cache is not redone.
+    distorted camera, returned as the same object) pass through unchanged. Work already in the
+    cache is not redone. ``metadata["undistorted_frames"]`` counts the frames that were distorted.
 
     cache: the cache folder (default :func:`cache_dir`); workers: threads resampling files (default
     up to 4; OpenCV releases the GIL in remap and PNG encoding).

@@ -20,7 +20,7 @@ from recon.cameras import FISHEYE
 from recon.config import get_method
 from recon.engine.evaluate import evaluate_images
 from recon.engine.trainer import Trainer
-from recon.errors import ConfigError
+from recon.errors import ConfigError, DataError
 
 SMALL = dict(width=32, height=32, supersample=1, num_points=500, fov_degrees=60.0)
 LENSES = {
@@ -158,3 +158,13 @@ def test_unsupported_lens_is_one_line_before_the_run_folder(scenes, tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "unsupported COLMAP camera model FOV" in lines[0] and "sparse/0" in lines[0]
     assert not out.exists()
+
+
+def test_unreadable_image_of_a_distorted_capture_is_named_before_the_run_folder(scenes, tmp_path, quiet_config):
+    scene = Path(shutil.copytree(scenes("OPENCV", 8), tmp_path / "scene"))
+    broken = scene / "images" / "frame_00003.png"
+    broken.write_bytes(broken.read_bytes()[:60])
+    with pytest.raises(DataError, match="frame_00003.png"):
+        Trainer(quiet_config("splat", scene, tmp_path / "out", 5))
+    assert not (tmp_path / "out").exists()
+    assert not any(p.suffix == ".tmp" or ".tmp" in p.name for p in (tmp_path / "cache").rglob("*"))

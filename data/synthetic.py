@@ -125,7 +125,7 @@ _AMBIENT = 0.35
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
     """Run torch ops with ``n`` intra-op threads, restoring the previous count afterwards.
 
     Sphere tracing is many small, compacted ops: one thread is about as fast as several on an idle
@@ -575,7 +575,7 @@ class SyntheticScene:
         return {"t": t, "hit": hit, "rgb": rgb, "normal": normal, "instance": instance}
 
     @torch.no_grad()
-    @_torch_threads(1)
+    @torch_threads(1)
     def render(self, cameras: Cameras, supersample: int | None = None, max_rays: int = 1 << 20) -> dict[str, Tensor]:
         """Render C cameras of equal size.
 
@@ -627,7 +627,7 @@ class SyntheticScene:
         """Cameras per split, see :func:`make_cameras`."""
         return make_cameras(self.config)
 
-    @_torch_threads(1)
+    @torch_threads(1)
     def mesh(self) -> trimesh.Trimesh:
         """GT mesh in world coordinates: one watertight component per object, concatenated.
 
@@ -766,7 +766,7 @@ def _write_colmap(root: Path, config: SyntheticSceneConfig, cameras: Cameras, ou
     write_model(root / "sparse" / "0", {1: _colmap_camera(config, float(cameras.fx[0]))}, images, model_points, ext=".txt")
 
 
-@_torch_threads(1)
+@torch_threads(1)
 def _write_scene(root: Path, config: SyntheticSceneConfig) -> None:
     """Generate every file of the scene into the (empty) folder ``root``."""
     t0 = time.perf_counter()

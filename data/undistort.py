@@ -23,11 +23,11 @@ Cache: the resampled files are written once under ``$RECON_CACHE_DIR/undistorted
 ``~/.cache/recon/undistorted/``), never into the dataset, named by a hash of the source file's path,
 size and modification time, the distorted camera and :data:`CACHE_VERSION`; the pinhole camera of
 each distorted camera is kept beside them as JSON. Resume, ``ns-eval``, ``ns-render``, ``ns-export``
-and ``ns-viewer`` reparse the dataset and find everything there. Decoding a cached PNG costs about
-what decoding the original JPEG and remapping it does (measured at 12 MP: 0.35 s against
-0.28 + 0.22 s), so the cache is there to make every process see the same files, not for speed; the
-one-time cost is the PNG encoding (0.9 s at 12 MP, level 1, in a few threads). The folder can be
-deleted at any time.
+and ``ns-viewer`` reparse the dataset and find everything there. A JPEG source is cached as a JPEG
+of quality 95 and everything else losslessly (PNG, or ``.npy`` for depth and ids): at 12 MP a
+cached PNG takes longer to decode (0.48 s) than the source JPEG plus the remap (0.12 + 0.10 s),
+while the cached JPEG decodes in 0.11 s and differs from the lossless result by 43 dB PSNR
+(benchmarks/bench_undistort.py). The folder can be deleted at any time.
 """
 
 from __future__ import annotations
@@ -180,6 +180,14 @@ def _folded(w: int, h: int) -> DataError:
 
 def undistortion(camera: Cameras) -> Undistortion:
     """The pinhole replacement of one distorted camera and its sampling maps (see the module docstring)."""
+    from data.synthetic import torch_threads
+
+    # Many small element-wise ops: one thread is as fast, and on a busy machine two can be 100x slower.
+    with torch_threads(1):
+        return _undistortion(camera)
+
+
+def _undistortion(camera: Cameras) -> Undistortion:
     w, h = int(camera.width[0]), int(camera.height[0])
     fx, fy = float(camera.fx[0]), float(camera.fy[0])
     x0, x1, y0, y1 = _inner_rectangle(camera)
@@ -265,14 +273,27 @@ def _write(path: Path, payload: bytes) -> None:
         raise DataError(f"cannot write the undistortion cache ({exc.strerror or exc}); point RECON_CACHE_DIR at a writable folder", path) from None
 
 
-def _png(array: np.ndarray) -> bytes:
-    """PNG bytes of uint8/uint16 [H, W] or RGB(A) [H, W, 3|4] (level 1: fast, still lossless)."""
+JPEG_QUALITY = 95
+"""Quality of the cached copy of a JPEG source (see :func:`_encoded`)."""
+
+
+def _encoded(array: np.ndarray, suffix: str) -> bytes:
+    """``.png`` (level 1: fast, lossless) or ``.jpg`` bytes of uint8/uint16 [H, W] or RGB(A) [H, W, 3|4]."""
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA if array.shape[-1] == 4 else cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    options = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if suffix == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ok, buf = cv2.imencode(suffix, array, options)
     if not ok:
-        raise RuntimeError("OpenCV could not encode a PNG")
+        raise RuntimeError(f"OpenCV could not encode a {suffix} image")
     return buf.tobytes()
+
+
+def _image_suffix(source: Path) -> str:
+    """A JPEG source is cached as JPEG: decoding the cached PNG of a 12 MP photo takes longer than
+    decoding the JPEG and resampling it again (benchmarks/RESULTS.md), and one more generation at
+    quality 95 changes it far less than training can resolve (measured there too). Everything else
+    stays lossless."""
+    return ".jpg" if source.suffix.lower() in (".jpg", ".jpeg") else ".png"
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -307,10 +328,10 @@ def _undistorted_file(kind: str, src: Path, dst: Path, plan: Undistortion) -> No
     if kind == "image":
         image = load_image(src)
         _check_size(image, plan.source, src, "image")
-        _write(dst, _png(undistort_image(image, plan)))
+        _write(dst, _encoded(undistort_image(image, plan), dst.suffix))
     elif kind == "mask":
         mask = load_mask(src).astype(np.uint8) * 255
-        _write(dst, _png(plan.resized(mask.shape[1], mask.shape[0]).remap(mask, nearest=True)))
+        _write(dst, _encoded(plan.resized(mask.shape[1], mask.shape[0]).remap(mask, nearest=True), ".png"))
     elif kind == "depth":
         depth = load_depth(src, 1.0)  # raw values: the dataset's depth_unit_scale_factor still applies
         _write(dst, _npy(plan.resized(depth.shape[1], depth.shape[0]).remap(depth, nearest=True)))
@@ -323,12 +344,12 @@ def _undistorted_file(kind: str, src: Path, dst: Path, plan: Undistortion) -> No
         length = np.linalg.norm(normals, axis=-1, keepdims=True)
         normals = np.where(length > 0.5, normals / np.maximum(length, 1e-6), 0.0)
         # 16-bit PNG stores [0, 1]: unambiguous for load_normal, unlike a .npy of [-1, 1] values
-        _write(dst, _png(np.round((normals * 0.5 + 0.5) * 65535.0).astype(np.uint16)))
+        _write(dst, _encoded(np.round((normals * 0.5 + 0.5) * 65535.0).astype(np.uint16), ".png"))
     else:
         raise ValueError(f"unknown per-pixel file kind {kind!r}")
 
 
-_CUES = (("image", "image_filenames", ".png"), ("mask", "mask_filenames", ".png"), ("depth", "depth_filenames", ".npy"),
+_CUES = (("image", "image_filenames", None), ("mask", "mask_filenames", ".png"), ("depth", "depth_filenames", ".npy"),
          ("normal", "normal_filenames", ".png"), ("instance", "instance_filenames", ".npy"))
 
 
@@ -364,7 +385,7 @@ def undistort_outputs(outputs: DataparserOutputs, cache: Path | None = None, wor
                 continue
             src = Path(files[attr][i])
             key = _file_key(kind, src, camera)
-            dst = root / key[:2] / f"{key}{ext}"
+            dst = root / key[:2] / f"{key}{_image_suffix(src) if kind == 'image' else ext}"
             files[attr][i] = dst
             if not dst.is_file():
                 jobs.append((kind, src, dst, camera))

@@ -25,8 +25,8 @@ size and modification time, the distorted camera and :data:`CACHE_VERSION`; the 
 each distorted camera is kept beside them as JSON. Resume, ``ns-eval``, ``ns-render``, ``ns-export``
 and ``ns-viewer`` reparse the dataset and find everything there. A JPEG source is cached as a JPEG
 of quality 95 and everything else losslessly (PNG, or ``.npy`` for depth and ids): at 12 MP a
-cached PNG takes longer to decode (0.48 s) than the source JPEG plus the remap (0.12 + 0.10 s),
-while the cached JPEG decodes in 0.11 s and differs from the lossless result by 43 dB PSNR
+cached PNG takes longer to decode (0.65 s) than the source JPEG plus the remap (0.16 + 0.14 s),
+while the cached JPEG decodes in 0.14 s and differs from the lossless result by 43 dB PSNR
 (benchmarks/bench_undistort.py). The folder can be deleted at any time.
 """
 

@@ -74,16 +74,6 @@ class Undistortion:
     map_x: np.ndarray
     map_y: np.ndarray
 
-    def resized(self, width: int, height: int) -> "Undistortion":
-        """The same undistortion for a per-pixel file of another size (e.g. half-resolution depth)."""
-        sw, sh = int(self.source.width[0]), int(self.source.height[0])
-        if (width, height) == (sw, sh):
-            return self
-        sx, sy = width / sw, height / sh
-        source = _resized(self.source, width, height)
-        target = _resized(self.target, round(int(self.target.width[0]) * sx), round(int(self.target.height[0]) * sy))
-        return Undistortion(source, target, *_sampling_maps(source, target))
-
     def remap(self, array: np.ndarray, nearest: bool = False) -> np.ndarray:
         """Resample a source-sized array [H, W] or [H, W, C] into the target camera ([H', W'(, C)]):
         bilinear, or the nearest source pixel (any dtype, e.g. int32 ids)."""
@@ -98,9 +88,19 @@ class Undistortion:
         return out.reshape(*out.shape[:2], *array.shape[2:])
 
 
-def _resized(camera: Cameras, width: int, height: int) -> Cameras:
-    sx, sy = width / float(camera.width[0]), height / float(camera.height[0])
-    return replace(camera, fx=camera.fx * sx, fy=camera.fy * sy, cx=camera.cx * sx, cy=camera.cy * sy, width=torch.tensor([width]), height=torch.tensor([height]))
+def _at_image_size(array: np.ndarray, plan: Undistortion, nearest: bool) -> np.ndarray:
+    """A per-pixel array [h, w(, C)] of another size than its image (half-resolution depth) brought
+    to the image's size first, so the image's sampling map applies: nearest pixel (any dtype), or
+    bilinear. Done with plain resampling rather than a map of its own, so the worker threads run no
+    torch code."""
+    w, h = int(plan.source.width[0]), int(plan.source.height[0])
+    if array.shape[:2] == (h, w):
+        return array
+    if not nearest:
+        return cv2.resize(array, (w, h), interpolation=cv2.INTER_LINEAR)
+    rows = np.minimum(((np.arange(h) + 0.5) * array.shape[0] / h).astype(np.intp), array.shape[0] - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * array.shape[1] / w).astype(np.intp), array.shape[1] - 1)
+    return array[rows[:, None], cols[None, :]]
 
 
 def is_pinhole(camera: Cameras) -> bool:
@@ -331,16 +331,15 @@ def _undistorted_file(kind: str, src: Path, dst: Path, plan: Undistortion) -> No
         _write(dst, _encoded(undistort_image(image, plan), dst.suffix))
     elif kind == "mask":
         mask = load_mask(src).astype(np.uint8) * 255
-        _write(dst, _encoded(plan.resized(mask.shape[1], mask.shape[0]).remap(mask, nearest=True), ".png"))
+        _write(dst, _encoded(plan.remap(_at_image_size(mask, plan, True), nearest=True), ".png"))
     elif kind == "depth":
         depth = load_depth(src, 1.0)  # raw values: the dataset's depth_unit_scale_factor still applies
-        _write(dst, _npy(plan.resized(depth.shape[1], depth.shape[0]).remap(depth, nearest=True)))
+        _write(dst, _npy(plan.remap(_at_image_size(depth, plan, True), nearest=True)))
     elif kind == "instance":
         ids = load_instance(src)
-        _write(dst, _npy(plan.resized(ids.shape[1], ids.shape[0]).remap(ids, nearest=True)))
+        _write(dst, _npy(plan.remap(_at_image_size(ids, plan, True), nearest=True)))
     elif kind == "normal":
-        normals = load_normal(src)
-        normals = plan.resized(normals.shape[1], normals.shape[0]).remap(normals)
+        normals = plan.remap(_at_image_size(load_normal(src), plan, False))
         length = np.linalg.norm(normals, axis=-1, keepdims=True)
         normals = np.where(length > 0.5, normals / np.maximum(length, 1e-6), 0.0)
         # 16-bit PNG stores [0, 1]: unambiguous for load_normal, unlike a .npy of [-1, 1] values

@@ -101,7 +101,7 @@ def _radial(r2: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
 
 def _distort(x: Tensor, y: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
     """Apply the perspective model's distortion to normalised coordinates x, y [R]; k [R, n <= 8]
-    in OpenCV's order (k1, k2, p1, p2, k3, k4, k5, k6)."""
+    (or [n], one lens for all) in OpenCV's order (k1, k2, p1, p2, k3, k4, k5, k6)."""
     k = _full(k)
     p1, p2 = k[..., 2], k[..., 3]
     r2 = x * x + y * y
@@ -135,7 +135,7 @@ def undistort_points(xd: Tensor, yd: Tensor, k: Tensor, iterations: int = 10) ->
 
 
 def _fisheye_theta_d(theta: Tensor, k: Tensor) -> Tensor:
-    """Kannala-Brandt distorted angle theta_d [R] of angles theta [R] from the optical axis; k [R, 8]."""
+    """Kannala-Brandt distorted angle theta_d [R] of angles theta [R] from the optical axis; k [R, 8] or [8]."""
     k1, k2, k3, k4 = k[..., :4].unbind(-1)
     t2 = theta * theta
     return theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4))))
@@ -308,7 +308,7 @@ class Cameras:
         direction."""
         i = camera_index
         X, Y, Z = points.unbind(-1)
-        k = self.distortion[i].expand(len(points), NUM_DISTORTION)
+        k = self.distortion[i]  # [8], broadcast against the points
         if int(self.camera_model[i]) == FISHEYE:
             rho = torch.sqrt(X * X + Y * Y)
             theta_d = _fisheye_theta_d(torch.atan2(rho, Z), k)

@@ -32,7 +32,7 @@ import torch
 
 from data.base import DataparserOutputs
 from data.images import load_image
-from recon.cameras import Cameras, undistort_points
+from recon.cameras import Cameras
 from recon.errors import ConfigError
 
 FewShotProtocol = Literal["llff", "dtu", "even"]
@@ -136,10 +136,8 @@ def triangulate_tracks(
     if not len(ids):
         return ids, np.zeros((0, 3))
     cams = cameras[frame.tolist()]
-    x = (torch.from_numpy(uv[:, 0]) - cams.cx.double()) / cams.fx.double()
-    y = (torch.from_numpy(uv[:, 1]) - cams.cy.double()) / cams.fy.double()
-    if cams.has_distortion:
-        x, y = undistort_points(x, y, cams.distortion.double())
+    # Camera-space rays through the keypoints, by the cameras' own lens model (fisheye included).
+    d = cams.pixel_directions(torch.arange(len(cams)), torch.from_numpy(uv[:, 0]), torch.from_numpy(uv[:, 1])).double().numpy()
     w2c = cams.world_to_cameras().double().numpy()[:, :3]  # [T', 3, 4], one per observation
     # The algebraic error DLT minimises depends on the world frame: solve in one fixed by the chosen
     # cameras (centred on them, unit spread; Hartley's conditioning), so the points move with the
@@ -148,8 +146,10 @@ def triangulate_tracks(
     mean = centres[chosen].mean(0)
     spread = float(np.sqrt(((centres[chosen] - mean) ** 2).sum(1).mean())) or 1.0
     conditioned = np.concatenate([spread * w2c[:, :, :3], w2c[:, :, :3] @ mean[:, None] + w2c[:, :, 3:]], 2)
-    # Each observation says x P3.X = P1.X and y P3.X = P2.X; the rows are scaled to unit length.
-    eqs = np.concatenate([x.numpy()[:, None] * conditioned[:, 2] - conditioned[:, 0], y.numpy()[:, None] * conditioned[:, 2] - conditioned[:, 1]])
+    # Each observation's ray d is parallel to P.X: dx P3.X = dz P1.X and dy P3.X = dz P2.X (x P3.X =
+    # P1.X for x = dx / dz, valid at any angle); the rows are scaled to unit length.
+    dx, dy, dz = (d[:, i : i + 1] for i in range(3))
+    eqs = np.concatenate([dx * conditioned[:, 2] - dz * conditioned[:, 0], dy * conditioned[:, 2] - dz * conditioned[:, 1]])
     eqs /= np.linalg.norm(eqs, axis=1, keepdims=True)
     normal = np.zeros((len(ids), 4, 4))
     np.add.at(normal, np.r_[slot, slot], eqs[:, :, None] * eqs[:, None, :])

@@ -156,11 +156,15 @@ class PrimitiveModel(Model):
         return []
 
     def check_datamanager(self, datamanager: Any) -> None:
-        """Resolve the rasterizer backend once, before anything is written: a broken installation
-        (warp-lang missing on a CPU) or an impossible ``RECON_BACKEND`` is a one-line error here
-        instead of a traceback at the first step; so are lens-distorted training cameras, which a
-        pinhole rasterizer cannot render. Primitives with their own rasterizer override this."""
+        """Before anything is written: lens-distorted training cameras, which every primitive
+        rasterizer (it projects through a pinhole) cannot render, and :meth:`check_rasterizer`."""
         require_pinhole(datamanager, type(self).__name__)
+        self.check_rasterizer()
+
+    def check_rasterizer(self) -> None:
+        """Resolve the rasterizer backend once: a broken installation (warp-lang missing on a CPU)
+        or an impossible ``RECON_BACKEND`` is a one-line error here instead of a traceback at the
+        first step. Primitives with their own rasterizer override this."""
         try:
             resolve_backend(None, self.device, torch.float32)
         except (ImportError, ValueError) as err:

@@ -104,7 +104,7 @@ class ConvexSplatModel(PrimitiveModel):
         meta["sigma"] = prims["sigma"]
         return image, alpha, meta
 
-    def check_datamanager(self, datamanager: Any) -> None:
+    def check_rasterizer(self) -> None:
         """The convex rasterizer has one (torch) path on every device: nothing to resolve."""
 
     def losses(self, batch: dict[str, Any], outputs: dict[str, Any], step: int) -> dict[str, Tensor]:

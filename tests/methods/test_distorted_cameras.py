@@ -27,7 +27,7 @@ LENSES = {
     "SIMPLE_RADIAL": dict(camera_model="SIMPLE_RADIAL", distortion=(-0.15,), layout="colmap"),  # COLMAP's default model
     "OPENCV": dict(camera_model="OPENCV", distortion=(-0.15, 0.02, 0.002, -0.001)),
 }
-VIEWS = {"splat": 8, "coherentgs": 3}  # CoherentGS is a sparse-view method
+VIEWS = {"splat": 8, "coherentgs": 3, "3dcs": 8}  # CoherentGS is a sparse-view method
 
 
 @pytest.fixture(autouse=True)
@@ -50,9 +50,10 @@ def scenes(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("lens", list(LENSES))
-@pytest.mark.parametrize("method", ["splat", "coherentgs"])
-def test_gaussian_methods_train_on_distorted_captures(method, lens, scenes, tmp_path, quiet_config, one_thread):
+@pytest.mark.parametrize(
+    "method, lens", [("splat", "SIMPLE_RADIAL"), ("splat", "OPENCV"), ("coherentgs", "SIMPLE_RADIAL"), ("coherentgs", "OPENCV"), ("3dcs", "SIMPLE_RADIAL")]
+)
+def test_primitive_methods_train_on_distorted_captures(method, lens, scenes, tmp_path, quiet_config, one_thread):
     """A few steps on undistorted data: the images, cameras and renders agree in size everywhere
     (quality is the next test's business)."""
     scene = scenes(lens, VIEWS[method])
@@ -134,8 +135,9 @@ def test_ray_methods_trace_the_exact_distorted_rays(tmp_path, quiet_config, one_
     assert not (tmp_path / "cache").exists()
 
 
-def test_distorted_cameras_given_to_a_pinhole_rasterizer_are_refused_before_the_run_folder(scenes, tmp_path, quiet_config):
-    config = quiet_config("splat", scenes("OPENCV", 8), tmp_path / "out", 5, datamanager=RayDataManagerConfig())
+@pytest.mark.parametrize("method", ["splat", "3dcs"])
+def test_distorted_cameras_given_to_a_pinhole_rasterizer_are_refused_before_the_run_folder(method, scenes, tmp_path, quiet_config):
+    config = quiet_config(method, scenes("OPENCV", 8), tmp_path / "out", 5, datamanager=RayDataManagerConfig())
     with pytest.raises(ConfigError, match="rasterizes pinhole cameras.*RayDataManager"):
         Trainer(config)
     assert not (tmp_path / "out").exists()

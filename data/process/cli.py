@@ -57,8 +57,9 @@ class ProcessConfig:
     """Dataset folder to create (nerfstudio layout: transforms.json, images/, images_2/, ...)."""
     camera_model: CameraModel = "SIMPLE_RADIAL"
     """COLMAP camera model to estimate: SIMPLE_RADIAL (one focal length, one radial term) suits
-    most phone and camera photos; OPENCV adds a second radial and two tangential terms; PINHOLE and
-    SIMPLE_PINHOLE for images that are already undistorted."""
+    most phone and camera photos; OPENCV adds a second radial and two tangential terms;
+    OPENCV_FISHEYE for fisheye and action-camera lenses; PINHOLE and SIMPLE_PINHOLE for images
+    that are already undistorted."""
     single_camera: bool = True
     """All images come from one camera with one zoom setting (shared intrinsics); turn off for mixed
     cameras or image sizes."""

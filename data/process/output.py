@@ -40,6 +40,7 @@ _PARAMS = {
     "SIMPLE_RADIAL": ("f", "cx", "cy", "k1"),
     "RADIAL": ("f", "cx", "cy", "k1", "k2"),
     "OPENCV": ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2"),
+    "OPENCV_FISHEYE": ("fx", "fy", "cx", "cy", "k1", "k2", "k3", "k4"),
 }
 
 
@@ -58,6 +59,7 @@ def camera_fields(model: str, params: Sequence[float], width: int, height: int) 
         "w": int(width),
         "h": int(height),
         **{k: p.get(k, 0.0) for k in ("k1", "k2", "p1", "p2")},
+        **({k: p[k] for k in ("k3", "k4")} if model == "OPENCV_FISHEYE" else {}),
     }
 
 

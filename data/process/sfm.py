@@ -22,7 +22,7 @@ from typing import Literal, TypeVar
 
 from recon.engine.logging import make_progress
 
-CameraModel = Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"]
+CameraModel = Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE"]
 MatchingMethod = Literal["auto", "exhaustive", "sequential"]
 
 EXHAUSTIVE_MAX_IMAGES = 200

@@ -372,6 +372,27 @@ def test_umeyama_and_pose_errors_undo_a_similarity():
     assert pose_errors(c2w, moved).rotation_deg[0] == pytest.approx(90.0, abs=1e-6)
 
 
+def test_fisheye_camera_fields_read_back_through_the_nerfstudio_parser(tmp_path):
+    """An OPENCV_FISHEYE camera is written with k1..k4 (no p1/p2), which the parser maps onto recon's
+    fisheye model, so a fisheye capture from ns-process-data trains without editing transforms.json."""
+    from recon.cameras import FISHEYE
+
+    fields = camera_fields("OPENCV_FISHEYE", [100.0, 101.0, 64.0, 48.0, 0.05, -0.01, 0.002, -0.0003], 128, 96)
+    assert fields["camera_model"] == "OPENCV_FISHEYE" and (fields["k3"], fields["k4"]) == (0.002, -0.0003)
+    images = tmp_path / "images"
+    images.mkdir()
+    frames = []
+    for i in range(3):
+        Image.new("RGB", (128, 96), (i * 40, 80, 120)).save(images / f"f{i}.png")
+        c2w = np.eye(4)
+        c2w[0, 3] = 0.3 * i
+        frames.append({"file_path": f"images/f{i}.png", "transform_matrix": c2w.tolist()})
+    (tmp_path / "transforms.json").write_text(json.dumps({**fields, "frames": frames}))
+    cams = NerfstudioParserConfig().load(tmp_path).cameras
+    assert bool((cams.camera_model == FISHEYE).all())
+    assert torch.allclose(cams.distortion[0, :4], torch.tensor([0.05, -0.01, 0.002, -0.0003]))
+
+
 def test_camera_fields_and_opengl_poses():
     assert camera_fields("SIMPLE_RADIAL", [300.0, 64.0, 48.0, -0.1], 128, 96) == {
         "camera_model": "SIMPLE_RADIAL", "fl_x": 300.0, "fl_y": 300.0, "cx": 64.0, "cy": 48.0, "w": 128, "h": 96,

@@ -67,9 +67,7 @@ def rasterize_convexes_to_pixels(
     """
     C, N, E = edge_mask.shape
     D = colors.shape[-1]
-    th, tw = isect_offsets.shape[1:]
-    if th != -(-image_height // tile_size) or tw != -(-image_width // tile_size):
-        raise ValueError("isect_offsets does not match the image size and tile_size")
+    th, tw = check_composite_inputs(edges, edge_mask, sharp_delta, sharp_sigma, colors, opacities, image_width, image_height, tile_size, isect_offsets)
     dtype, device = edges.dtype, edges.device
     n_tiles = th * tw
     P = tile_size * tile_size
@@ -126,11 +124,37 @@ def rasterize_convexes_to_pixels(
         T_pad = T_pad.index_put((rows,), torch.cat(T_out))
     accum_img = _to_image(accum_pad, C, th, tw, tile_size, image_height, image_width)
     T_img = _to_image(T_pad[..., None], C, th, tw, tile_size, image_height, image_width)[..., 0]
+    return finish_composite(accum_img, T_img, backgrounds)
+
+
+def check_composite_inputs(
+    edges: Tensor, edge_mask: Tensor, sharp_delta: Tensor, sharp_sigma: Tensor, colors: Tensor, opacities: Tensor,
+    image_width: int, image_height: int, tile_size: int, isect_offsets: Tensor,
+) -> tuple[int, int]:
+    """ValueError unless the inputs of :func:`rasterize_convexes_to_pixels` agree in shape; returns
+    (tile_height, tile_width)."""
+    C, N, E = edge_mask.shape
+    if edges.shape != (C, N, E, 3) or colors.shape[:2] != (C, N) or colors.dim() != 3:
+        raise ValueError(f"edges must be [C, N, E, 3] and colors [C, N, D] for edge_mask {tuple(edge_mask.shape)}, got {tuple(edges.shape)} and {tuple(colors.shape)}")
+    if sharp_delta.shape != (C, N) or sharp_sigma.shape != (C, N) or opacities.shape != (C, N):
+        raise ValueError(f"sharp_delta, sharp_sigma and opacities must be [C={C}, N={N}]")
+    if isect_offsets.dim() != 3 or isect_offsets.shape[0] != C:
+        raise ValueError(f"isect_offsets must be [C={C}, tile_height, tile_width], got {tuple(isect_offsets.shape)}")
+    th, tw = isect_offsets.shape[1:]
+    if th != -(-image_height // tile_size) or tw != -(-image_width // tile_size):
+        raise ValueError("isect_offsets does not match the image size and tile_size")
+    return th, tw
+
+
+def finish_composite(accum: Tensor, T_final: Tensor, backgrounds: Tensor | None) -> tuple[Tensor, Tensor]:
+    """accum [C, H, W, D] and the final transmittance [C, H, W] -> (accum + T_final backgrounds
+    [C, D] when given, alpha = 1 - T_final [C, H, W, 1])."""
+    C, D = accum.shape[0], accum.shape[-1]
     if backgrounds is not None:
         if backgrounds.shape != (C, D):
             raise ValueError(f"backgrounds must be [C={C}, D={D}], got {tuple(backgrounds.shape)}")
-        accum_img = accum_img + T_img[..., None] * backgrounds[:, None, None, :].to(dtype)
-    return accum_img, (1 - T_img)[..., None]
+        accum = accum + T_final[..., None] * backgrounds[:, None, None, :].to(accum.dtype)
+    return accum, (1 - T_final)[..., None]
 
 
 def _to_image(padded: Tensor, C: int, th: int, tw: int, ts: int, height: int, width: int) -> Tensor:

@@ -7,11 +7,34 @@ import math
 import torch
 from torch import Tensor
 
+from recon.render.backend import forced_backend
 from recon.render.gaussians import RENDER_MODES, isect_offset_encode, isect_tiles, spherical_harmonics
-from recon.render.gaussians.rendering import depth_channels, expected_depth
+from recon.render.gaussians.rendering import AUTO_WARP_DEVICES, depth_channels, expected_depth, resolve_backend
 
 from .composite import rasterize_convexes_to_pixels
 from .projection import project_convexes
+from .warp_composite import rasterize_convexes_to_pixels_warp
+
+
+def resolve_convex_backend(backend: str | None, device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
+    """The convex compositor to run, "torch" or "warp", for tensors on ``device``.
+
+    ``backend`` (else RECON_BACKEND) as :func:`recon.render.gaussians.rendering.resolve_backend`:
+    "torch" the reference; "warp" the Warp kernels (ImportError when warp-lang does not import);
+    "auto" (and RECON_BACKEND=nerfacc) Warp for CPU tensors (ImportError when warp-lang does not
+    import), the reference elsewhere (Warp on CUDA only when asked for, as for Gaussians).
+    "gsplat" is a ValueError: gsplat has no convex rasterizer."""
+    explicit = backend is not None
+    name = (backend if explicit else forced_backend()).strip().lower()
+    source = f"backend={backend!r}" if explicit else f"RECON_BACKEND={name}"
+    if name == "gsplat":
+        raise ValueError(f"{source}: gsplat has no smooth-convex rasterizer; use 'auto', 'warp' or 'torch'")
+    if name not in ("torch", "warp", "auto") and not (name == "nerfacc" and not explicit):
+        raise ValueError(f"backend must be None, 'auto', 'torch' or 'warp', got {backend!r}")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if name != "warp" and device.type not in AUTO_WARP_DEVICES:
+        return "torch"
+    return resolve_backend(backend, device, dtype)
 
 
 def rasterize_convexes(
@@ -32,6 +55,7 @@ def rasterize_convexes(
     tile_size: int = 16,
     backgrounds: Tensor | None = None,
     render_mode: str = "RGB",
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor, dict]:
     """Render N smooth convexes into C pinhole cameras.
 
@@ -44,7 +68,12 @@ def rasterize_convexes(
     Returns render_colors [C, H, W, X], render_alphas [C, H, W, 1] and ``meta`` ("radii",
     "box_centers", "depths", "centers2d", "edges", "edge_mask", "flatten_ids", "isect_offsets", ...).
     Differentiable w.r.t. points, delta, sigma, opacities, colors / SH and backgrounds.
+
+    ``backend``: None reads RECON_BACKEND (default "auto"); "torch" composites with the reference,
+    "warp" with the Warp kernels, "auto" Warp for CPU tensors (:func:`resolve_convex_backend`); the
+    projection, SH and binning run in torch for both. ``meta["backend"]`` names the compositor.
     """
+    backend_name = resolve_convex_backend(backend, points.device, points.dtype)
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
     if width <= 0 or height <= 0 or tile_size <= 0:
@@ -74,10 +103,13 @@ def rasterize_convexes(
     colors, backgrounds = depth_channels(colors, proj.depths, backgrounds, render_mode)
 
     tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    tiles_per_convex, isect_ids, flatten_ids = isect_tiles(proj.box_centers, proj.radii, proj.depths, tile_size, tile_width, tile_height)
+    tiles_per_convex, isect_ids, flatten_ids = isect_tiles(
+        proj.box_centers, proj.radii, proj.depths, tile_size, tile_width, tile_height, backend=backend_name
+    )
     isect_offsets = isect_offset_encode(isect_ids, C, tile_width, tile_height)
     opac = opacities.to(dtype)[None, :].expand(C, N)
-    render_colors, render_alphas = rasterize_convexes_to_pixels(
+    composite = rasterize_convexes_to_pixels_warp if backend_name == "warp" else rasterize_convexes_to_pixels
+    render_colors, render_alphas = composite(
         proj.edges, proj.edge_mask, proj.sharp_delta, proj.sharp_sigma, colors, opac, width, height, tile_size,
         isect_offsets, flatten_ids, backgrounds=backgrounds,
     )
@@ -96,6 +128,6 @@ def rasterize_convexes(
         "height": height,
         "tile_size": tile_size,
         "n_cameras": C,
-        "backend": "torch",
+        "backend": backend_name,
     }
     return render_colors, render_alphas, meta

@@ -161,12 +161,15 @@ class PrimitiveModel(Model):
         require_pinhole(datamanager, type(self).__name__)
         self.check_rasterizer()
 
+    #: (backend, device, dtype) -> backend name; raises ImportError / ValueError when unusable.
+    resolve_rasterizer_backend = staticmethod(resolve_backend)
+
     def check_rasterizer(self) -> None:
         """Resolve the rasterizer backend once: a broken installation (warp-lang missing on a CPU)
         or an impossible ``RECON_BACKEND`` is a one-line error here instead of a traceback at the
-        first step. Primitives with their own rasterizer override this."""
+        first step. Primitives with their own rasterizer set :attr:`resolve_rasterizer_backend`."""
         try:
-            resolve_backend(None, self.device, torch.float32)
+            type(self).resolve_rasterizer_backend(None, self.device, torch.float32)
         except (ImportError, ValueError) as err:
             raise ConfigError(str(err)) from None
 

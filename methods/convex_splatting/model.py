@@ -23,7 +23,7 @@ from methods.convex_splatting.strategy import ConvexStrategy, point_spread
 from recon.errors import ConfigError
 from recon.model import SceneInfo
 from recon.primitives import PrimitiveModel, PrimitiveModelConfig, initial_points, knn_rms_distance
-from recon.render.convex import MAX_POINTS, rasterize_convexes
+from recon.render.convex import MAX_POINTS, rasterize_convexes, resolve_convex_backend
 from recon.render.gaussians.helpers import rgb_to_sh
 from recon.rotations import matrix_to_quaternion
 
@@ -45,6 +45,7 @@ class ConvexSplatModel(PrimitiveModel):
     """
 
     config: "ConvexSplatModelConfig"
+    resolve_rasterizer_backend = staticmethod(resolve_convex_backend)
 
     def __init__(self, config: "ConvexSplatModelConfig", scene: SceneInfo):
         c = config
@@ -103,9 +104,6 @@ class ConvexSplatModel(PrimitiveModel):
         )
         meta["sigma"] = prims["sigma"]
         return image, alpha, meta
-
-    def check_rasterizer(self) -> None:
-        """The convex rasterizer has one (torch) path on every device: nothing to resolve."""
 
     def losses(self, batch: dict[str, Any], outputs: dict[str, Any], step: int) -> dict[str, Tensor]:
         out = super().losses(batch, outputs, step)

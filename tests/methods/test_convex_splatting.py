@@ -143,3 +143,13 @@ def test_quality_on_synthetic_scene_beats_its_untrained_self(tmp_path, quiet_con
     trainer.train()
     after = evaluate_images(trainer.model, trainer.datamanager.eval_dataset, progress=False)["mean"]["psnr"]
     assert after > THRESHOLD and after > before + GAIN_OVER_INIT_DB, (before, after)
+
+
+def test_unusable_rasterizer_backend_is_a_config_error_before_the_run_folder(tiny_scene, tmp_path, quiet_config, monkeypatch):
+    """RECON_BACKEND=gsplat has no convex path: one line when the trainer is built, no run folder."""
+    from recon.engine.trainer import Trainer
+
+    monkeypatch.setenv("RECON_BACKEND", "gsplat")
+    with pytest.raises(ConfigError, match="RECON_BACKEND=gsplat: gsplat has no smooth-convex rasterizer"):
+        Trainer(quiet_config("3dcs-small", tiny_scene, tmp_path, 1))
+    assert not any(tmp_path.iterdir())

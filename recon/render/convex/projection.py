@@ -22,12 +22,14 @@ numerical choices are noted where they differ):
    I(x) = sigmoid(-s sigma phi(x)),  phi(x) = logsumexp_e(s delta L_e(x)),
    and alpha = min(0.99, opacity I(x)).
 6. Footprint. phi >= s delta max_e L_e, so alpha >= 1/255 needs
-   max_e L_e <= ln(255 opacity - 1) / (s^2 delta sigma) =: t. The region is inside the hull with
-   every edge line moved outward to L_e = t; its vertices are the intersections of consecutive moved
-   lines, and their bounding box is the footprint (the spec's bound; the official code's
-   "1.1 x the farthest point" heuristic is not conservative for soft convexes). ``radii`` are
-   per-axis integers around ``box_centers``, in the layout :func:`recon.render.gaussians.isect_tiles`
-   bins.
+   max_e L_e <= ln(255 opacity - 1) / (s^2 delta sigma) =: t. That region is the hull with every
+   edge line moved outward to L_e = t, a convex polygon; its vertices are the intersections of
+   two moved lines that satisfy every other edge's inequality, and their bounding box is the
+   footprint (the official code's "1.1 x the farthest point" heuristic is not conservative for soft
+   convexes). A short edge moves by t / |n_e|, far more than its neighbours, and its line can drop
+   out of the polygon: intersecting only consecutive moved lines (the mitred hull) then gives
+   corners tens to thousands of pixels outside the region. ``radii`` are per-axis integers around
+   ``box_centers``, in the layout :func:`recon.render.gaussians.isect_tiles` bins.
 
 Everything is differentiable by autograd w.r.t. points, delta and sigma (the hull's membership and
 the footprint are piecewise constant and not differentiated, as in the official code) and keeps
@@ -158,7 +160,7 @@ def project_convexes(
         valid = valid & (opac >= ALPHA_THRESHOLD)
         # Move every edge outward to L = t (opacity 2/255 or less: t = 0, the hull itself).
         t = torch.log((255.0 * opac - 1.0).clamp_min(1.0)) / (sharp_delta.detach() * sharp_sigma.detach()).clamp_min(1e-30)
-        box_lo, box_hi = _offset_polygon_box(q.detach(), pair, t)
+        box_lo, box_hi = _region_box(edges.detach(), edge_mask, t)
         finite = torch.isfinite(box_lo).all(-1) & torch.isfinite(box_hi).all(-1)
         valid = valid & finite
         box_lo = torch.where(valid[..., None], box_lo, torch.zeros_like(box_lo))
@@ -177,35 +179,31 @@ def project_convexes(
     return ConvexProjection(radii, box_center, depth, edges, edge_mask, sharp_delta, sharp_sigma, center2d)
 
 
-def _offset_polygon_box(q: Tensor, pair: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """Bounding box [C, N, 2] x 2 of the hull whose edge lines are moved outward to L_e = t.
+def _region_box(edges: Tensor, edge_mask: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Bounding box [C, N, 2] x 2 of the polygon max_e L_e(x) <= t (module docstring, item 6).
 
-    q [C, N, K, 2] projected points, pair [C, N, K, K] hull edges, t [C, N] the level. Each hull
-    vertex b joins its incoming edge (a, b) and outgoing edge (b, c); the moved lines meet at
-    M_b solving n_ab . x = t - h_ab, n_bc . x = t - h_bc."""
-    K = q.shape[-2]
-    is_vertex = pair.any(-1)  # outgoing edge exists
-    nxt = pair.to(torch.int8).argmax(-1)  # [C, N, K]: c of the edge leaving b (b = index)
-    prv = pair.to(torch.int8).argmax(-2)  # [C, N, K]: a of the edge entering b
-    idx = torch.arange(K, device=q.device)
-
-    def line(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        qa = torch.gather(q, 2, a[..., None].expand(*a.shape, 2))
-        qb = torch.gather(q, 2, b[..., None].expand(*b.shape, 2))
-        n = torch.stack([qb[..., 1] - qa[..., 1], -(qb[..., 0] - qa[..., 0])], -1)
-        return n, -(n * qa).sum(-1)
-
-    b = idx.expand_as(nxt)
-    n1, h1 = line(prv, b)
-    n2, h2 = line(b, nxt)
-    rhs1, rhs2 = t[..., None] - h1, t[..., None] - h2
-    det = n1[..., 0] * n2[..., 1] - n1[..., 1] * n2[..., 0]
-    solvable = det.abs() > 0  # adjacent hull edges are never parallel; NaN culls if they were
-    det = torch.where(solvable, det, torch.ones_like(det))
-    x = (rhs1 * n2[..., 1] - n1[..., 1] * rhs2) / det
-    y = (n1[..., 0] * rhs2 - rhs1 * n2[..., 0]) / det
-    m = torch.where(solvable[..., None], torch.stack([x, y], -1), torch.full_like(q, math.nan))
-    big = torch.full_like(m, math.inf)
-    lo = torch.where(is_vertex[..., None], m, big).amin(-2)
-    hi = torch.where(is_vertex[..., None], m, -big).amax(-2)
-    return lo, hi
+    edges [C, N, E, 3] (n_x, n_y, h), edge_mask [C, N, E], t [C, N] >= 0. Every pair of valid slots
+    gives the meeting point of its two moved lines; those within rounding of every other edge's
+    inequality are the polygon's vertices. Computed in float64 (a near-straight corner's point is
+    ill-conditioned), with a tolerance that keeps such corners: a looser test only widens the box.
+    Convexes without a vertex get an infinite box (the caller culls them)."""
+    e = edges.to(torch.float64)
+    t = t.to(torch.float64)[..., None]
+    E = e.shape[-2]
+    length = e[..., :2].norm(dim=-1)  # [C, N, E]
+    lo = torch.full((*e.shape[:-2], 2), math.inf, dtype=torch.float64, device=e.device)
+    hi = -lo
+    for i in range(E):
+        for j in range(i + 1, E):
+            a, b = e[..., i, :], e[..., j, :]
+            det = a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+            ok = edge_mask[..., i] & edge_mask[..., j] & (det.abs() > 1e-12 * length[..., i] * length[..., j])
+            det = torch.where(ok, det, torch.ones_like(det))
+            ra, rb = t[..., 0] - a[..., 2], t[..., 0] - b[..., 2]
+            point = torch.stack([(ra * b[..., 1] - a[..., 1] * rb) / det, (a[..., 0] * rb - ra * b[..., 0]) / det], -1)
+            values = (e[..., :2] * point[..., None, :]).sum(-1) + e[..., 2]  # [C, N, E]
+            tol = 1e-9 * (length * point.norm(dim=-1, keepdim=True) + e[..., 2].abs() + t)
+            ok = ok & ((values <= t + tol) | ~edge_mask).all(-1)
+            lo = torch.where(ok[..., None], torch.minimum(lo, point), lo)
+            hi = torch.where(ok[..., None], torch.maximum(hi, point), hi)
+    return lo.to(edges.dtype), hi.to(edges.dtype)

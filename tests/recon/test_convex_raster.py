@@ -167,6 +167,32 @@ def test_footprint_contains_every_visible_pixel(seed):
     assert checked > 10
 
 
+def test_footprint_is_the_box_of_the_max_edge_region():
+    """The box is that of the polygon max_e L_e <= t (scipy's half-space intersection), to the +1
+    pixel of rounding: no mitred corners of short edges, which put them tens to thousands of pixels
+    out (over every tile); flattened convexes give slivers and short edges."""
+    from scipy.spatial import HalfspaceIntersection
+
+    viewmat, Kmat, W, H = camera(width=96, height=80, f=60.0)
+    points, delta, sigma, opacities, _ = random_convexes(60, 6, seed=9, size=0.3)
+    points = points * torch.tensor([1.0, 0.15, 1.0], dtype=torch.float64)
+    proj = project_convexes(points, delta, sigma, viewmat, Kmat, W, H, opacities=opacities)
+    checked = 0
+    for i in range(60):
+        if not (proj.radii[0, i] > 0).all():
+            continue
+        e = proj.edges[0, i][proj.edge_mask[0, i]]
+        t = math.log(max(255 * float(opacities[i]) - 1, 1.0)) / float(proj.sharp_delta[0, i] * proj.sharp_sigma[0, i])
+        halfspaces = torch.cat([e[:, :2], e[:, 2:] - t], 1).numpy()  # n . x + h - t <= 0
+        corners = torch.as_tensor(HalfspaceIntersection(halfspaces, proj.centers2d[0, i].numpy()).intersections)
+        lo, hi = corners.amin(0), corners.amax(0)
+        c, r = proj.box_centers[0, i], proj.radii[0, i].double()
+        assert bool(((c - r) <= lo).all() and ((c + r) >= hi).all()), i
+        assert bool(((c - r) >= lo - 1.01).all() and ((c + r) <= hi + 1.01).all()), (i, c - r, lo, c + r, hi)
+        checked += 1
+    assert checked > 30
+
+
 def test_convex_behind_or_crossing_the_near_plane_is_culled():
     viewmat, Kmat, W, H = camera()
     cube = torch.tensor([[x, y, z] for x in (-0.3, 0.3) for y in (-0.3, 0.3) for z in (-0.3, 0.3)], dtype=torch.float64)

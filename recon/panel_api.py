@@ -7,7 +7,9 @@ its widgets (sliders, buttons, dropdowns, ...) through ``context.gui`` and its s
 panel can use anything viser offers -- and reacts to them with viser's ``on_update`` / ``on_click``
 callbacks, calling ``context.rerender()`` when the picture should change. While the viewer renders
 a frame it passes the model's outputs through every panel's :meth:`Panel.process_outputs`, so a
-panel can change what is shown (mask, slice, recolour) without touching the viewer core.
+panel can change what is shown (mask, slice, recolour) without touching the viewer core. A panel
+whose setting changes the render itself (a render-time sharpness, say) renders the frame in
+:meth:`Panel.render`, which the viewer calls with the model locked, instead of ``model.render``.
 
 This module imports nothing from viser or the viewer: methods depend on ``recon`` only, and a
 method that defines panels still trains and exports without the viewer installed.
@@ -47,6 +49,16 @@ class Panel:
 
     def populate(self, context: PanelContext) -> None:
         """Add widgets and scene handles; called once when the viewer starts."""
+
+    def render(self, model: Any, camera: Cameras) -> dict[str, Tensor] | None:
+        """Render one viewer frame of ``model`` from ``camera`` (on the model's device) in place of
+        ``model.render(camera)``, or None (the default) to leave it to the model.
+
+        Called by the viewer's render thread before :meth:`process_outputs`, holding the model's
+        lock (while training: between optimizer steps), with the model in eval mode and gradients
+        off; the first panel that returns outputs renders the frame. The model must be left as it
+        was (read its parameters, never change them): training and evaluation do not pass here."""
+        return None
 
     def process_outputs(self, camera: Cameras, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Change the rendered outputs ([H, W, C] tensors keyed like :class:`recon.model.Output`)

@@ -1,4 +1,5 @@
-"""From a browser camera to a picture: camera conversion, frame size, output colouring.
+"""From a browser camera to a picture: camera conversion, frame size, a frame's outputs (model and
+panels), output colouring.
 
 viser reports the browser's camera as ``T_world_camera`` in the OpenCV convention (x right, y down,
 z forward), the same convention as :class:`recon.cameras.Cameras`, with a vertical field of view
@@ -8,13 +9,17 @@ in radians and the canvas size in pixels. Nothing here imports viser.
 from __future__ import annotations
 
 import math
+import contextlib
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from recon.cameras import Cameras
+from recon.panel_api import Panel
 from recon.rotations import quaternion_to_matrix
 
 COLORMAPS = ("turbo", "gray")
@@ -45,6 +50,40 @@ def to_cameras(view: ViewCamera, max_res: int) -> Cameras:
     c2w = torch.cat([R, torch.tensor(view.position, dtype=torch.float32)[:, None]], 1)
     fy = 0.5 * h / math.tan(0.5 * view.fov)
     return Cameras(c2w, fy, fy, w / 2, h / 2, w, h)
+
+
+def frame_outputs(
+    model: Any, camera: Cameras, panels: list[Panel], lock: Any = None, pending: threading.Event | None = None
+) -> dict[str, Tensor]:
+    """The outputs of one viewer frame of ``model`` from ``camera`` (what the render thread shows).
+
+    Under ``lock`` (the trainer's step lock while training), in eval mode and without gradients:
+    the first panel whose :meth:`~recon.panel_api.Panel.render` returns outputs renders the frame,
+    else ``model.render``; then, outside the lock, every panel's ``process_outputs`` in turn.
+    ``pending`` is set while the lock is waited for and held (the trainer yields to it)."""
+    if pending is not None:
+        pending.set()
+    try:
+        with lock if lock is not None else contextlib.nullcontext(), torch.no_grad():
+            on_device = camera.to(model.device)
+            was_training = model.training
+            model.eval()
+            try:
+                outputs = None
+                for panel in panels:
+                    outputs = panel.render(model, on_device)
+                    if outputs is not None:
+                        break
+                if outputs is None:
+                    outputs = model.render(on_device)
+            finally:
+                model.train(was_training)
+    finally:
+        if pending is not None:
+            pending.clear()
+    for panel in panels:
+        outputs = panel.process_outputs(camera, outputs)
+    return outputs
 
 
 def _instance_colors(ids: Tensor) -> Tensor:

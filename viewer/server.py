@@ -33,7 +33,7 @@ from recon.cameras import Cameras
 from recon.engine.logging import console
 from recon.errors import ConfigError
 from recon.panel_api import Panel
-from viewer.render import COLORMAPS, ViewCamera, output_image, to_cameras
+from viewer.render import COLORMAPS, ViewCamera, frame_outputs, output_image, to_cameras
 
 
 @dataclass
@@ -365,19 +365,7 @@ class Viewer:
         view = ViewCamera(tuple(cam.wxyz), tuple(cam.position), float(cam.fov), int(cam.image_width), int(cam.image_height))
         camera = to_cameras(view, res)
         start = time.perf_counter()
-        self.render_pending.set()
-        try:
-            with self.lock:
-                was_training = self.model.training
-                self.model.eval()
-                try:
-                    outputs = self.model.render(camera.to(self.model.device))
-                finally:
-                    self.model.train(was_training)
-        finally:
-            self.render_pending.clear()
-        for panel in self.panels:
-            outputs = panel.process_outputs(camera, outputs)
+        outputs = frame_outputs(self.model, camera, self.panels, self.lock, self.render_pending)
         names = [k for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.ndim == 3]
         if names != self.output_names:
             self.output_names = names

@@ -114,6 +114,11 @@ class ConvexSplatModel(PrimitiveModel):
     def lr_multipliers(self) -> dict[str, float]:
         return {"points": self.config.points_lr_scale}
 
+    def viewer_panels(self) -> list[Any]:
+        from methods.convex_splatting.panels import ConvexPanel
+
+        return [ConvexPanel()]
+
     # ------------------------------------------------------------------ export
     @torch.no_grad()
     def splat_parameters(self) -> dict[str, Tensor]:

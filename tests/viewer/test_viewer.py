@@ -37,8 +37,8 @@ def scene(tmp_path_factory) -> Path:
     return generate_scene(tmp_path_factory.mktemp("viewer") / "scene", cfg)
 
 
-def tiny_config(scene: Path, out: Path, steps: int, **changes):
-    spec = get_method("vanilla-nerf")
+def tiny_config(scene: Path, out: Path, steps: int, method: str = "vanilla-nerf", **changes):
+    spec = get_method(method)
     return override(
         spec.config, data=scene, output_dir=out, max_num_iterations=steps, steps_per_save=0, steps_per_eval_image=0, eval_at_end=False,
         device="cpu", timestamp="run", **{"logging.tensorboard": False, "logging.progress_bar": False}, **spec.test_overrides, **changes,
@@ -475,6 +475,70 @@ def test_method_panel_api(scene, tmp_path, viser_client, free_port, one_thread):
     finally:
         viewer.stop()
     assert np.abs(inverted.astype(float) - (255.0 - plain.astype(float))).mean() < 6.0
+
+
+def test_3dcs_live_and_ns_viewer_with_the_convex_panel(scene, tmp_path, viser_client, free_port, one_thread):
+    """3dcs in the viewer: the frame of a paused live training and of the finished run
+    (``ns-viewer --load-config``) is the model's render; the "3D convexes" panel's controls
+    (``ConvexSplatModel.viewer_panels``) change the frames and leave the model alone."""
+    from recon.engine.run import load_run
+    from viewer.cli import ViewerCommand
+    from viewer.render import ViewCamera, to_cameras
+
+    def direct_render(model, v) -> np.ndarray:
+        model.eval()
+        return output_image(model.render(to_cameras(ViewCamera(tuple(v["wxyz"]), tuple(v["position"]), v["fov"], 48, 36), 48)), "rgb")
+
+    trainer = Trainer(tiny_config(scene, tmp_path, 10**7, method="3dcs-small"))
+    viewer = attach_viewer(trainer, ViewerSettings(port=free_port, max_res=48, moving_res=48, rest_delay=0.0))
+    thread = threading.Thread(target=lambda: pytest.raises(KeyboardInterrupt, trainer.train))
+    thread.start()
+    try:
+        client = viser_client(free_port)
+        client.wait_for(lambda m: m["type"] == "GuiFolderMessage" and m["props"]["label"] == "3D convexes")
+        cameras = trainer.outputs.split("train").cameras
+        client.send_camera(**view_of(cameras, 0))
+        next_frame(client, (48, 36), after=0)  # the server handles a browser's clicks once it has its camera
+        wait_until(lambda: trainer.step >= 3)
+        client.click("Pause training")
+        wait_until(lambda: viewer.training.held_step is not None)
+        with trainer.lock:
+            expected = direct_render(trainer.model, view_of(cameras, 3)).astype(float)
+            trainer.model.train()
+        assert expected.std() > 2.0, "the render is blank"
+        n = len(client.drain())
+        client.send_camera(**view_of(cameras, 3))
+        # A refresh of the first view may still be on its way: wait for this view's frame.
+        client.wait_for(lambda m: m["type"] == "BackgroundImageMessage" and m["rgb_data"] and decode(m).shape == (36, 48, 3)
+                        and np.abs(decode(m).astype(float) - expected).mean() < 6.0, after=n)  # fmt: skip  (JPEG round trip)
+    finally:
+        trainer.request_stop()  # what Ctrl-C does: a checkpoint of the paused step
+        thread.join(timeout=60)
+        viewer.stop()
+    assert not thread.is_alive()
+
+    config = trainer.run_dir / "config.yml"
+    viewer = ViewerCommand(load_config=config, viewer_port=free_port, max_res=48, device="cpu").open()
+    try:
+        client = viser_client(free_port)
+        panel = next(p for p in viewer.panels if p.title == "3D convexes")
+        v = view_of(cameras, 3)
+        client.send_camera(**v)
+        plain = next_frame(client, (48, 36), after=0)
+        run = load_run(config, "cpu")
+        assert np.abs(plain.astype(float) - direct_render(run.model, v).astype(float)).mean() < 6.0
+        before = {k: t.detach().clone() for k, t in viewer.model.params.items()}
+        frames = {}
+        for label, value in (("Sharpness (log2)", -2.0), ("Show hulls", True)):
+            n = len(client.drain())
+            set_value(client, label, value)
+            frames[label] = next_frame(client, (48, 36), after=n)
+        assert np.abs(frames["Sharpness (log2)"].astype(float) - plain.astype(float)).mean() > 1.0  # softer convexes
+        assert panel.hulls_drawn > 0 and np.abs(frames["Show hulls"].astype(float) - frames["Sharpness (log2)"].astype(float)).max() > 100
+        assert all(torch.equal(before[k], t) for k, t in viewer.model.params.items())
+    finally:
+        viewer.stop()
+    assert port_is_free(free_port)
 
 
 @pytest.mark.parametrize("flag,value,needle", [("--viewer-port", "70000", "not a port number"), ("--viewer-host", "203.0.113.7", "cannot serve the viewer")])

@@ -1,10 +1,12 @@
 """3dcs exports: the lossless 3DCS PLY (layout, bit-exact round trip, the similarity transform that
-keeps renders, one-line errors) and the convex-hull mesh."""
+keeps renders, one-line errors), the convex-hull mesh, and both through ``ns-export`` on a trained run."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from recon.export.convex_ply import ConvexPlyError, convex_ply_properties, read_
 from recon.render.convex import rasterize_convexes
 from recon.rotations import quaternion_to_matrix
 
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_params(n: int, k: int, degree: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -95,6 +98,31 @@ def test_similarity_transform_keeps_the_render(p):
     assert (_render(unscaled, V2, K, p)[..., 4] - before[..., 4]).abs().max() > 0.3
 
 
+def test_sharpness_predicts_the_indicator_at_the_centre():
+    """kappa = sigma delta (f R)^2: a regular hexagon seen face-on (l = R, r = 0.866 R) has
+    I = sigmoid(0.866 kappa - d sigma ln 6) at its centre (``ConvexSplatModel.sharpness``)."""
+    from methods.convex_splatting.model import ConvexSplatModel, ConvexSplatModelConfig
+    from recon.model import SceneInfo
+
+    R, d, f = 0.2, 4.0, 50.0
+    angle = torch.arange(6) * math.pi / 3
+    hexagon = torch.stack([R * torch.cos(angle), R * torch.sin(angle), torch.zeros(6)], -1)
+    model = ConvexSplatModel(ConvexSplatModelConfig(init="random", num_random_points=1, sh_degree=0), SceneInfo(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]), num_train_cameras=0))
+    for kappa in (1.0, 3.0):
+        sigma = 0.01
+        delta = kappa / (sigma * (f * R) ** 2)
+        params = {"points": hexagon[None], "delta": torch.tensor([math.log(delta)]), "sigma": torch.tensor([math.log(sigma)]),
+                  "opacities": torch.tensor([20.0]), "mask": torch.tensor([10.0]), "sh0": torch.zeros(1, 1, 3), "shN": torch.zeros(1, 0, 3)}
+        model.load_convex_parameters(params)
+        assert float(model.sharpness(f)) == pytest.approx(kappa, rel=1e-5)
+        viewmat = torch.eye(4)
+        viewmat[2, 3] = d
+        K = torch.tensor([[f, 0, 15.5], [0, f, 15.5], [0, 0, 1]])  # the centre on pixel (15, 15)'s centre
+        _, alpha, _ = rasterize_convexes(hexagon[None], torch.tensor([delta]), torch.tensor([sigma]), torch.ones(1), torch.ones(1, 3), viewmat[None], K[None], 32, 32, backend="torch")
+        expected = 1 / (1 + math.exp(-(math.sqrt(3) / 2 * kappa - d * sigma * math.log(6))))
+        assert float(alpha[0, 15, 15, 0]) == pytest.approx(min(0.99, expected), abs=1e-4)
+
+
 # ---------------------------------------------------------------------------------------- bad files
 def _splat_ply(path: Path) -> Path:
     from recon.export.splat_ply import write_splat_ply
@@ -170,3 +198,101 @@ def test_hull_special_cases():
     assert faces.tolist() == [[0, 1, 2]] and owner.tolist() == [0]  # K = 3: the triangle itself; collinear points: nothing
     degenerate = np.concatenate([hexagon, hexagon[:2]])[None]  # coincident points on a flat convex
     assert len(convex_hull_triangles(degenerate)[0]) == 4
+
+
+# ---------------------------------------------------------------------------------------- through ns-export
+@pytest.fixture(scope="module")
+def convex_run(tiny_scene, tmp_path_factory, quiet_config) -> Path:
+    """config.yml of a 3dcs-small run, 20 steps on the tiny scene (densification included)."""
+    from recon.config import get_method
+    from recon.engine.trainer import Trainer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec = get_method("3dcs-small")
+        run_dir = Trainer(quiet_config("3dcs-small", tiny_scene, tmp_path_factory.mktemp("runs"), 20, **spec.test_overrides)).train()
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir / "config.yml"
+
+
+@pytest.mark.parametrize("frame", ["input", "normalised"])
+def test_convex_ply_export_loads_into_a_model_that_renders_the_same(convex_run, tmp_path, frame, one_thread):
+    from recon.cli.export import ConvexPlyExport
+    from recon.engine.run import load_run
+
+    out = ConvexPlyExport(load_config=convex_run, output_dir=tmp_path, device="cpu", frame=frame).run()
+    run = load_run(convex_run, "cpu")
+    T = run.outputs.dataparser_transform.double()
+    to_normalised = (T[:, :3], T[:, 3], float(run.outputs.dataparser_scale)) if frame == "input" else None
+    assert not torch.allclose(T[:, :3], torch.eye(3, dtype=torch.float64)) and run.outputs.dataparser_scale != 1.0  # a real change of frame
+    ply = read_convex_ply(out)
+    if frame == "input":  # the file holds the input poses' coordinates
+        centres = run.outputs.transform_to_input(run.model.params["points"].detach().mean(1))
+        assert torch.allclose(ply.params["points"].mean(1), centres, atol=1e-5)
+    fresh = run.config.model.from_convex_ply(out, "cpu", to_normalised)
+    fresh.background.copy_(run.model.background)
+    want, got = run.model.convex_parameters(), fresh.convex_parameters()
+    assert len(want["points"]) > 300  # the run densified
+    for key in want:
+        if frame == "normalised":
+            assert torch.equal(got[key], want[key]), key
+        else:  # float32 rounding of the input-frame values, mapped back
+            assert torch.allclose(got[key], want[key], rtol=1e-6, atol=1e-6), (key, (got[key] - want[key]).abs().max())
+    for i in range(2):
+        camera = run.outputs.split("test").cameras[i : i + 1]
+        a, b = run.model.render(camera), fresh.render(camera)
+        for key in ("rgb", "depth", "accumulation"):
+            err = float((a[key] - b[key]).abs().max())
+            assert err == 0.0 if frame == "normalised" else err < 1e-4, (key, err)
+
+
+def test_convex_mesh_export(convex_run, tmp_path, one_thread):
+    from scipy.spatial import cKDTree
+
+    from recon.cli.export import ConvexMeshExport, ConvexPlyExport
+    from recon.engine.run import load_run
+    from recon.errors import ConfigError
+    from recon.export.crop import write_viewer_crop
+
+    run = load_run(convex_run, "cpu")
+    model = run.model
+    prims = model.primitives()
+    out = ConvexMeshExport(load_config=convex_run, output_dir=tmp_path, device="cpu", min_opacity=0.0, min_sharpness=0.0).run()
+    mesh = trimesh.load(out, process=False)
+    n, K = prims["points"].shape[:2]
+    expected = run.outputs.transform_to_input(prims["points"].detach().reshape(-1, 3)).numpy()
+    faces, _ = convex_hull_triangles(prims["points"].detach())
+    assert len(mesh.faces) == len(faces) and len(mesh.vertices) <= n * K
+    # every mesh vertex is one of the convexes' points, in the input poses' frame
+    assert cKDTree(expected).query(np.asarray(mesh.vertices))[0].max() < 1e-5
+    # thresholds drop convexes
+    opacity = prims["opacities"].detach()
+    threshold = float(opacity.median())
+    half = ConvexMeshExport(load_config=convex_run, output_dir=tmp_path, device="cpu", min_opacity=threshold, min_sharpness=0.0, filename="half.obj").run()
+    kept = int((opacity >= threshold).sum())
+    assert 0 < kept < n and len(trimesh.load(half, process=False).faces) < len(mesh.faces)
+    with pytest.raises(ConfigError, match="no convex passes"):
+        ConvexMeshExport(load_config=convex_run, output_dir=tmp_path, device="cpu", min_opacity=0.0, min_sharpness=1e12).run()
+    # crop: only the convexes whose centre is in the viewer's box
+    lo, hi = prims["means"].detach().quantile(0.25, 0), prims["means"].detach().quantile(0.75, 0)
+    write_viewer_crop(convex_run.parent, lo, hi, True)
+    try:
+        cropped = ConvexMeshExport(load_config=convex_run, output_dir=tmp_path, device="cpu", min_opacity=0.0, min_sharpness=0.0, crop_from_viewer=True, filename="crop.ply").run()
+        ply = ConvexPlyExport(load_config=convex_run, output_dir=tmp_path, device="cpu", crop_from_viewer=True, frame="normalised", filename="crop_c.ply").run()
+    finally:
+        (convex_run.parent / "viewer_crop.json").unlink()
+    inside = ((prims["means"] >= lo) & (prims["means"] <= hi)).all(-1)
+    assert len(read_convex_ply(ply).params["points"]) == int(inside.sum()) > 0
+    assert 0 < len(trimesh.load(cropped, process=False).faces) < len(mesh.faces)
+
+
+def test_convex_mesh_bad_threshold_is_one_line(convex_run, tmp_path):
+    """Through the console script: one line, exit 2, nothing written. (A non-3DCS PLY given to
+    ``ns-viewer --convex``: tests/viewer/test_viewer.py::test_ns_viewer_bad_input_one_line.)"""
+    proc = subprocess.run([sys.executable, "-m", "recon.cli.export", "convex-mesh", "--load-config", str(convex_run), "--output-dir", str(tmp_path / "x"),
+                           "--min-opacity", "2"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0] == "error: --min-opacity must be in [0, 1], got 2.0", proc.stderr
+    assert not (tmp_path / "x").exists()

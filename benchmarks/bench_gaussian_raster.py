@@ -1,10 +1,12 @@
-"""Benchmark: forward and forward+backward time of the 3DGS rasterizer per backend.
+"""Benchmark: forward and forward+backward time of the 3DGS rasterizer and of the smooth-convex
+(3D Convex Splatting) rasterizer per backend, on the same scenes.
 
-Prints a table (config, backend, Gaussians, image size, forward ms, forward+backward ms, peak memory,
-device) and appends it, with the machine description, to benchmarks/RESULTS.md (not with ``--quick``
-or ``--no-record``).
+Prints a table (config, primitive, backend, primitives, image size, forward ms, forward+backward
+ms, peak memory, device) and appends it, with the machine description, to benchmarks/RESULTS.md
+(not with ``--quick`` or ``--no-record``).
 
     python benchmarks/bench_gaussian_raster.py [--repeats 5] [--configs random20k,garden] [--backends torch,warp]
+        [--primitives gaussian,convex]
     python benchmarks/bench_gaussian_raster.py --quick --no-record   # seconds: smoke test
 
 Configs: ``random20k`` is 20,000 random Gaussians in front of a 256x256 camera; ``garden`` is the
@@ -12,7 +14,11 @@ garden SfM points (``garden_points.npz`` in the shared data) as small isotropic 
 by their points, seen from its first camera scaled to 320 px wide. The whole ``rasterization`` call
 is timed (projection and compositing by the backend, binning in torch); the loss is a weighted sum
 of the image and alpha so that every gradient is non-trivial. Time: median of ``--repeats`` runs after
-one warm-up run (which also compiles the Warp kernels). Backends: torch, warp (when warp-lang
+one warm-up run (which also compiles the Warp kernels). Convexes (``--primitives convex``) sit on the
+same centres: K = 6 points on a Fibonacci sphere of radius 2 x the Gaussian's mean scale around
+each centre (3DCS's initialisation), delta = 0.1 / radius x (1000 / width)^2 and sigma = 0.0009
+(the ``3dcs-small`` preset's initial values), the same opacities and colours; their projection and
+binning run in torch for every backend, the compositing by the backend. Backends: torch, warp (when warp-lang
 imports) and gsplat (only on CUDA when gsplat imports). Each backend runs in its own processes, so
 the memory belongs to that backend alone: ``peak_mem_mb`` is the peak resident set size of the
 process (CUDA: peak allocated), ``work_mem_mb`` the peak during one render + backward above the
@@ -101,7 +107,20 @@ def scene(config: str, quick: bool, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in s.items()}
 
 
-def run(config: str, backend: str, repeats: int, quick: bool, device: torch.device) -> dict:
+def _convex_params(s: dict) -> dict:
+    """Convexes on the scene's Gaussians (see the module docstring)."""
+    from methods.convex_splatting.model import fibonacci_sphere
+
+    radius = 2 * s["scales"].mean(1)
+    points = s["means"][:, None, :] + radius[:, None, None] * fibonacci_sphere(6).to(s["means"])[None]
+    delta = 0.1 / radius * (1000 / s["width"]) ** 2
+    return {"points": points, "delta": delta, "sigma": torch.full_like(delta, 0.0009),
+            "opacities": s["opacities"], "colors": s["colors"]}
+
+
+def run(config: str, backend: str, repeats: int, quick: bool, device: torch.device, primitive: str = "gaussian") -> dict:
+    if primitive == "convex":
+        return _run_convex(config, backend, repeats, quick, device)
     if backend == "gsplat":  # gsplat's own rasterization (same call), for comparison
         import gsplat
 
@@ -138,11 +157,48 @@ def run(config: str, backend: str, repeats: int, quick: bool, device: torch.devi
         if i:
             fwd.append(t1 - t0)
             both.append(t2 - t0)
+    return _row(config, "gaussian", meta, s, fwd, both, base_mb, device)
+
+
+def _run_convex(config: str, backend: str, repeats: int, quick: bool, device: torch.device) -> dict:
+    from recon.render.convex import rasterize_convexes
+
+    s = scene(config, quick, device)
+    params = {k: v.clone().requires_grad_() for k, v in _convex_params(s).items()}
+    H, W = s["height"], s["width"]
+    w_img = torch.linspace(0, 1, H * W * 3, device=device).reshape(1, H, W, 3)
+    fwd, both = [], []
+    for i in range(repeats + 1):
+        for p in params.values():
+            p.grad = None
+        if i == 1:
+            _sync(device)
+            reset_peak_memory(device)
+            base_mb = current_memory_mb(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        img, alpha, meta = rasterize_convexes(
+            params["points"], params["delta"], params["sigma"], params["opacities"], params["colors"],
+            s["viewmats"], s["Ks"], W, H, backend=backend,
+        )
+        _sync(device)
+        t1 = time.perf_counter()
+        ((img * w_img).sum() + alpha.square().sum()).backward()
+        _sync(device)
+        t2 = time.perf_counter()
+        if i:
+            fwd.append(t1 - t0)
+            both.append(t2 - t0)
+    return _row(config, "convex", meta, s, fwd, both, base_mb, device)
+
+
+def _row(config: str, primitive: str, meta: dict, s: dict, fwd: list, both: list, base_mb: float, device) -> dict:
     return {
         "config": config,
+        "primitive": primitive,
         "backend": meta["backend"],
-        "gaussians": s["means"].shape[0],
-        "image": f"{W}x{H}",
+        "primitives": s["means"].shape[0],
+        "image": f"{s['width']}x{s['height']}",
         "intersections": int(meta["flatten_ids"].numel()),
         "fwd_ms": statistics.median(fwd) * 1e3,
         "fwd_bwd_ms": statistics.median(both) * 1e3,
@@ -182,40 +238,42 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     ap.add_argument("--quick", action="store_true", help="small scenes, 1 repeat, not recorded")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: "config,backend" in this process, JSON out
+    ap.add_argument("--primitives", default="gaussian,convex", help="comma-separated: gaussian, convex")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: "config,primitive,backend" in this process, JSON out
     args = ap.parse_args()
     if args.quick:
         args.repeats = 1
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.one:
-        config, backend = args.one.split(",")
-        print(json.dumps(run(config, backend, args.repeats, args.quick, device)))
+        config, primitive, backend = args.one.split(",")
+        print(json.dumps(run(config, backend, args.repeats, args.quick, device, primitive)))
         return
     backends = available_backends(device) if args.backends == "available" else args.backends.split(",")
     rows = []
-    for config in args.configs.split(","):
-        for backend in backends:
-            row = {}
-            # Two processes: the times with the default allocator, the memory in the measuring
-            # environment (its fixed mmap threshold slows allocation-heavy code down many times).
-            for repeats, env in ((args.repeats, None), (1, _measuring_env())):
-                cmd = [sys.executable, "-m", "benchmarks.bench_gaussian_raster", "--one", f"{config},{backend}",
-                       "--repeats", str(repeats), "--device", str(device)] + (["--quick"] if args.quick else [])
-                out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False, env=env)
-                if out.returncode:
-                    print(f"{config} / {backend} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-                    break
-                result = json.loads(out.stdout.strip().splitlines()[-1])
-                if env is None:
-                    row = result
-                else:
-                    row.update(peak_mem_mb=result["peak_mem_mb"], work_mem_mb=result["work_mem_mb"])
+    jobs = [(c, p, b) for c in args.configs.split(",") for p in args.primitives.split(",") for b in backends
+            if not (p == "convex" and b == "gsplat")]  # gsplat has no convex rasterizer
+    for config, primitive, backend in jobs:
+        row = {}
+        # Two processes: the times with the default allocator, the memory in the measuring
+        # environment (its fixed mmap threshold slows allocation-heavy code down many times).
+        for repeats, env in ((args.repeats, None), (1, _measuring_env())):
+            cmd = [sys.executable, "-m", "benchmarks.bench_gaussian_raster", "--one", f"{config},{primitive},{backend}",
+                   "--repeats", str(repeats), "--device", str(device)] + (["--quick"] if args.quick else [])
+            out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False, env=env)
+            if out.returncode:
+                print(f"{config} / {primitive} / {backend} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+                break
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            if env is None:
+                row = result
             else:
-                rows.append(row)
-    columns = ["config", "backend", "gaussians", "image", "intersections", "fwd_ms", "fwd_bwd_ms", "peak_mem_mb",
+                row.update(peak_mem_mb=result["peak_mem_mb"], work_mem_mb=result["work_mem_mb"])
+        else:
+            rows.append(row)
+    columns = ["config", "primitive", "backend", "primitives", "image", "intersections", "fwd_ms", "fwd_bwd_ms", "peak_mem_mb",
                "work_mem_mb", "device", "threads"]
     record = not (args.quick or args.no_record)
-    table = append_results("3DGS rasterization per backend (benchmarks/bench_gaussian_raster.py)", columns, rows, record=record)
+    table = append_results("3DGS and smooth-convex rasterization per backend (benchmarks/bench_gaussian_raster.py)", columns, rows, record=record)
     print(machine_description())
     print(table)
 

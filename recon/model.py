@@ -43,6 +43,10 @@ class Export(str, Enum):
     """Mesh from the model's own implicit surface."""
     GAUSSIAN_SPLAT = "gaussian-splat"
     """Standard 3DGS PLY."""
+    CONVEX_PLY = "convex-ply"
+    """Every smooth convex's parameters, losslessly (3D Convex Splatting; :mod:`recon.export.convex_ply`)."""
+    CONVEX_MESH = "convex-mesh"
+    """Mesh of the 3D hulls of the opaque, sharp smooth convexes (:mod:`recon.export.convex_mesh`)."""
 
 
 @dataclass

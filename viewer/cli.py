@@ -1,11 +1,14 @@
-"""``ns-viewer``: open a finished run, an exported mesh or a Gaussian-splat PLY in the viewer.
+"""``ns-viewer``: open a finished run, an exported mesh, a Gaussian-splat PLY or a 3DCS PLY in the viewer.
 
     ns-viewer --load-config outputs/.../config.yml      a trained run (no training)
     ns-viewer --mesh mesh.ply|obj|glb                   an exported mesh
     ns-viewer --splat splat.ply                         a standard 3DGS PLY
+    ns-viewer --convex convexes.ply                     a 3DCS PLY (ns-export convex-ply), rendered here
 
 Files are shown in their own coordinates (exports are in the input poses' frame); a run is shown
-in recon's normalised frame, like ``ns-train --viewer``.
+in recon's normalised frame, like ``ns-train --viewer``. Meshes and splats are drawn by the
+browser; a run and a 3DCS PLY are rendered by this process (the ``3dcs`` method's model, built
+from the file through the method registry), frame by frame, from the browser's camera.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ class ViewerCommand:
     """A mesh file (.ply, .obj, .glb) to show."""
     splat: Path | None = None
     """A Gaussian-splat PLY (standard 3DGS layout) to show."""
+    convex: Path | None = None
+    """A 3D Convex Splatting PLY (ns-export convex-ply) to render (not with --load-config)."""
     step: int | None = None
     """Checkpoint step of --load-config (default: the latest)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to render --load-config."""
+    """Where to render --load-config or --convex."""
     viewer_host: str = "127.0.0.1"
     """Address to bind; 0.0.0.0 makes the viewer reachable from other machines."""
     viewer_port: int = 7007
@@ -47,9 +52,11 @@ class ViewerCommand:
         """Build and start the viewer (returned; ``viewer.stop()`` ends it)."""
         from viewer.server import Viewer, ViewerSettings, framing_view
 
-        given = [p for p in (self.load_config, self.mesh, self.splat) if p is not None]
+        given = [p for p in (self.load_config, self.mesh, self.splat, self.convex) if p is not None]
         if not given:
-            raise ConfigError("nothing to show: give --load-config, --mesh or --splat")
+            raise ConfigError("nothing to show: give --load-config, --mesh, --splat or --convex")
+        if self.load_config is not None and self.convex is not None:
+            raise ConfigError("--load-config and --convex both render a model; give one of them")
         for path in given:
             if not Path(path).is_file():
                 raise ReconError("file not found", Path(path))
@@ -57,6 +64,7 @@ class ViewerCommand:
         # Read every file before the server starts, so a bad one fails with nothing served.
         mesh = load_mesh(self.mesh) if self.mesh is not None else None
         splats = load_splats(self.splat) if self.splat is not None else None
+        convexes = load_convexes(self.convex, self.device) if self.convex is not None else None
         if self.load_config is not None:
             from recon.engine.run import load_run
             from viewer.builtin_panels import builtin_panels
@@ -66,10 +74,14 @@ class ViewerCommand:
             cameras, images = training_views(run.outputs, getattr(run.config.datamanager, "image_scale", 1.0))
             viewer = Viewer(settings, model=run.model, cameras=cameras, images=images, aabb=run.outputs.scene_box.aabb, run_dir=run.run_dir,
                             panels=builtin_panels(run.run_dir) + run.model.viewer_panels())
+        elif convexes is not None:
+            viewer = Viewer(settings, model=convexes, panels=convexes.viewer_panels())
         else:
             viewer = Viewer(settings)
         viewer.start()
         bounds = []
+        if convexes is not None:  # the bulk of the convexes' centres, as for splats below
+            bounds.append(np.quantile(convexes.params["points"].detach().mean(1).cpu().numpy(), [0.01, 0.99], axis=0))
         if mesh is not None:
             viewer.server.scene.add_mesh_trimesh("/mesh", mesh)
             bounds.append(mesh.bounds)
@@ -103,6 +115,22 @@ def load_mesh(path: Path):
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise ReconError("no triangles in this file", path)
     return mesh
+
+
+def load_convexes(path: Path, device: str = "auto"):
+    """A 3DCS PLY as a model of the registered ``3dcs`` method (its default settings with the file's
+    K, SH degree, scaling exponent and mask threshold), in the file's frame, on ``device``."""
+    from recon.config import get_method
+    from recon.engine.trainer import resolve_device
+
+    model = get_method("3dcs").config.model.from_convex_ply(path, resolve_device(device))
+    try:
+        model.check_rasterizer()  # e.g. warp-lang missing: one line now, not a failed frame later
+    except ConfigError as exc:
+        raise ReconError(str(exc), path) from None
+    if model.num_primitives == 0:
+        raise ReconError("no convexes in this file", path)
+    return model
 
 
 def load_splats(path: Path) -> dict[str, np.ndarray]:

@@ -12,8 +12,10 @@ from the paper and the official code: README.md beside this file.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -21,7 +23,8 @@ from torch import Tensor, nn
 
 from methods.convex_splatting.strategy import ConvexStrategy, point_spread
 from recon.errors import ConfigError
-from recon.model import SceneInfo
+from recon.export.convex_ply import CONVEX_PARAM_KEYS, read_convex_ply, transform_convexes
+from recon.model import Export, SceneInfo
 from recon.primitives import PrimitiveModel, PrimitiveModelConfig, initial_points, knn_rms_distance
 from recon.render.convex import MAX_POINTS, rasterize_convexes, resolve_convex_backend
 from recon.render.gaussians.helpers import rgb_to_sh
@@ -46,6 +49,7 @@ class ConvexSplatModel(PrimitiveModel):
 
     config: "ConvexSplatModelConfig"
     resolve_rasterizer_backend = staticmethod(resolve_convex_backend)
+    exports = PrimitiveModel.exports | {Export.CONVEX_PLY, Export.CONVEX_MESH}
 
     def __init__(self, config: "ConvexSplatModelConfig", scene: SceneInfo):
         c = config
@@ -140,6 +144,44 @@ class ConvexSplatModel(PrimitiveModel):
             "shN": self.params["shN"].detach().clone(),
         }
 
+    @torch.no_grad()
+    def convex_parameters(self) -> dict[str, Tensor]:
+        """Copies of the raw parameters (``recon.export.convex_ply.CONVEX_PARAM_KEYS``, normalised
+        frame): what ``ns-export convex-ply`` writes, losslessly."""
+        return {key: self.params[key].detach().clone() for key in CONVEX_PARAM_KEYS}
+
+    @torch.no_grad()
+    def load_convex_parameters(self, params: dict[str, Tensor]) -> None:
+        """Replace every convex by ``params`` (:meth:`convex_parameters`' layout; any count N, the
+        config's K and SH degree), all SH bands active; densification statistics start afresh."""
+        K, rest = self.config.num_points, (self.config.sh_degree + 1) ** 2 - 1
+        if params["points"].shape[1:] != (K, 3) or params["shN"].shape[1:] != (rest, 3):
+            raise ValueError(f"convex parameters must have K = {K} points and {rest} rest SH coefficients, "
+                             f"got points {list(params['points'].shape)}, shN {list(params['shN'].shape)}")
+        device = self.active_sh_degree.device
+        for key in CONVEX_PARAM_KEYS:
+            self.params[key] = nn.Parameter(params[key].detach().to(device=device, dtype=torch.float32).clone().contiguous())
+        self.active_sh_degree.fill_(self.config.sh_degree)
+        self.strategy_state = self._new_strategy_state()
+
+    @torch.no_grad()
+    def sharpness(self, focal: float, distance: Tensor | float = 1.0) -> Tensor:
+        """How sharply each convex's edges are drawn, kappa [N] = sigma delta (f R)^2 d^(2p - 2), dimensionless.
+
+        f: focal length in pixels; R: the root mean square distance of the points from their centre;
+        d: the camera's distance (only for ``scaling_exponent`` p != 1; at p = 1, the official
+        value, kappa does not depend on it). Near one edge of pixel length l the indicator is
+        sigmoid(-s^2 sigma delta l x) at x pixels from the edge (s = d^p, module docstring of
+        ``recon.render.convex.projection``), so for a convex seen face-on with l r ~ R^2 (a regular
+        hexagon: l = R, r = 0.87 R) the 73%-to-27% fall spans about 2 / kappa of the inradius r,
+        and the indicator at the centre is about sigmoid(0.87 kappa): kappa >> 1 is a convex drawn
+        with sharp edges, kappa ~ 1 or less a soft blob. Invariant under a similarity of the scene
+        (delta and sigma scale as length^-p)."""
+        prims = self.primitives()
+        spread2 = (prims["points"] - prims["means"][:, None]).square().sum(-1).mean(-1)
+        d = torch.as_tensor(distance, dtype=spread2.dtype, device=spread2.device)
+        return prims["sigma"] * prims["delta"] * focal**2 * spread2 * d ** (2 * self.config.scaling_exponent - 2)
+
     @property
     def num_points(self) -> int:
         return int(self.params["points"].shape[1])
@@ -189,6 +231,31 @@ class ConvexSplatModelConfig(PrimitiveModelConfig):
     """Gaussian-splat export: each Gaussian's standard deviations = this x those of the convex's points."""
     strategy: ConvexStrategy = field(default_factory=ConvexStrategy)
     """Densification: K-way split on the sharpness gradient, pruning, opacity resets."""
+
+    def from_convex_ply(self, path: str | Path, device: str | torch.device = "cpu", transform: tuple[Tensor, Tensor, float] | None = None) -> ConvexSplatModel:
+        """A model (this config with K, the SH degree, the scaling exponent and the mask threshold of
+        the file) holding the convexes of a 3DCS PLY (``ns-export convex-ply``), in the file's frame,
+        or moved by ``transform`` = (R [3, 3], t [3], s): x -> s (R x + t) (e.g. a run's dataparser
+        transform and scale, back to its normalised frame). Raises ``ConvexPlyError`` (one line) for a
+        file that is not one."""
+        ply = read_convex_ply(path)
+        params = ply.params
+        if transform is not None:
+            params = transform_convexes(params, *transform, ply.scaling_exponent)
+        points = params["points"].reshape(-1, 3)
+        aabb = torch.stack([points.amin(0), points.amax(0)]) if len(points) else torch.tensor([[-1.0] * 3, [1.0] * 3])
+        config = dataclasses.replace(
+            self, num_points=ply.num_points, sh_degree=ply.sh_degree, scaling_exponent=ply.scaling_exponent,
+            mask_threshold=ply.mask_threshold, init="random", num_random_points=1,
+        )
+        model = ConvexSplatModel(config, SceneInfo(aabb=aabb, num_train_cameras=0)).to(device)
+        model.load_convex_parameters(params)
+        return model.eval()
+
+
+def load_convex_ply_model(path: str | Path, device: str | torch.device = "cpu", transform: tuple[Tensor, Tensor, float] | None = None) -> ConvexSplatModel:
+    """A :class:`ConvexSplatModel` (default ``3dcs`` settings) of a 3DCS PLY: :meth:`ConvexSplatModelConfig.from_convex_ply`."""
+    return ConvexSplatModelConfig().from_convex_ply(path, device, transform)
 
 
 ConvexSplatModelConfig._target = ConvexSplatModel

@@ -1,7 +1,22 @@
-"""``ns-export {pointcloud,tsdf,marching-cubes,gaussian-splat} --load-config outputs/.../config.yml --output-dir exports/``.
+"""``ns-export {pointcloud,tsdf,marching-cubes,gaussian-splat,convex-ply,convex-mesh} --load-config outputs/.../config.yml --output-dir exports/``.
 
 Geometry is written in the input poses' coordinates (the dataset normalisation is undone), as
-PLY, OBJ or GLB through trimesh; every file is written atomically.
+PLY, OBJ or GLB through trimesh; every file is written atomically. A model lists what it can
+export in ``Model.exports`` (:class:`recon.model.Export`):
+
+=================  ==========================================================================
+pointcloud         points back-projected from the depth rendered at the training views
+tsdf               mesh by TSDF fusion of that depth
+marching-cubes     mesh of the model's own implicit surface (SDF / occupancy)
+gaussian-splat     the standard 3DGS PLY (splatting models; 3D Convex Splatting: one
+                   approximate Gaussian per convex)
+convex-ply         3D Convex Splatting: every convex's parameters, losslessly, as a 3DCS PLY
+                   (:mod:`recon.export.convex_ply`; ``ns-viewer --convex`` opens it)
+convex-mesh        3D Convex Splatting: the 3D hulls of the opaque, sharp convexes as one mesh
+                   (:mod:`recon.export.convex_mesh`)
+=================  ==========================================================================
+
+``--crop-from-viewer`` keeps what lies inside the viewer's crop box (primitives by their centre).
 """
 
 from __future__ import annotations
@@ -84,6 +99,25 @@ def _crop(mesh, box):
     if len(mesh.faces) == 0:
         raise ConfigError("no face of the mesh lies inside the viewer's crop box; nothing written")
     return mesh
+
+
+def _keep_inside_crop(cfg: ExportConfig, run: LoadedRun, centres: torch.Tensor) -> torch.Tensor | None:
+    """[N] bool: the primitives whose centre (normalised frame) is inside the viewer's crop box;
+    None without --crop-from-viewer."""
+    box = cfg.crop_box(run)
+    if box is None:
+        return None
+    from recon.export.crop import inside_box
+
+    return torch.from_numpy(inside_box(centres.detach().cpu(), *box))
+
+
+def _input_frame(run: LoadedRun) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(R, t, s) of x_input = s (R x_normalised + t): the dataparser normalisation undone."""
+    from recon.render.gaussians.transform import inverse_similarity
+
+    T = run.outputs.dataparser_transform.double()
+    return inverse_similarity(T[:, :3], T[:, 3], float(run.outputs.dataparser_scale))
 
 
 @dataclass
@@ -210,22 +244,102 @@ class GaussianSplatExport(ExportConfig):
 
     def run(self) -> Path:
         from recon.export.splat_ply import write_splat_ply
-        from recon.render.gaussians.transform import inverse_similarity, transform_splats
+        from recon.render.gaussians.transform import transform_splats
 
         run = load_run(self.load_config, self.device, self.step)
         _require(run, Export.GAUSSIAN_SPLAT, "has no Gaussians to export")
         params = {k: v.detach().cpu() for k, v in run.model.splat_parameters().items()}
-        box = self.crop_box(run)
-        if box is not None:
-            from recon.export.crop import inside_box
-
-            keep = torch.from_numpy(inside_box(params["means"], *box))
+        keep = _keep_inside_crop(self, run, params["means"])
+        if keep is not None:
             params = {k: v[keep] for k, v in params.items()}
         if self.frame == "input":
-            T = run.outputs.dataparser_transform.double()
-            params = transform_splats(params, *inverse_similarity(T[:, :3], T[:, 3], float(run.outputs.dataparser_scale)))
+            params = transform_splats(params, *_input_frame(run))
         out, kept = write_splat_ply(self.output_dir / self.filename, params)
         console.print(f"wrote {kept} of {len(params['means'])} Gaussians to {out}")
+        return out
+
+
+@dataclass
+class ConvexPlyExport(ExportConfig):
+    """Every smooth convex of a 3D Convex Splatting run with all its parameters, losslessly (K
+    points, log delta, log sigma, opacity and mask logits, SH), as a 3DCS PLY that ``ns-viewer
+    --convex`` opens (layout: recon/export/convex_ply.py). Not readable by splat viewers: for
+    those, ``gaussian-splat`` writes one (approximate) Gaussian per convex."""
+
+    frame: Literal["input", "normalised"] = "input"
+    """input: the input poses' coordinates (points moved, delta and sigma rescaled, colours
+    rotated); normalised: recon's internal frame, bit for bit the run's parameters."""
+    filename: str = "convexes.ply"
+    """Output file name (.ply)."""
+
+    def run(self) -> Path:
+        from recon.export.convex_ply import transform_convexes, write_convex_ply
+
+        run = load_run(self.load_config, self.device, self.step)
+        _require(run, Export.CONVEX_PLY, "has no smooth convexes to export")
+        params = {k: v.detach().cpu() for k, v in run.model.convex_parameters().items()}
+        keep = _keep_inside_crop(self, run, params["points"].mean(1))
+        if keep is not None:
+            params = {k: v[keep] for k, v in params.items()}
+        p, threshold = float(run.model.config.scaling_exponent), float(run.model.config.mask_threshold)
+        if self.frame == "input":
+            params = transform_convexes(params, *_input_frame(run), p)
+        out = write_convex_ply(self.output_dir / self.filename, params, scaling_exponent=p, mask_threshold=threshold, frame=self.frame)
+        console.print(f"wrote {len(params['points'])} convexes to {out}")
+        return out
+
+
+@dataclass
+class ConvexMeshExport(ExportConfig):
+    """The convexes of a 3D Convex Splatting run as one triangle mesh: each opaque, sharp convex
+    becomes the 3D convex hull of its K points (its shape in the limit of sharp edges; flat
+    convexes, always for K = 3, one-sided polygons), coloured by its SH degree-0 colour (vertex
+    colours), in the input poses' coordinates."""
+
+    min_opacity: float = 0.5
+    """Keep convexes whose effective opacity, sigmoid(opacity) x [sigmoid(mask) > mask threshold], is at least this."""
+    min_sharpness: float = 2.0
+    """Keep convexes with kappa = sigma delta (f R)^2 at least this (f: the training cameras' focal
+    length in pixels, R: the RMS distance of the points from their centre; x d^(2p-2), d the mean
+    distance from the training cameras, when the scaling exponent p is not 1). The indicator
+    falls from 73% to 27% over about 2/kappa of a convex's inradius and is about sigmoid(0.87 kappa)
+    at its centre: 2 keeps convexes drawn with edges, 0 keeps soft blobs too."""
+    filename: str = "convex_mesh.ply"
+    """Output file name; the suffix picks the format (.ply, .obj, .glb)."""
+
+    def run(self) -> Path:
+        from recon.export.convex_mesh import convex_mesh
+        from recon.fields.spherical_harmonics import C0
+
+        if not 0.0 <= self.min_opacity <= 1.0:
+            raise ConfigError(f"--min-opacity must be in [0, 1], got {self.min_opacity}")
+        if not self.min_sharpness >= 0.0:
+            raise ConfigError(f"--min-sharpness must be 0 or more, got {self.min_sharpness}")
+        run = load_run(self.load_config, self.device, self.step)
+        _require(run, Export.CONVEX_MESH, "has no smooth convexes to mesh")
+        model = run.model
+        with torch.no_grad():
+            prims = model.primitives()
+            cameras = run.outputs.split("train").cameras
+            scale = getattr(run.config.datamanager, "image_scale", 1.0)
+            focal = float(torch.sqrt(cameras.fx * cameras.fy).mean()) * scale
+            distance: torch.Tensor | float = 1.0
+            if float(model.config.scaling_exponent) != 1.0:
+                origins = cameras.camera_to_worlds[:, :, 3].to(prims["means"])
+                distance = torch.cat([torch.cdist(m, origins).mean(1) for m in prims["means"].split(65536)])
+            keep = (prims["opacities"] >= self.min_opacity) & (model.sharpness(focal, distance) >= self.min_sharpness)
+            inside = _keep_inside_crop(self, run, prims["means"])
+            if inside is not None:
+                keep &= inside.to(keep.device)
+            points = run.outputs.transform_to_input(prims["points"][keep].reshape(-1, 3).float().cpu()).reshape(-1, model.num_points, 3)
+            colors = (model.params["sh0"][keep, 0].cpu() * C0 + 0.5).clamp(0, 1)
+        total = len(keep)
+        if len(points) == 0:
+            raise ConfigError(f"no convex passes --min-opacity {self.min_opacity} and --min-sharpness {self.min_sharpness} "
+                              f"(of {total}){' inside the crop box' if inside is not None else ''}; nothing written")
+        mesh = convex_mesh(points, colors)
+        out = write_mesh(mesh, self.output_dir / self.filename)
+        console.print(f"wrote the hulls of {len(points)} of {total} convexes ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces) to {out}")
         return out
 
 
@@ -234,6 +348,8 @@ Commands = Union[
     Annotated[TSDFExport, tyro.conf.subcommand("tsdf")],
     Annotated[MarchingCubesExport, tyro.conf.subcommand("marching-cubes")],
     Annotated[GaussianSplatExport, tyro.conf.subcommand("gaussian-splat")],
+    Annotated[ConvexPlyExport, tyro.conf.subcommand("convex-ply")],
+    Annotated[ConvexMeshExport, tyro.conf.subcommand("convex-mesh")],
 ]
 
 

@@ -114,11 +114,17 @@ class TrainerConfig:
     """Stop the viewer when training ends (by default it keeps serving the final model until Ctrl-C)."""
 
     def resolve_device(self) -> torch.device:
-        if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()):
-            if not torch.cuda.is_available():
-                raise ConfigError("--device cuda was asked for but CUDA is not available")
-            return torch.device("cuda")
-        return torch.device("cpu")
+        return resolve_device(self.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device`` auto, cpu or cuda -> the torch device (auto: CUDA when available); a one-line
+    error when CUDA is asked for and missing."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but CUDA is not available")
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:

@@ -161,11 +161,15 @@ def write_splat_ply(path: str | Path, params: Mapping, drop_invisible: bool = Tr
     return path, len(table)
 
 
-def _parse_header(f, path: Path) -> tuple[str, list[tuple[str, int, list[tuple[str, str | None, str]]]]]:
-    """Returns (format, [(element, count, [(property, type, list count type or None)])])."""
+def _parse_header(
+    f, path: Path, error: type[SplatPlyError] = SplatPlyError, comments: list[str] | None = None
+) -> tuple[str, list[tuple[str, int, list[tuple[str, str | None, str]]]]]:
+    """Returns (format, [(element, count, [(property, type, list count type or None)])]); problems
+    raise ``error``; the text of ``comment`` lines is appended to ``comments`` when given (other PLY
+    formats, e.g. :mod:`recon.export.convex_ply`, mark themselves with one)."""
     first = f.readline(16).rstrip(b"\r\n")
     if first != b"ply":
-        raise SplatPlyError("not a PLY file (it does not start with 'ply')", path)
+        raise error("not a PLY file (it does not start with 'ply')", path)
     fmt = None
     elements: list = []
     read = len(first)
@@ -173,13 +177,15 @@ def _parse_header(f, path: Path) -> tuple[str, list[tuple[str, int, list[tuple[s
         line = f.readline(_MAX_HEADER_BYTES)
         read += len(line)
         if read >= _MAX_HEADER_BYTES:
-            raise SplatPlyError("PLY header longer than 1 MiB (not a PLY file?)", path)
+            raise error("PLY header longer than 1 MiB (not a PLY file?)", path)
         if not line.endswith(b"\n"):  # end of file in the middle of the header
-            raise SplatPlyError("truncated PLY header (no end_header)", path)
+            raise error("truncated PLY header (no end_header)", path)
         try:
             words = line.decode("ascii").split()
         except UnicodeDecodeError:
-            raise SplatPlyError("PLY header contains non-ASCII bytes", path) from None
+            raise error("PLY header contains non-ASCII bytes", path) from None
+        if words and words[0] == "comment" and comments is not None:
+            comments.append(" ".join(words[1:]))
         if not words or words[0] in ("comment", "obj_info"):
             continue
         key = words[0]
@@ -194,43 +200,49 @@ def _parse_header(f, path: Path) -> tuple[str, list[tuple[str, int, list[tuple[s
         elif key == "property" and elements and len(words) == 5 and words[1] == "list":
             elements[-1][2].append((words[4], words[3], words[2]))
         else:
-            raise SplatPlyError(f"malformed PLY header line {line.decode('ascii').strip()[:80]!r}", path)
+            raise error(f"malformed PLY header line {line.decode('ascii').strip()[:80]!r}", path)
     if fmt is None:
-        raise SplatPlyError("PLY header has no supported format line", path)
+        raise error("PLY header has no supported format line", path)
     return fmt, elements
 
 
-def _read_binary(f, path: Path, endian: str, elements, vertex_index: int) -> Mapping[str, np.ndarray]:
+def _plural(element: str) -> str:
+    return "vertices" if element == "vertex" else f"{element} records"
+
+
+def _read_binary(
+    f, path: Path, endian: str, elements, vertex_index: int, error: type[SplatPlyError] = SplatPlyError
+) -> Mapping[str, np.ndarray]:
+    """The records of element ``vertex_index`` (any name; elements before it are skipped)."""
     offset = 0
-    for name, count, props in elements[:vertex_index]:
-        if any(list_type is not None for _, _, list_type in props):
-            raise SplatPlyError(f"cannot skip element '{name}' with list properties before 'vertex'", path)
-        offset += count * sum(np.dtype(t).itemsize for _, t, _ in props)
-    _, n, props = elements[vertex_index]
+    target, n, props = elements[vertex_index]
+    for name, count, before in elements[:vertex_index]:
+        if any(list_type is not None for _, _, list_type in before):
+            raise error(f"cannot skip element '{name}' with list properties before '{target}'", path)
+        offset += count * sum(np.dtype(t).itemsize for _, t, _ in before)
     dtype = np.dtype([(p, endian + t) for p, t, _ in props])
     f.seek(offset, 1)
     data = f.read(n * dtype.itemsize)
     if len(data) < n * dtype.itemsize:
-        raise SplatPlyError(
-            f"truncated: {n} vertices need {n * dtype.itemsize} bytes of data, the file has {len(data)}", path
-        )
+        raise error(f"truncated: {n} {_plural(target)} need {n * dtype.itemsize} bytes of data, the file has {len(data)}", path)
     return np.frombuffer(data, dtype=dtype, count=n)
 
 
-def _read_ascii(f, path: Path, elements, vertex_index: int) -> Mapping[str, np.ndarray]:
+def _read_ascii(f, path: Path, elements, vertex_index: int, error: type[SplatPlyError] = SplatPlyError) -> Mapping[str, np.ndarray]:
+    """The records of element ``vertex_index`` of an ascii PLY, as float64 columns."""
     lines = f.read().decode("ascii", errors="replace").splitlines()
     start = sum(count for _, count, _ in elements[:vertex_index])  # ascii: one line per record
-    _, n, props = elements[vertex_index]
+    target, n, props = elements[vertex_index]
     rows = [line.split() for line in lines[start : start + n]]
     if len(rows) < n:
-        raise SplatPlyError(f"truncated: {n} vertices declared, {len(rows)} present", path)
+        raise error(f"truncated: {n} {_plural(target)} declared, {len(rows)} present", path)
     bad = next((i for i, r in enumerate(rows) if len(r) != len(props)), None)
     if bad is not None:
-        raise SplatPlyError(f"vertex {bad} has {len(rows[bad])} values, the header declares {len(props)}", path)
+        raise error(f"{target} {bad} has {len(rows[bad])} values, the header declares {len(props)}", path)
     try:
         values = np.array(rows, dtype=np.float64).reshape(n, len(props))
     except ValueError as e:
-        raise SplatPlyError(f"unreadable ascii vertex value ({e})", path) from None
+        raise error(f"unreadable ascii {target} value ({e})", path) from None
     return {p: values[:, i] for i, (p, _, _) in enumerate(props)}
 
 

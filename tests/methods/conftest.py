@@ -17,9 +17,10 @@ def tiny_scene(tmp_path_factory) -> Path:
     return generate_scene(tmp_path_factory.mktemp("scenes") / "tiny", cfg)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def quiet_config():
-    """``quiet_config(method, scene, out, steps, **changes)``: see :func:`make_quiet_config`."""
+    """``quiet_config(method, scene, out, steps, **changes)``: see :func:`make_quiet_config` (a plain
+    function, so session-scoped: module fixtures that train a run use it too)."""
     return make_quiet_config
 
 

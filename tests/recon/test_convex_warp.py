@@ -164,6 +164,53 @@ def test_rasterize_convexes_warp_matches_torch_through_projection(dtype, tol):
         _assert_close(a, b, tol)
 
 
+def _projection_cases(dtype):
+    """Random convexes in front of, across and behind the near plane of two cameras, and hand-made
+    degenerate ones: collinear points on a hull side, a coincident corner, all points collinear,
+    all coincident, a very soft convex (large footprint) and a K = 3 sliver."""
+    g = torch.Generator().manual_seed(11)
+    n, K = 200, 6
+    centers = torch.cat([(torch.rand(n, 2, generator=g) - 0.5) * 2.5, 0.5 + 4 * torch.rand(n, 1, generator=g)], 1)
+    centers[:10, 2] = torch.linspace(-0.3, 0.2, 10)  # across / behind the near plane
+    points = centers[:, None, :] + 0.05 * torch.randn(n, K, 3, generator=g)
+    z = torch.tensor([2.0])
+    square = torch.tensor([[0, 0], [0.4, 0], [0.4, 0.4], [0, 0.4], [0.2, 0], [0, 0]])  # a mid-side point, a copy of corner 0
+    line = torch.stack([torch.linspace(0, 0.5, K), torch.linspace(0, 0.25, K)], 1)
+    special = [torch.cat([square, z.expand(K, 1)], 1), torch.cat([line, z.expand(K, 1)], 1), torch.full((K, 3), 1.0)]
+    points = torch.cat([points, torch.stack(special)])
+    N = points.shape[0]
+    delta = 10 ** (2 * torch.rand(N, generator=g) - 1) * 20
+    sigma = 10 ** (2 * torch.rand(N, generator=g) - 1) * 0.01
+    sigma[-4] = 1e-5  # very soft: the footprint is much larger than the hull
+    opac = 0.02 + 0.97 * torch.rand(N, generator=g)
+    tri = points[:50, :3].clone()
+    return [(points.to(dtype), delta.to(dtype), sigma.to(dtype), opac.to(dtype)),
+            (tri.to(dtype), delta[:50].to(dtype), sigma[:50].to(dtype), opac[:50].to(dtype))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_warp_projection_matches_torch(dtype):
+    """The Warp hull and footprint kernels give the reference's edges, masks and boxes, and the
+    same gradients reach the points, delta and sigma (the edge functions stay in torch)."""
+    viewmats, Ks, W, H = _cameras(W=64, H=48, dtype=dtype)
+    for points, delta, sigma, opac in _projection_cases(dtype):
+        outs = []
+        for backend in ("torch", "warp"):
+            leaves = [t.clone().requires_grad_() for t in (points, delta, sigma)]
+            proj = project_convexes(*leaves, viewmats, Ks, W, H, opacities=opac, backend=backend)
+            w = torch.linspace(-1, 1, proj.edges.numel(), dtype=dtype).reshape(proj.edges.shape)
+            ((proj.edges * w).sum() + proj.sharp_delta.sum() + proj.sharp_sigma.square().sum()).backward()
+            outs.append((proj, [t.grad for t in leaves]))
+        (ref, ref_grads), (got, got_grads) = outs
+        assert torch.equal(got.edge_mask, ref.edge_mask)
+        assert int(ref.edge_mask.any(-1).sum()) > 10  # the comparison covers visible convexes
+        assert torch.equal(got.edges, ref.edges)
+        assert torch.equal(got.radii, ref.radii)
+        assert torch.allclose(got.box_centers, ref.box_centers, rtol=0, atol=1e-9 if dtype == F64 else 1e-3)
+        for a, b in zip(got_grads, ref_grads, strict=True):
+            assert torch.equal(a, b)
+
+
 def _random_2d(seed, C=2, N=25, E=7, D=5, W=23, H=19, tile=5, dtype=F64):
     """Edges that form no particular hull (the compositor does not need one), valid slots anywhere
     among the E (some convexes with none), any channel count; boxes from the edges' region."""

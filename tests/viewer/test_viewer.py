@@ -409,6 +409,37 @@ def test_ns_viewer_mesh_and_splat_files(tmp_path, viser_client, free_port):
     assert in_view(start, means.astype(np.float64)).mean() >= 0.95
 
 
+def test_ns_viewer_convex_file(tmp_path, viser_client, free_port, one_thread):
+    """``ns-viewer --convex``: a 3DCS PLY rendered by the server, in the file's frame, as the 3dcs
+    model built from the file renders it; the first view frames the convexes."""
+    from recon.export.convex_ply import write_convex_ply
+    from viewer.cli import ViewerCommand, load_convexes
+    from viewer.render import ViewCamera, to_cameras
+
+    g = torch.Generator().manual_seed(0)
+    n = 20
+    centres = torch.rand(n, 1, 3, generator=g) * 2 + torch.tensor([10.0, -5.0, 3.0])  # far from the origin: the view must find them
+    params = {"points": centres + 0.3 * torch.randn(n, 6, 3, generator=g), "delta": torch.full((n,), 2.0), "sigma": torch.full((n,), 0.0),
+              "opacities": torch.full((n,), 3.0), "mask": torch.full((n,), 5.0), "sh0": torch.randn(n, 1, 3, generator=g), "shN": torch.zeros(n, 3, 3)}
+    path = write_convex_ply(tmp_path / "convexes.ply", params, scaling_exponent=1.0, mask_threshold=0.01)
+    viewer = ViewerCommand(convex=path, viewer_port=free_port, max_res=48, device="cpu").open()
+    try:
+        client = viser_client(free_port)
+        start = initial_camera(client)
+        assert in_view(start, centres[:, 0].numpy().astype(np.float64)).mean() >= 0.9
+        wxyz = matrix_to_quaternion(torch.from_numpy(look_at_rotation(start["position"], start["look_at"], start["up"]))).tolist()
+        client.send_camera(wxyz=wxyz, position=start["position"].tolist(), fov=float(start["fov"]), width=64, height=48)
+        frame = next_frame(client, (48, 36), after=0)
+    finally:
+        viewer.stop()
+    model = load_convexes(path, "cpu")
+    assert model.num_primitives == n and torch.equal(model.params["points"], params["points"])
+    camera = to_cameras(ViewCamera(tuple(wxyz), tuple(start["position"].tolist()), float(start["fov"]), 64, 48), 48)
+    expected = output_image(model.render(camera), "rgb")
+    luma = [np.asarray(Image.fromarray(im).convert("L"), dtype=np.float64) for im in (frame, expected)]  # JPEG halves the chroma
+    assert luma[1].std() > 10.0 and np.corrcoef(luma[0].ravel(), luma[1].ravel())[0, 1] > 0.97
+
+
 def test_run_without_cameras_opens_framing_its_scene_box(viser_client, free_port):
     """Cross-section runs have no camera to start at: the browser starts outside the scene box, seeing all of it."""
     from viewer.server import Viewer
@@ -426,7 +457,9 @@ def test_run_without_cameras_opens_framing_its_scene_box(viser_client, free_port
 
 @pytest.mark.parametrize(
     "args,needle",
-    [([], "nothing to show"), (["--mesh", "missing.ply"], "file not found"), (["--splat", "bad.ply"], "bad.ply"), (["--splat", "empty.ply"], "no Gaussians")],
+    [([], "nothing to show"), (["--mesh", "missing.ply"], "file not found"), (["--splat", "bad.ply"], "bad.ply"), (["--splat", "empty.ply"], "no Gaussians"),
+     (["--convex", "empty.ply"], "empty.ply: not a 3DCS export: it is a standard 3DGS splat PLY"), (["--convex", "bad.ply"], "bad.ply: not a PLY file"),
+     (["--convex", "bad.ply", "--load-config", "bad.ply"], "give one of them")],
 )
 def test_ns_viewer_bad_input_one_line(tmp_path, args, needle):
     from recon.export.splat_ply import write_splat_ply

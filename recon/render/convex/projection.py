@@ -104,12 +104,15 @@ def project_convexes(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     scaling_exponent: float = 1.0,
+    backend: str = "torch",
 ) -> ConvexProjection:
     """Project N convexes into C pinhole cameras (module docstring).
 
     points [N, K, 3] world space (3 <= K <= 8); delta, sigma [N] activated (> 0); viewmats [C, 4, 4]
     world-to-camera (OpenCV axes); Ks [C, 3, 3]; opacities [N] activated (optional): convexes below
     1/255 are culled and the footprint uses them (without, the bound assumes opacity 1).
+    ``backend`` "torch" (the reference) or "warp": the hull and the footprint box by the Warp
+    kernels of ``warp_projection.py`` (same results; the edge functions stay in torch for autograd).
     """
     if points.dim() != 3 or points.shape[-1] != 3:
         raise ValueError(f"points must be [N, K, 3], got {tuple(points.shape)}")
@@ -134,21 +137,27 @@ def project_convexes(
     safe_depth = torch.where(in_depth, depth, torch.ones_like(depth))
     center2d = torch.stack([fx[..., 0] * center_cam[..., 0] / safe_depth + cx[..., 0], fy[..., 0] * center_cam[..., 1] / safe_depth + cy[..., 0]], -1)
 
-    pair = hull_edge_pairs(q) & in_depth[..., None, None]  # [C, N, a, b]
-    n_edges = pair.sum((-1, -2))
-    valid = in_depth & (n_edges >= 3)
+    if backend == "warp":
+        from .warp_projection import hull_slots_warp
 
-    # Edge functions of every ordered pair; the hull's pairs are compacted into K slots below.
-    qa, qb = q[..., :, None, :], q[..., None, :, :]  # [C, N, a, 1, 2], [C, N, 1, b, 2]
-    nx = (qb[..., 1] - qa[..., 1]).expand(C, N, K, K)
-    ny = -(qb[..., 0] - qa[..., 0]).expand(C, N, K, K)
+        order, n_edges = hull_slots_warp(q, in_depth)
+        edge_mask = torch.arange(K, device=q.device) < n_edges[..., None]
+    else:
+        pair = (hull_edge_pairs(q) & in_depth[..., None, None]).reshape(C, N, K * K)
+        n_edges = pair.sum(-1)
+        # Stable sort puts the hull's pairs first (in (a, b) order); a hull has at most K edges.
+        order = torch.argsort((~pair).to(torch.int8), dim=-1, stable=True)[..., :K]
+        edge_mask = torch.gather(pair, -1, order)
+    valid = in_depth & (n_edges >= 3)
+    edge_mask = edge_mask & valid[..., None]
+
+    # Edge functions of the hull's pairs (slot -> a * K + b).
+    qa = torch.gather(q, 2, (order // K)[..., None].expand(C, N, K, 2))
+    qb = torch.gather(q, 2, (order % K)[..., None].expand(C, N, K, 2))
+    nx = qb[..., 1] - qa[..., 1]
+    ny = -(qb[..., 0] - qa[..., 0])
     h = -(nx * qa[..., 0] + ny * qa[..., 1])
-    flat = pair.reshape(C, N, K * K)
-    # Stable sort puts the hull's pairs first (in (a, b) order); a hull has at most K edges.
-    order = torch.argsort((~flat).to(torch.int8), dim=-1, stable=True)[..., :K]
-    edge_mask = torch.gather(flat, -1, order) & valid[..., None]
-    edges = torch.stack([nx, ny, h], -1).reshape(C, N, K * K, 3)
-    edges = torch.gather(edges, 2, order[..., None].expand(C, N, K, 3))
+    edges = torch.stack([nx, ny, h], -1)
     edges = torch.where(edge_mask[..., None], edges, torch.zeros_like(edges))
 
     scale = safe_depth.abs() ** scaling_exponent
@@ -160,7 +169,12 @@ def project_convexes(
         valid = valid & (opac >= ALPHA_THRESHOLD)
         # Move every edge outward to L = t (opacity 2/255 or less: t = 0, the hull itself).
         t = torch.log((255.0 * opac - 1.0).clamp_min(1.0)) / (sharp_delta.detach() * sharp_sigma.detach()).clamp_min(1e-30)
-        box_lo, box_hi = _region_box(edges.detach(), edge_mask, t)
+        if backend == "warp":
+            from .warp_projection import region_box_warp
+
+            box_lo, box_hi = region_box_warp(edges.detach(), edge_mask, t)
+        else:
+            box_lo, box_hi = _region_box(edges.detach(), edge_mask, t)
         finite = torch.isfinite(box_lo).all(-1) & torch.isfinite(box_hi).all(-1)
         valid = valid & finite
         box_lo = torch.where(valid[..., None], box_lo, torch.zeros_like(box_lo))

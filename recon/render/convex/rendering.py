@@ -85,7 +85,7 @@ def rasterize_convexes(
     dtype = points.dtype
     proj = project_convexes(
         points, delta, sigma, viewmats, Ks, width, height, opacities=opacities, near_plane=near_plane,
-        far_plane=far_plane, scaling_exponent=scaling_exponent,
+        far_plane=far_plane, scaling_exponent=scaling_exponent, backend=backend_name,
     )
     centers = points.mean(1)
     if sh_degree is None:

@@ -226,8 +226,11 @@ def test_ctrl_c_during_structure_from_motion_leaves_nothing(photos, tmp_path):
     """Ctrl-C while COLMAP works: it is cancelled (the process exits promptly with 130, without
     COLMAP aborting the interpreter) and neither the output folder nor its temporary sibling stays."""
     out = tmp_path / "dataset"
+    # As from a terminal: SIGINT at its default disposition. A child inherits an ignored SIGINT (a
+    # test run started as a background job of a non-interactive shell has one), and Python then
+    # installs no KeyboardInterrupt handler: the Ctrl-C below would be dropped.
     proc = subprocess.Popen([sys.executable, "-m", "data.process.cli", "images", "--data", str(photos), "--output-dir", str(out)],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".dataset.tmp-*/colmap/work/database.db")) and time.monotonic() < deadline:
         time.sleep(0.05)

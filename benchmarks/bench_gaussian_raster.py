@@ -119,21 +119,35 @@ def _convex_params(s: dict) -> dict:
 
 
 def run(config: str, backend: str, repeats: int, quick: bool, device: torch.device, primitive: str = "gaussian") -> dict:
-    if primitive == "convex":
-        return _run_convex(config, backend, repeats, quick, device)
-    if backend == "gsplat":  # gsplat's own rasterization (same call), for comparison
-        import gsplat
-
-        def rasterization(*a, backend=None, **k):
-            img, alpha, meta = gsplat.rasterization(*a, **k)
-            return img, alpha, {**meta, "backend": "gsplat"}
-    else:
-        from recon.render.gaussians import rasterization
-
     s = scene(config, quick, device)
-    params = {k: s[k].clone().requires_grad_() for k in ("means", "scales", "opacities", "colors")}
-    fixed = {k: s[k] for k in ("quats", "viewmats", "Ks")}
-    H, W = s["height"], s["width"]
+    W, H = s["width"], s["height"]
+    if primitive == "convex":
+        from recon.render.convex import rasterize_convexes
+
+        params = {k: v.clone().requires_grad_() for k, v in _convex_params(s).items()}
+
+        def render():
+            return rasterize_convexes(
+                params["points"], params["delta"], params["sigma"], params["opacities"], params["colors"],
+                s["viewmats"], s["Ks"], W, H, backend=backend,
+            )
+    else:
+        if backend == "gsplat":  # gsplat's own rasterization (same call), for comparison
+            import gsplat
+
+            def rasterization(*a, backend=None, **k):
+                img, alpha, meta = gsplat.rasterization(*a, **k)
+                return img, alpha, {**meta, "backend": "gsplat"}
+        else:
+            from recon.render.gaussians import rasterization
+        params = {k: s[k].clone().requires_grad_() for k in ("means", "scales", "opacities", "colors")}
+
+        def render():
+            return rasterization(
+                params["means"], s["quats"], params["scales"], params["opacities"], params["colors"],
+                s["viewmats"], s["Ks"], W, H, backend=backend,
+            )
+
     w_img = torch.linspace(0, 1, H * W * 3, device=device).reshape(1, H, W, 3)
     fwd, both = [], []
     for i in range(repeats + 1):  # the first run is a warm-up (kernel compilation, allocator)
@@ -145,10 +159,7 @@ def run(config: str, backend: str, repeats: int, quick: bool, device: torch.devi
             base_mb = current_memory_mb(device)
         _sync(device)
         t0 = time.perf_counter()
-        img, alpha, meta = rasterization(
-            params["means"], fixed["quats"], params["scales"], params["opacities"], params["colors"],
-            fixed["viewmats"], fixed["Ks"], W, H, backend=backend,
-        )
+        img, alpha, meta = render()
         _sync(device)
         t1 = time.perf_counter()
         ((img * w_img).sum() + alpha.square().sum()).backward()
@@ -157,39 +168,7 @@ def run(config: str, backend: str, repeats: int, quick: bool, device: torch.devi
         if i:
             fwd.append(t1 - t0)
             both.append(t2 - t0)
-    return _row(config, "gaussian", meta, s, fwd, both, base_mb, device)
-
-
-def _run_convex(config: str, backend: str, repeats: int, quick: bool, device: torch.device) -> dict:
-    from recon.render.convex import rasterize_convexes
-
-    s = scene(config, quick, device)
-    params = {k: v.clone().requires_grad_() for k, v in _convex_params(s).items()}
-    H, W = s["height"], s["width"]
-    w_img = torch.linspace(0, 1, H * W * 3, device=device).reshape(1, H, W, 3)
-    fwd, both = [], []
-    for i in range(repeats + 1):
-        for p in params.values():
-            p.grad = None
-        if i == 1:
-            _sync(device)
-            reset_peak_memory(device)
-            base_mb = current_memory_mb(device)
-        _sync(device)
-        t0 = time.perf_counter()
-        img, alpha, meta = rasterize_convexes(
-            params["points"], params["delta"], params["sigma"], params["opacities"], params["colors"],
-            s["viewmats"], s["Ks"], W, H, backend=backend,
-        )
-        _sync(device)
-        t1 = time.perf_counter()
-        ((img * w_img).sum() + alpha.square().sum()).backward()
-        _sync(device)
-        t2 = time.perf_counter()
-        if i:
-            fwd.append(t1 - t0)
-            both.append(t2 - t0)
-    return _row(config, "convex", meta, s, fwd, both, base_mb, device)
+    return _row(config, primitive, meta, s, fwd, both, base_mb, device)
 
 
 def _row(config: str, primitive: str, meta: dict, s: dict, fwd: list, both: list, base_mb: float, device) -> dict:

@@ -11,6 +11,7 @@ the same batches as an uninterrupted one; its rays are each camera's exact disto
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,8 @@ from PIL import Image
 from torch import Tensor
 
 from data.base import DataparserOutputs
-from data.images import load_image, load_mask
+from data.images import load_image, load_instance, load_mask
+from data.instances import InstanceLabels, dataset_instance_labels
 from data.undistort import undistort_outputs
 from recon.config import InstantiateConfig
 from recon.errors import DataError
@@ -44,7 +46,7 @@ class ImageDataset:
     background: [3] colour RGBA images are composited onto (None for RGB datasets).
     """
 
-    def __init__(self, outputs: DataparserOutputs, image_scale: float = 1.0, load_masks: bool = True):
+    def __init__(self, outputs: DataparserOutputs, image_scale: float = 1.0, load_masks: bool = True, labels: InstanceLabels | None = None):
         self.outputs = outputs
         cameras = outputs.cameras.scaled(image_scale) if image_scale != 1.0 else outputs.cameras
         self.cameras = cameras
@@ -64,9 +66,30 @@ class ImageDataset:
             if self.masks is not None:
                 mask = load_mask(outputs.mask_filenames[i]).astype(np.uint8) * 255
                 self.masks.append(torch.from_numpy(_resize(mask, size) > 127))
+        # instances: contiguous labels [H, W] int64 (data.instances) when ``labels`` is given
+        self.instances: list[Tensor] | None = None if labels is None else [
+            self._instance(outputs, i, labels, (int(cameras.width[i]), int(cameras.height[i]))) for i in range(len(self.images))
+        ]
         if self.images and len({img.shape[-1] for img in self.images}) > 1:
             # Mixed RGB/RGBA: promote to RGBA so every pixel composites the same way.
             self.images = [img if img.shape[-1] == 4 else torch.cat([img, torch.full_like(img[..., :1], 255)], -1) for img in self.images]
+
+    @staticmethod
+    def _instance(outputs: DataparserOutputs, i: int, labels: InstanceLabels, size: tuple[int, int]) -> Tensor:
+        if not outputs.instance_filenames:
+            raise DataError("this method needs instance masks, and the dataset has none (transforms.json: instance_file_path per frame)",
+                            outputs.image_filenames[i])
+        path = Path(outputs.instance_filenames[i])
+        ids = load_instance(path)
+        expect = (int(outputs.cameras.width[i]), int(outputs.cameras.height[i]))
+        if (ids.shape[1], ids.shape[0]) != expect:
+            raise DataError(f"instance mask is {ids.shape[1]}x{ids.shape[0]} but its image is {expect[0]}x{expect[1]}", path)
+        label = labels.remap(ids, path)
+        if (label.shape[1], label.shape[0]) != size:  # nearest: labels are not interpolated
+            rows = (np.arange(size[1]) + 0.5) * label.shape[0] / size[1]
+            cols = (np.arange(size[0]) + 0.5) * label.shape[1] / size[0]
+            label = label[rows.astype(np.int64)[:, None], cols.astype(np.int64)[None, :]]
+        return torch.from_numpy(np.ascontiguousarray(label))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -111,6 +134,10 @@ class DataManagerConfig(InstantiateConfig):
     """Resize every image by this factor when loading (0.25 turns 400 px into 100 px); intrinsics follow."""
     eval_split: str = "test"
     """Split used for evaluation and eval images."""
+    load_instances: bool = False
+    """Load the instance masks as contiguous labels (:mod:`data.instances`; the label set from the
+    training masks) into both datasets; ray batches then carry ``instance`` [R]. Set by methods
+    that learn per-object fields."""
 
     def prepare_data(self, outputs: Any) -> Any:
         """The parsed data as this datamanager presents it to its model (and to evaluation, rendering,
@@ -135,11 +162,12 @@ class DataManager:
             raise DataError(f"this method trains on posed images, not on {type(outputs).__name__}", outputs.metadata.get("source"))
         self.config = config
         self.device = device
-        self.train_dataset = ImageDataset(outputs.split("train"), config.image_scale)
-        if len(self.train_dataset) == 0:
+        if not outputs.splits.get("train"):
             raise DataError("the dataset has no training images")
+        self.labels = dataset_instance_labels(outputs) if config.load_instances else None
+        self.train_dataset = ImageDataset(outputs.split("train"), config.image_scale, labels=self.labels)
         eval_split = config.eval_split if outputs.splits.get(config.eval_split) else "train"
-        self.eval_dataset = ImageDataset(outputs.split(eval_split), config.image_scale)
+        self.eval_dataset = ImageDataset(outputs.split(eval_split), config.image_scale, labels=self.labels)
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_train(self, step: int) -> dict[str, Any]:
@@ -164,7 +192,8 @@ class RayDataManagerConfig(DataManagerConfig):
 
 
 class RayDataManager(DataManager):
-    """Batches of R random rays: ``{"rays": RayBundle [R], "rgb": [R, 3], "mask": [R] (if any)}``."""
+    """Batches of R random rays: ``{"rays": RayBundle [R], "rgb": [R, 3], "mask": [R] (if any),
+    "instance": [R] int64 (with ``load_instances``)}``."""
 
     config: RayDataManagerConfig
 
@@ -173,6 +202,7 @@ class RayDataManager(DataManager):
         ds = self.train_dataset
         self.pixels = torch.cat([img.reshape(-1, img.shape[-1]) for img in ds.images])
         self.masks = torch.cat([m.reshape(-1) for m in ds.masks]) if ds.masks else None
+        self.instances = torch.cat([m.reshape(-1) for m in ds.instances]) if ds.instances is not None else None
         counts = torch.tensor([img.shape[0] * img.shape[1] for img in ds.images])
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
         self.widths = ds.cameras.width.clone()
@@ -191,6 +221,8 @@ class RayDataManager(DataManager):
             batch["alpha"] = (self.pixels[flat, 3:].float() / 255.0).to(self.device)
         if self.masks is not None:
             batch["mask"] = self.masks[flat].to(self.device)
+        if self.instances is not None:
+            batch["instance"] = self.instances[flat].to(self.device)
         return batch
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,8 @@ class SceneInfo:
     background: [3] colour transparent pixels were composited onto, or None for opaque images.
     near, far: ray bounds from the dataset, or None (then rays are clipped to the box).
     points3d: [P, 3] sparse points (normalised world) and points3d_rgb [P, 3] uint8, when present.
+    instance_filenames: the training images' instance masks, when the dataset has them (methods
+        that learn per-object fields derive their label set from them: ``data.instances``).
     """
 
     aabb: Tensor
@@ -67,6 +70,7 @@ class SceneInfo:
     points3d: np.ndarray | None = None
     points3d_rgb: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    instance_filenames: list[Path] | None = None
 
 
 @dataclass

@@ -46,6 +46,13 @@ def _cue(rgb: Path, suffixes: tuple[str, ...]) -> Path | None:
     return None
 
 
+def _segs(rgb: Path) -> Path | None:
+    """ObjectSDF++'s instance mask of an image: ``segs/<stem>_segs.png`` beside ``<stem>_rgb.png``."""
+    stem = rgb.name[: rgb.name.lower().rindex("_rgb")]
+    p = rgb.parent / "segs" / f"{stem}_segs.png"
+    return p if p.is_file() else None
+
+
 def _all_or_none(files: list[Path | None], what: str, data: Path) -> list[Path] | None:
     found = [f for f in files if f is not None]
     if not found:
@@ -98,6 +105,7 @@ class MonoSDFParserConfig(ParserConfig):
         depths = _all_or_none([_cue(p, ("_depth.npy",)) for p in images], "depth", data) if self.load_depth else None
         normals = _all_or_none([_cue(p, ("_normal.npy",)) for p in images], "normal", data) if self.load_normals else None
         masks = _all_or_none([_cue(p, ("_mask.npy", "_mask.png")) for p in images], "mask", data)
+        instances = _all_or_none([_segs(p) for p in images], "segs/*_segs.png instance", data)
         ids = [frame_id(p, i) for i, p in enumerate(images)]
         dtu = self._is_dtu(len(images), cropped)
         outputs = raw_outputs(
@@ -109,6 +117,7 @@ class MonoSDFParserConfig(ParserConfig):
             depth_is_relative=True,
             depth_unit_scale_factor=1.0,
             normal_filenames=normals,
+            instance_filenames=instances,
             metadata={
                 "format": self.name,
                 "few_shot_protocol": "dtu" if dtu else "even",
@@ -132,7 +141,7 @@ class MonoSDFParserConfig(ParserConfig):
         model = str(meta.get("camera_model", "OPENCV")).upper()
         if model not in ("OPENCV", "PINHOLE"):
             raise DataError(f"unsupported camera_model {model} (sdfstudio data are OPENCV pinhole)", jpath)
-        paths, c2ws, intr, depths, normals, masks = [], [], [], [], [], []
+        paths, c2ws, intr, depths, normals, masks, instances = [], [], [], [], [], [], []
         for i, frame in enumerate(meta["frames"]):
             if not isinstance(frame, dict) or "rgb_path" not in frame or "camtoworld" not in frame or "intrinsics" not in frame:
                 raise DataError(f"frame {i}: needs rgb_path, camtoworld and intrinsics", jpath)
@@ -148,6 +157,7 @@ class MonoSDFParserConfig(ParserConfig):
             normals.append(base / frame["mono_normal_path"] if frame.get("mono_normal_path") else None)
             mask = frame.get("foreground_mask") or frame.get("mask_path")
             masks.append(base / mask if mask else None)
+            instances.append(base / frame["instance_path"] if frame.get("instance_path") else None)
         has_prior = bool(meta.get("has_mono_prior", True))
         depth_files = _all_or_none(depths, "mono_depth_path", jpath) if (has_prior and self.load_depth) else None
         normal_files = _all_or_none(normals, "mono_normal_path", jpath) if (has_prior and self.load_normals) else None
@@ -167,6 +177,7 @@ class MonoSDFParserConfig(ParserConfig):
             make_cameras(np.stack(c2ws), fx, fy, cx, cy, w, h),
             dtu_splits(ids) if dtu else interval_splits(len(paths)),
             mask_filenames=_all_or_none(masks, "mask", jpath),
+            instance_filenames=_all_or_none(instances, "instance_path", jpath),
             depth_filenames=depth_files,
             depth_is_relative=True,
             normal_filenames=normal_files,

@@ -145,7 +145,13 @@ def scene_info(outputs: Any) -> SceneInfo:
         points3d=getattr(outputs, "points3d", None),
         points3d_rgb=getattr(outputs, "points3d_rgb", None),
         metadata={**dict(getattr(outputs, "metadata", {})), **_camera_extent(outputs)},
+        instance_filenames=_train_instances(outputs),
     )
+
+
+def _train_instances(outputs: Any) -> list[Path] | None:
+    names, train = getattr(outputs, "instance_filenames", None), getattr(outputs, "splits", {}).get("train")
+    return None if not names or not train else [Path(names[i]) for i in train]
 
 
 def _camera_extent(outputs: Any) -> dict[str, float]:

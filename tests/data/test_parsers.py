@@ -533,6 +533,46 @@ def test_sdfstudio_meta_data(tmp_path: Path) -> None:
     assert float(out.cameras.fx[0]) == 30.0 and len(out.normal_filenames) == n and out.depth_is_relative
 
 
+def test_objectsdf_layouts_carry_instance_masks(tmp_path: Path) -> None:
+    """ObjectSDF++'s layout (NNNNNN_rgb.png, cameras.npz, segs/NNNNNN_segs.png, instance_mapping.txt)
+    and sdfstudio's meta_data.json with a per-frame instance_path give instance_filenames; a segs/
+    folder that misses a frame is a one-line error."""
+    from data.instances import instance_labels
+
+    n = 3
+    c2w = _ring(n, radius=2.5, seed=7)
+    K = np.array([[30.0, 0.0, 16.0], [0.0, 30.0, 12.0], [0.0, 0.0, 1.0]])
+    root = tmp_path / "scan1"
+    npz = {}
+    for i in range(n):
+        R = c2w[i, :, :3].T
+        P = np.eye(4)
+        P[:3] = K @ np.c_[R, -R @ c2w[i, :, 3]]
+        npz[f"world_mat_{i}"], npz[f"scale_mat_{i}"] = P, np.eye(4)
+        _write_png(root / f"{i:06d}_rgb.png", 32, 24)
+        (root / "segs").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((24, 32), 1000 + i, np.uint16)).save(root / "segs" / f"{i:06d}_segs.png")
+    np.savez(root / "cameras.npz", **npz)
+    (root / "instance_mapping.txt").write_text("0,0,0\n1000,3,3001\n1001,3,3001\n1002,4,4001\n")
+    out = AutoParserConfig().load(root)
+    assert [p.name for p in out.instance_filenames] == [f"{i:06d}_segs.png" for i in range(n)]
+    assert instance_labels(out.instance_filenames).raw_ids == (0, 3001, 4001)
+    (root / "segs" / "000001_segs.png").unlink()
+    with pytest.raises(DataError, match="segs/\\*_segs.png instance files exist for 2 of 3 frames"):
+        AutoParserConfig().load(root)
+
+    frames = []
+    for i in range(n):
+        m = np.eye(4)
+        m[:3] = c2w[i]
+        frames.append({"rgb_path": f"{i:06d}_rgb.png", "camtoworld": m.tolist(), "intrinsics": K.tolist(),
+                       "instance_path": f"segs/{i:06d}_segs.png"})
+    Image.fromarray(np.full((24, 32), 1001, np.uint16)).save(root / "segs" / "000001_segs.png")
+    (root / "meta_data.json").write_text(json.dumps({"camera_model": "OPENCV", "has_mono_prior": False, "frames": frames}))
+    out = AutoParserConfig().load(root)
+    assert [p.name for p in out.instance_filenames] == [f"{i:06d}_segs.png" for i in range(n)]
+
+
 # -- generic errors and registry -------------------------------------------------------------
 def test_missing_empty_and_unknown_folders(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist") as exc:

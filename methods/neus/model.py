@@ -11,6 +11,7 @@ optional mask BCE. See README.md beside this file for the departures from the of
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,11 +21,13 @@ from torch import Tensor, nn
 
 from recon.cameras import Cameras, RayBundle
 from recon.engine.callbacks import Callback, Where
+from recon.errors import ConfigError
 from recon.fields.sdf_field import ColorNetwork, SDFField, SDFFieldConfig
 from recon.losses import eikonal_loss
 from recon.model import Export, Output, RayModel, RayModelConfig, SceneInfo
 from recon.render.rays import accumulate, expected_depth, intersect_aabb, intervals_from_points, pdf_samples, stratified_samples
 from recon.render.sdf import LearnedBeta, LearnedVariance, cosine_anneal, neus_alpha, neus_alpha_from_gradients, weights_from_alpha
+from recon.render.volsdf_sampler import ErrorBoundConfig, error_bounded_samples
 
 
 def _neus_field_defaults() -> SDFFieldConfig:
@@ -38,10 +41,11 @@ class NeuSModel(RayModel):
     config: "NeuSModelConfig"
     exports = frozenset({Export.MARCHING_CUBES, Export.TSDF, Export.POINTCLOUD})
     image_outputs = (Output.RGB, Output.DEPTH, Output.ACCUMULATION, Output.NORMAL)
+    field_class: type[SDFField] = SDFField
 
     def __init__(self, config: "NeuSModelConfig", scene: SceneInfo):
         super().__init__(config, scene)
-        self.field = SDFField(config.field)
+        self.field = self.field_class(config.field)
         self.color = ColorNetwork(
             feature_dim=config.field.feature_dim,
             hidden_dim=config.color_hidden_dim,
@@ -51,6 +55,8 @@ class NeuSModel(RayModel):
         )
         if config.density not in ("neus", "volsdf"):
             raise ValueError(f"density must be 'neus' or 'volsdf', got {config.density!r}")
+        if config.sampler not in ("neus", "error-bounded") or (config.sampler == "error-bounded" and config.density != "volsdf"):
+            raise ConfigError(f"sampler must be 'neus' or 'error-bounded' (the latter with density volsdf), got {config.sampler!r} with {config.density!r}")
         # The learned sharpness of the opacity: NeuS's variance, or VolSDF's Laplace scale beta.
         self.variance = LearnedVariance(config.init_variance) if config.density == "neus" else LearnedBeta(config.init_beta)
         self.register_buffer("aabb", scene.aabb.float().clone(), persistent=False)
@@ -102,6 +108,11 @@ class NeuSModel(RayModel):
         """Sorted sample intervals (t_starts, t_ends) [R, S_total] and the ray bounds near [R]."""
         c = self.config
         near, far = self._bounds(rays)
+        if c.sampler == "error-bounded":
+            beta = self.variance().detach()
+            t = error_bounded_samples(self.field.sdf, rays.origins, rays.directions, near, far, beta, c.error_bound, perturb=self.training)
+            starts, ends = intervals_from_points(t, near, far)
+            return starts, ends, near
         s0, e0 = stratified_samples(near, far, c.num_samples, perturb=self.training)
         t = 0.5 * (s0 + e0)
         if c.num_importance > 0 and c.up_sample_steps > 0:
@@ -128,7 +139,7 @@ class NeuSModel(RayModel):
         mids = 0.5 * (starts + ends)
         r, s = mids.shape
         pts = (rays.origins[:, None] + rays.directions[:, None] * mids[..., None]).reshape(-1, 3)
-        sdf, feature, grad = self.field.gradient(pts, create_graph=create_graph)
+        sdf, feature, grad, channels = self._field_at(pts, create_graph)
         dirs = rays.directions[:, None].expand(r, s, 3).reshape(-1, 3)
         rgb = self.color(pts, grad, dirs, feature).reshape(r, s, 3)
         cos = (grad * dirs).sum(-1).reshape(r, s)
@@ -137,12 +148,25 @@ class NeuSModel(RayModel):
             alpha = 1.0 - torch.exp(-self.variance.density(sdf.reshape(r, s)) * (ends - starts))
         else:
             alpha = neus_alpha_from_gradients(sdf.reshape(r, s), cos, ends - starts, self.variance(), float(self.cos_anneal_ratio))
-        weights, _ = weights_from_alpha(alpha)
+        weights, transmittance = weights_from_alpha(alpha)
         acc = accumulate(weights)
         color = accumulate(weights, rgb) + (1.0 - acc) * self.background
         normals = accumulate(weights, F.normalize(grad, dim=-1).reshape(r, s, 3))
         depth = expected_depth(weights, starts, ends) * rays.z_scale[:, None]
-        return {"rgb": color, "accumulation": acc, "depth": depth, "normal": normals, "weights": weights, "gradients": grad}
+        out = {"rgb": color, "accumulation": acc, "depth": depth, "normal": normals, "weights": weights, "gradients": grad, "mids": mids}
+        if channels is not None:
+            out.update(self._channel_outputs(channels.reshape(r, s, -1), transmittance, ends - starts))
+        return out
+
+    def _field_at(self, points: Tensor, create_graph: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """The field at the samples [N, 3]: (sdf [N], feature [N, F], d sdf / d points [N, 3], the
+        per-channel SDFs [N, C] of a multi-channel field or None); subclasses with channels override it."""
+        return *self.field.gradient(points, create_graph=create_graph), None
+
+    def _channel_outputs(self, channels: Tensor, transmittance: Tensor, deltas: Tensor) -> dict[str, Tensor]:
+        """Outputs of a multi-channel field from its SDFs [R, S, C] and the scene's transmittance
+        and interval lengths [R, S] (a subclass's hook; NeuS has one channel)."""
+        return {}
 
     def losses(self, batch: dict[str, Any], outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         c = self.config
@@ -169,6 +193,17 @@ class NeuSModel(RayModel):
 
     def sdf(self, points: Tensor) -> Tensor:
         return self.field.sdf(points)
+
+    @torch.no_grad()
+    def surface_colors(self, points: Tensor, chunk: int = 1 << 16) -> Tensor:
+        """Colours [N, 3] of surface points [N, 3] (mesh vertices) seen head-on: the colour network
+        with the view direction against the SDF normal (used to colour exported meshes)."""
+        out = []
+        for i in range(0, len(points), chunk):
+            p = points[i : i + chunk]
+            _, feature, grad = self.field.gradient(p, create_graph=False)
+            out.append(self.color(p, grad, -F.normalize(grad, dim=-1), feature))
+        return torch.cat(out) if out else points.new_zeros(0, 3)
 
 
 @dataclass
@@ -200,6 +235,12 @@ class NeuSModelConfig(RayModelConfig):
     """Rounds of NeuS importance sampling (round i uses inv_s = base_inv_s * 2^i)."""
     base_inv_s: float = 64.0
     """Fixed sharpness of the first up-sampling round."""
+    sampler: Literal["neus", "error-bounded"] = "neus"
+    """neus: ``num_samples`` uniform + ``num_importance`` NeuS up-sampled samples; error-bounded:
+    VolSDF's error-bounded sampler (:mod:`recon.render.volsdf_sampler`, with density volsdf only;
+    sample counts in ``error_bound``)."""
+    error_bound: ErrorBoundConfig = dataclasses.field(default_factory=ErrorBoundConfig)  # (`field` is a config field here)
+    """Sample counts and tolerance of the error-bounded sampler (defaults: VolSDF's, 98 samples per ray)."""
     anneal_end: int = 50_000
     """Steps over which the cosine-anneal ratio ramps from 0 to 1 (0: no annealing, ratio 1)."""
     eikonal_weight: float = 0.1

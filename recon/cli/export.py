@@ -24,10 +24,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 import torch
 import tyro
+from torch import Tensor
 
 from recon.cli import parse_cli, run_main
 from recon.engine.logging import console
@@ -204,10 +206,12 @@ class MarchingCubesExport(ExportConfig):
     """Decimate to about this many faces (needs the optional package fast-simplification)."""
     filename: str = "mesh.ply"
     """Output file name; the suffix picks the format (.ply, .obj, .glb)."""
+    object: str = "scene"
+    """Object-compositional models (objectsdf): ``scene`` (the whole surface), a label number (0 =
+    the background shell, 1.. the objects), or ``all``: the scene and every object, each in its own
+    file named ``<stem>_<object name><suffix>`` (e.g. ``mesh_object_3.ply``)."""
 
     def run(self) -> Path:
-        from recon.geometry.marching_cubes import extract_mesh, simplify
-
         run = load_run(self.load_config, self.device, self.step)
         _require(run, Export.MARCHING_CUBES, "has no implicit surface to mesh")
         box = self.crop_box(run)
@@ -218,15 +222,45 @@ class MarchingCubesExport(ExportConfig):
             aabb[1] = torch.tensor(self.bounding_box_max)
         if (aabb[1] <= aabb[0]).any():
             raise ConfigError(f"empty bounding box {aabb.tolist()}")
+        if self.object == "scene":
+            return self._write(run, run.model.sdf, aabb, box, self.output_dir / self.filename)
+        labels = getattr(run.model, "labels", None)
+        if labels is None or not hasattr(run.model, "object_sdf"):
+            raise ConfigError(f"--object {self.object}: method {run.config.method_name!r} has no objects (only --object scene)")
+        stem, suffix = Path(self.filename).stem, Path(self.filename).suffix
+        if self.object == "all":
+            shell = bool(getattr(run.model.config, "background_shell", False))
+            out = self._write(run, run.model.sdf, aabb, box, self.output_dir / self.filename)
+            for label in range(0 if shell else 1, labels.num_labels):
+                try:
+                    self._write(run, run.model.object_sdf(label), aabb, box, self.output_dir / f"{stem}_{labels.name(label)}{suffix}")
+                except ConfigError as err:  # an object that vanished: say so, go on with the others
+                    console.print(f"[yellow]skipped {labels.name(label)}: {err}[/yellow]")
+            return out
+        try:
+            label = int(self.object)
+        except ValueError:
+            raise ConfigError(f"--object must be scene, all or a label number, got {self.object!r}") from None
+        sdf = run.model.object_sdf(label)
+        return self._write(run, sdf, aabb, box, self.output_dir / f"{stem}_{labels.name(label)}{suffix}")
+
+    def _write(self, run: LoadedRun, sdf: Any, aabb: Tensor, box: Any, path: Path) -> Path:
+        from recon.geometry.marching_cubes import extract_mesh, simplify
+
         with torch.no_grad():
-            mesh = extract_mesh(run.model.sdf, aabb, self.resolution, device=run.device, largest_component=self.largest_component)
+            mesh = extract_mesh(sdf, aabb, self.resolution, device=run.device, largest_component=self.largest_component)
         if len(mesh.faces) == 0:
             raise ConfigError("the field has no zero crossing inside the box (is the model trained?); nothing written")
         if self.simplify_target_faces is not None:
             mesh = simplify(mesh, self.simplify_target_faces)
         mesh = _crop(mesh, box)
+        colour = getattr(run.model, "surface_colors", None)
+        if colour is not None:
+            with torch.no_grad():
+                rgb = colour(torch.as_tensor(mesh.vertices, dtype=torch.float32, device=run.device))
+            mesh.visual.vertex_colors = (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
         mesh.vertices = run.outputs.transform_to_input(torch.as_tensor(mesh.vertices, dtype=torch.float32)).numpy()
-        out = write_mesh(mesh, self.output_dir / self.filename)
+        out = write_mesh(mesh, path)
         console.print(f"wrote mesh with {len(mesh.vertices)} vertices and {len(mesh.faces)} faces to {out}")
         return out
 

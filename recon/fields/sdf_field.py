@@ -74,6 +74,10 @@ class SDFFieldConfig:
     """Flip the init sign (SDF ~ bias - |x|): for indoor scenes where the cameras sit inside."""
     feature_dim: int = 256
     """Size of the geometry feature returned next to the SDF (fed to the colour network)."""
+    num_sdf: int = 1
+    """SDF channels (ObjectSDF++: one per object); with more than one, ``forward`` returns [N, num_sdf]."""
+    channel_init: tuple[tuple[float, bool], ...] = ()
+    """Per-channel geometric init (radius, inside_outside); empty: every channel uses ``bias`` and ``inside_outside``."""
     init_fit: bool = True
     """Refine the geometric init by a ridge least-squares fit of the SDF output row (see SDFField)."""
     init_fit_radius: float = 1.0
@@ -117,7 +121,9 @@ class SDFField(nn.Module):
         self.register_buffer("aabb", torch.tensor(cfg.aabb, dtype=torch.float32), persistent=False)
         self.skips = {s for s in cfg.skips if 0 < s < cfg.num_layers}
 
-        out_dim = 1 + cfg.feature_dim
+        if cfg.num_sdf < 1 or (cfg.channel_init and len(cfg.channel_init) != cfg.num_sdf):
+            raise ValueError(f"num_sdf must be >= 1 and channel_init empty or of that length, got {cfg.num_sdf}, {len(cfg.channel_init)}")
+        out_dim = cfg.num_sdf + cfg.feature_dim
         layers = []
         for i in range(cfg.num_layers):
             d_in = self.in_dim if i == 0 else cfg.hidden_dim
@@ -146,6 +152,10 @@ class SDFField(nn.Module):
             sign = -1.0 if cfg.inside_outside else 1.0
             nn.init.normal_(lin.weight, mean=sign * math.sqrt(math.pi) / math.sqrt(d_in), std=1e-4)
             nn.init.constant_(lin.bias, -sign * cfg.bias)
+            for c, (radius, inside_outside) in enumerate(cfg.channel_init):
+                sign = -1.0 if inside_outside else 1.0
+                nn.init.normal_(lin.weight[c], mean=sign * math.sqrt(math.pi) / math.sqrt(d_in), std=1e-4)
+                lin.bias[c] = -sign * radius
             return
         nn.init.normal_(lin.weight, 0.0, math.sqrt(2.0) / math.sqrt(d_out))
         nn.init.constant_(lin.bias, 0.0)
@@ -174,15 +184,17 @@ class SDFField(nn.Module):
         pts = (dirs * radii).to(self.layers[0].weight)
         hidden = self._hidden(self.encode(pts))
         a = torch.cat([hidden, torch.ones_like(hidden[:, :1])], -1).double()
-        sign = -1.0 if cfg.inside_outside else 1.0
-        y = (sign * (pts.norm(dim=-1) - cfg.bias)).double()
         last = self.layers[-1]
-        w0 = torch.cat([last.weight[0], last.bias[:1]]).double()
         lam = ridge * num_points
         lhs = a.t() @ a + lam * torch.eye(a.shape[1], dtype=a.dtype)
-        w = torch.linalg.solve(lhs, a.t() @ y + lam * w0)
-        last.weight[0] = w[:-1].to(last.weight)
-        last.bias[0] = w[-1].to(last.bias)
+        inits = cfg.channel_init or ((cfg.bias, cfg.inside_outside),) * cfg.num_sdf
+        for c, (radius, inside_outside) in enumerate(inits):
+            sign = -1.0 if inside_outside else 1.0
+            y = (sign * (pts.norm(dim=-1) - radius)).double()
+            w0 = torch.cat([last.weight[c], last.bias[c : c + 1]]).double()
+            w = torch.linalg.solve(lhs, a.t() @ y + lam * w0)
+            last.weight[c] = w[:-1].to(last.weight)
+            last.bias[c] = w[-1].to(last.bias)
 
     def _hidden(self, x: Tensor) -> Tensor:
         """Encoded input [N, in_dim] -> activations fed to the last layer [N, hidden_dim]."""
@@ -204,10 +216,11 @@ class SDFField(nn.Module):
         return sinusoid_encoding(points, self.config.frequencies)
 
     def forward(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """points [N, 3] -> (sdf [N], feature [N, feature_dim])."""
+        """points [N, 3] -> (sdf [N] (or [N, num_sdf] with several channels), feature [N, feature_dim])."""
         x = self.encode(points)
         h = self.layers[-1](self._hidden(x))
-        return h[..., 0], h[..., 1:]
+        n = self.config.num_sdf
+        return (h[..., 0] if n == 1 else h[..., :n]), h[..., n:]
 
     def sdf(self, points: Tensor) -> Tensor:
         """points [N, 3] -> sdf [N] (e.g. for marching cubes or finite-difference losses)."""

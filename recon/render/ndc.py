@@ -157,11 +157,15 @@ class RaySpace(nn.Module):
 
     def rays(self, rays: RayBundle, near: Tensor, far: Tensor) -> tuple[RayBundle, Tensor, Tensor]:
         """(rays [R], near [R], far [R]) in this space: unchanged in the world; NDC rays from 0
-        to z = infinity otherwise (the dataset bounds are then not used, as in NeRF)."""
+        to z = infinity otherwise (the dataset bounds are then not used, as in NeRF), whose
+        ``pixel_radius`` is then the radius of the pixel's (cylindrical) footprint in NDC units."""
         if self.frame is None:
             return rays, near, far
         o, d, length = ndc_rays(rays.origins, rays.directions, self.frame)
-        return RayBundle(o, d, rays.camera_indices, rays.z_scale), torch.zeros_like(length), length
+        # In NDC a pixel's footprint is about constant along the ray (mip-NeRF uses cylinders there):
+        # 1 / f per unit z-depth becomes sqrt(ax ay) / f, i.e. 2 / W for square pixels.
+        radius = rays.pixel_radius / rays.z_scale.abs().clamp_min(1e-6) * (self.frame.ax * self.frame.ay) ** 0.5
+        return RayBundle(o, d, rays.camera_indices, rays.z_scale, radius), torch.zeros_like(length), length
 
     def world_distance(self, rays: RayBundle, t: Tensor) -> Tensor:
         """Distances t [R, S] along the rays of :meth:`rays` to distances along the world ``rays``,

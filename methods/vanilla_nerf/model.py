@@ -15,7 +15,7 @@ from recon.fields.encodings import FrequencyEncoding
 from recon.fields.mlp import MLP
 from recon.model import Export, RayModel, RayModelConfig, SceneInfo
 from recon.render.ndc import RaySpace, RaySpaceName
-from recon.render.rays import accumulate, expected_depth, intersect_aabb, intervals_from_points, pdf_samples, render_weights, stratified_samples
+from recon.render.rays import accumulate, expected_depth, intervals_from_points, pdf_samples, ray_bounds, render_weights, stratified_samples
 
 
 class NeRFField(nn.Module):
@@ -56,13 +56,6 @@ class VanillaNeRFModel(RayModel):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"fields": list(self.parameters())}
 
-    def _bounds(self, rays: RayBundle) -> tuple[Tensor, Tensor]:
-        if self.scene.near is not None and self.scene.far is not None:
-            near = torch.full_like(rays.z_scale, self.scene.near)
-            return near, torch.full_like(rays.z_scale, self.scene.far)
-        near, far, _ = intersect_aabb(rays.origins, rays.directions, self.aabb)
-        return near, far
-
     def _composite(self, field: NeRFField, rays: RayBundle, t_starts: Tensor, t_ends: Tensor, noise: float) -> dict[str, Tensor]:
         mids = 0.5 * (t_starts + t_ends)
         positions = rays.origins[:, None] + rays.directions[:, None] * mids[..., None]
@@ -80,7 +73,7 @@ class VanillaNeRFModel(RayModel):
         perturb = self.training
         noise = c.density_noise if self.training else 0.0
         world = rays
-        rays, near, far = self.ray_space.rays(rays, *self._bounds(rays))
+        rays, near, far = self.ray_space.rays(rays, *ray_bounds(rays.origins, rays.directions, self.aabb, self.scene.near, self.scene.far))
         t0, t1 = stratified_samples(near, far, c.num_coarse_samples, perturb)
         coarse = self._composite(self.coarse, rays, t0, t1, noise)
         bins = torch.cat([t0, t1[:, -1:]], -1)

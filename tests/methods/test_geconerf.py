@@ -204,6 +204,25 @@ def test_patch_batches_every_second_step_from_the_start(tiny_scene, tmp_path, qu
     assert seen == [False, False, False, True, False, True, False, True]
 
 
+def test_an_unobserved_pose_equal_to_the_source_warps_back_to_its_own_pixels(tiny_scene, tmp_path, quiet_config):
+    """With zero divergence the unobserved camera is the source camera: whatever depth is rendered,
+    every point projects back to the pixel it came from, so the warp is the source image itself."""
+    tiny = get_method("geconerf").test_overrides
+    changes = {**tiny, "datamanager.divergence_start": 0.0, "datamanager.divergence_end": 0.0, "datamanager.patch_size": 16, "model.occlusion_check": False}
+    trainer = Trainer(quiet_config("geconerf", tiny_scene, tmp_path, 1, **changes))
+    patch = trainer.datamanager.patch_batch(step=0)
+    assert torch.allclose(patch["camera"].camera_to_worlds, patch["source_camera"].camera_to_worlds)
+    rays = patch["rays"]
+    rendered = {"distance": torch.rand(len(rays), 1) * 3 + 0.5, "accumulation": torch.ones(len(rays), 1), "rgb": torch.zeros(len(rays), 3)}
+    warped, mask = trainer.model.warp_patch(patch, rendered, step=0)
+    image = patch["source_image"]
+    uv, _ = patch["camera"].project(rays.origins + rays.directions)
+    # The patch grid is the centres of 2 x 2 blocks: the mean of the block's four pixels.
+    u0, v0 = (uv[:, 0] - 1).round().long(), (uv[:, 1] - 1).round().long()
+    blocks = (image[v0, u0] + image[v0, u0 + 1] + image[v0 + 1, u0] + image[v0 + 1, u0 + 1]) / 4
+    assert mask.all() and torch.allclose(warped, blocks, atol=1e-5)
+
+
 def test_feature_extractors_and_the_masked_loss(tmp_path):
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(1, 3, 16, 16, generator=g), torch.rand(1, 3, 16, 16, generator=g)

@@ -156,6 +156,9 @@ class GeCoNeRFModel(RayModel):
         with torch.no_grad():
             target = features(gt)
         out = {"consistency": consistency_weight(step, self.consistency_base, c.weight_decay_steps) * masked_feature_l1(features(pred), target, m)}
+        if c.photo_weight > 0:
+            valid = mask.float()[:, None]
+            out["photo"] = c.photo_weight * ((rendered["rgb"] - warped) ** 2 * valid).sum() / (3 * valid.sum() + 1e-9)
         if c.smoothness_weight > 0:
             depth = rendered["distance"].reshape(h, w)
             out["smoothness"] = c.smoothness_weight * edge_aware_smoothness(depth, rendered["rgb"].detach().reshape(h, w, 3))
@@ -219,6 +222,9 @@ class GeCoNeRFModelConfig(RayModelConfig):
     feature_size: int | None = None
     """Resize patches to this side before the features (bicubic); None: 224 with VGG-19 (the
     release), the rendered patch size with the weight-free features."""
+    photo_weight: float = 0.0
+    """The release's disabled pixel-level variant: masked MSE of rendered vs warped patch (0.15 when
+    the release turns it on), added to the feature loss."""
     smoothness_weight: float = 0.0
     """Edge-aware smoothness of the unobserved patch's inverse depth (in the paper, not in the release)."""
     eval_num_rays_per_chunk: int = 2048

@@ -114,6 +114,26 @@ def test_fronto_parallel_plane_warps_the_source_exactly_inside_the_mask():
     assert (bad[mask] - _texture(points[mask, :2])).abs().max() > 0.02
 
 
+def test_consistency_losses_vanish_on_a_consistent_patch_only():
+    plane = [(4.0, -1e9, 1e9)]
+    source = _camera([0.0, 0.0, 0.0], [0.0, 0.0, 4.0])
+    target = _camera([0.2, 0.1, 0.8], [0.1, 0.0, 4.0])  # sees only what the source sees: the mask is full
+    model = _model(photo_weight=0.15, occlusion_unit=1.0)
+    _analytic(model, plane)
+    patch, rendered = _patch(source, target, plane)
+    exact = model.patch_losses(patch, rendered, step=0)
+    assert model.warp_patch(patch, rendered, step=0)[1].all()
+    assert set(exact) == {"consistency", "photo"}
+    assert exact["consistency"] < 1e-4 and exact["photo"] < 1e-9
+    shifted = dict(rendered, rgb=(rendered["rgb"] + 0.1).requires_grad_())
+    wrong = model.patch_losses(patch, shifted, step=0)
+    assert wrong["consistency"] > 100 * exact["consistency"] and float(wrong["photo"]) == pytest.approx(0.15 * 0.01, rel=1e-3)
+    wrong["consistency"].backward()
+    assert shifted["rgb"].grad.abs().sum() > 0  # the loss reaches the rendered colours
+    later = model.patch_losses(patch, shifted, step=20000)["consistency"]
+    assert float(later) == pytest.approx(float(wrong["consistency"]) / math.e, rel=1e-4)  # lambda decays as exp(-t / 20000)
+
+
 def test_two_plane_scene_masks_the_occluded_band():
     """A strip at z = 2 in front of a wall at z = 5: from a camera moved sideways, the wall behind
     the strip's shadow (as the source sees it) must be masked, and only that band."""

@@ -60,7 +60,7 @@ SMALL_STEPS = 3000
 
 
 def geconerf_small() -> MethodSpec:
-    """geconerf sized for a CPU: a 4 x 128 trunk (skip after layer 2), 12 IPE bands, 2 x 48 samples,
+    """geconerf sized for a CPU: a 4 x 128 trunk (skip after layer 2), 12 IPE bands, 2 x 32 samples,
     512 rays, a 32-pixel patch at stride 2 (16 x 16 rays), Adam 5e-3 -> 5e-5, and every step
     constant of the release scaled to 3000 steps (:func:`compressed_schedules`)."""
     config = override(
@@ -70,7 +70,7 @@ def geconerf_small() -> MethodSpec:
         steps_per_eval_image=500,
         **{
             "model.hidden_dim": 128, "model.num_layers": 4, "model.skips": (2,), "model.color_hidden_dim": 64,
-            "model.max_deg": 12, "model.num_samples": 48,
+            "model.max_deg": 12, "model.num_samples": 32,
             "datamanager.train_num_rays_per_batch": 512, "datamanager.patch_size": 32,
             "optimizers.fields.lr": 5e-3, "optimizers.fields.scheduler.lr_final": 5e-5, "optimizers.fields.scheduler.lr_pre_warmup": 5e-5,
             **compressed_schedules(SMALL_STEPS),

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from methods.geconerf.panels import PatchSnapshot, UnobservedPatchPanel
 from methods.geconerf.schedules import consistency_weight, occlusion_threshold
 from recon.cameras import RayBundle
 from recon.engine.callbacks import Callback, Where
@@ -76,9 +77,14 @@ class GeCoNeRFModel(RayModel):
             self.occlusion_unit = NDC_NEAR_FRACTION * scene.near
         else:
             self.occlusion_unit = 0.1 * float((scene.aabb[1] - scene.aabb[0]).norm())
+        self.last_patch: PatchSnapshot | None = None
+        """The latest regularisation step's patch, for the viewer panel (not saved)."""
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"fields": list(self.field.parameters())}
+
+    def viewer_panels(self) -> list[Any]:
+        return [UnobservedPatchPanel(self)]
 
     def callbacks(self) -> list[Callback]:
         return [Callback(self.set_annealing, where=Where.BEFORE_STEP)]
@@ -145,6 +151,9 @@ class GeCoNeRFModel(RayModel):
         c = self.config
         h, w = patch["shape"]
         warped, mask = self.warp_patch(patch, rendered, step)
+        self.last_patch = PatchSnapshot(
+            step, patch["camera"].to("cpu"), rendered["rgb"].detach().reshape(h, w, 3).cpu(), warped.reshape(h, w, 3).cpu(), mask.reshape(h, w).cpu()
+        )
         to_image = lambda x: x.reshape(1, h, w, -1).permute(0, 3, 1, 2)  # noqa: E731
         pred, gt, m = to_image(rendered["rgb"]), to_image(warped), to_image(mask.float())
         size = c.feature_size if c.feature_size is not None else (224 if c.vgg_weights is not None else None)

@@ -205,6 +205,25 @@ def test_nearby_poses_are_the_most_similar_other_training_cameras():
     assert set(nearby_frames(centres, [0, 2, 4, 6, 8, 10], 4, 2)) == {2, 6}
 
 
+def test_nearby_mode_on_fern_uses_other_training_split_poses(shared_data, tmp_path, quiet_config):
+    """The release's LLFF mode: 3 inputs (RegNeRF's split), unobserved poses drawn from the 5 most
+    similar cameras of the 17-image training split, never a test camera or the input itself."""
+    tiny = get_method("geconerf").test_overrides
+    trainer = Trainer(quiet_config("geconerf", shared_data / "fern", tmp_path, 1, **{**tiny, "datamanager.image_scale": 0.1, "datamanager.pose_mode": "nearby"}))
+    dm = trainer.datamanager
+    outputs = trainer.outputs
+    assert outputs.splits["train"] == [1, 10, 19] and trainer.model.ray_space.is_ndc and trainer.model.cylinder
+    c2w = outputs.cameras.camera_to_worlds
+    allowed = set(outputs.metadata["few_shot"]["train_split"])
+    for source, frame in enumerate(outputs.splits["train"]):
+        pool = dm.nearby[source]
+        frames = [int(torch.nonzero((c2w - p).abs().amax(dim=(1, 2)) < 1e-6)[0, 0]) for p in pool]
+        assert len(frames) == 5 and frame not in frames and set(frames) <= allowed
+        for _ in range(5):
+            pose = dm.unobserved_pose(source, 0)
+            assert any(torch.equal(pose, p) for p in pool)
+
+
 def test_patch_batches_every_second_step_from_the_start(tiny_scene, tmp_path, quiet_config):
     tiny = get_method("geconerf").test_overrides
     trainer = Trainer(quiet_config("geconerf", tiny_scene, tmp_path, 1, **{**tiny, "datamanager.reg_start": 3}))

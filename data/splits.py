@@ -7,6 +7,9 @@ Protocols:
 * ``"dtu"`` (pixelNeRF/RegNeRF split for DTU's 49 views): training views are the first K of
   :data:`DTU_TRAIN_IDS` (in that order), test is every view neither in that list nor in
   :data:`DTU_EXCLUDED_IDS`.
+* ``"blender"`` (GeCoNeRF's 3-view NeRF-synthetic lists, :data:`BLENDER_3_VIEWS`): with K = 3
+  on a scene the lists name (by the dataset folder's name, ``metadata["scene"]``), those
+  positions in the train split; otherwise ``"even"``.
 * ``"even"``: K views evenly spaced over the train split, with the LLFF formula.
 
 Split lists in :class:`~data.base.DataparserOutputs` are sorted frame indices, so the chosen DTU
@@ -35,7 +38,7 @@ from data.images import load_image
 from recon.cameras import Cameras
 from recon.errors import ConfigError
 
-FewShotProtocol = Literal["llff", "dtu", "even"]
+FewShotProtocol = Literal["llff", "dtu", "blender", "even"]
 FewShotPoints = Literal["retriangulate", "train-views", "all"]
 
 TRIANGULATION_MAX_ERROR = 4.0
@@ -49,6 +52,13 @@ DTU_TRAIN_IDS: tuple[int, ...] = (25, 22, 28, 40, 44, 48, 0, 8, 13)
 """pixelNeRF/RegNeRF training view IDs for DTU, in protocol order (few-shot takes the first K)."""
 DTU_EXCLUDED_IDS: tuple[int, ...] = (3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 36, 37, 38, 39)
 """DTU views used neither for training nor testing (pixelNeRF: the views with little overlap)."""
+
+BLENDER_3_VIEWS: dict[str, tuple[int, int, int]] = {
+    "chair": (66, 73, 59), "drums": (73, 14, 91), "ficus": (65, 73, 99), "hotdog": (3, 75, 76),
+    "lego": (4, 16, 99), "materials": (2, 34, 47), "mic": (58, 99, 3), "ship": (2, 67, 89),
+}
+"""Per-scene 3-view training lists of GeCoNeRF's NeRF-synthetic protocol (Kwak et al. 2023, the
+official code's ``input_images`` per scene): positions in the scene's train split."""
 
 LLFF_HOLD = 8
 """Every ``LLFF_HOLD``-th image (``i % 8 == 0``) is a test image (NeRF's ``llffhold``)."""
@@ -227,16 +237,22 @@ def apply_few_shot(outputs: DataparserOutputs, k: int, protocol: FewShotProtocol
                 f" (IDs {list(DTU_TRAIN_IDS)}) in this dataset"
             )
         chosen = candidates[:k]
-    elif protocol in ("llff", "even"):
+    elif protocol in ("llff", "blender", "even"):
         if k > len(train):
             raise ConfigError(f"num_train_views={k} but the train split has only {len(train)} views")
-        chosen = evenly_spaced(train, k)
+        listed = BLENDER_3_VIEWS.get(str(outputs.metadata.get("scene", ""))) if protocol == "blender" and k == 3 else None
+        if listed is not None and max(listed) < len(train):
+            chosen = [train[i] for i in listed]
+        else:
+            chosen = evenly_spaced(train, k)
+            protocol = "even" if protocol == "blender" else protocol
     else:
-        raise ConfigError(f"unknown few-shot protocol {protocol!r} (llff, dtu or even)")
+        raise ConfigError(f"unknown few-shot protocol {protocol!r} (llff, dtu, blender or even)")
     splits = dict(outputs.splits)
     splits["train"] = sorted(chosen)
     metadata = dict(outputs.metadata)
-    metadata["few_shot"] = {"protocol": protocol, "k": int(k), "views": [int(i) for i in chosen]}
+    # "train_split": the full train split, for methods whose official code reads its poses (GeCoNeRF's nearby poses).
+    metadata["few_shot"] = {"protocol": protocol, "k": int(k), "views": [int(i) for i in chosen], "train_split": [int(i) for i in train]}
     if outputs.points3d is not None:
         if points not in ("retriangulate", "train-views", "all"):
             raise ConfigError(f"unknown few_shot_points {points!r} (retriangulate, train-views or all)")

@@ -39,6 +39,9 @@ NUM_DISTORTION = 8
 """Coefficients per camera in ``Cameras.distortion``."""
 _FISHEYE_MAX_THETA = 3.1  # radians: the angle a fisheye ray is clamped below (just short of straight back)
 
+PIXEL_RADIUS_FACTOR = 2.0 / 12.0**0.5
+"""A square pixel of width w matches the variance of a disc of radius w * 2 / sqrt(12) (mip-NeRF)."""
+
 _OPENGL_TO_OPENCV = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
 
 
@@ -55,13 +58,16 @@ class RayBundle:
 
     ``origins``/``directions`` are [R, 3] with unit-length directions; ``camera_indices`` [R] says
     which camera each ray came from; ``z_scale`` [R] is the camera-space z component of the unit
-    direction, so that a distance ``t`` along the ray is the z-depth ``t * z_scale``.
+    direction, so that a distance ``t`` along the ray is the z-depth ``t * z_scale``;
+    ``pixel_radius`` [R] is the radius of the cone through the pixel at unit distance along the ray
+    (mip-NeRF's base radius: the pixel's width there times 2 / sqrt(12); Barron et al. 2021, sec. 3.1).
     """
 
     origins: Tensor
     directions: Tensor
     camera_indices: Tensor
     z_scale: Tensor
+    pixel_radius: Tensor
 
     def __len__(self) -> int:
         return self.origins.shape[0]
@@ -78,6 +84,7 @@ class RayBundle:
             self.directions.reshape(*shape, 3),
             self.camera_indices.reshape(*shape),
             self.z_scale.reshape(*shape),
+            self.pixel_radius.reshape(*shape),
         )
 
 
@@ -289,7 +296,10 @@ class Cameras:
         c2w = self.camera_to_worlds[i]
         directions = (c2w[:, :, :3] @ d_cam[..., None])[..., 0]
         directions = directions / directions.norm(dim=-1, keepdim=True)
-        return RayBundle(c2w[:, :, 3].clone(), directions, i, d_cam[:, 2].contiguous())
+        z_scale = d_cam[:, 2].contiguous()
+        # A pixel is 1 / f wide at unit z-depth, i.e. z_scale / f at unit distance along its ray.
+        radius = PIXEL_RADIUS_FACTOR * z_scale.abs() / torch.sqrt(self.fx[i] * self.fy[i])
+        return RayBundle(c2w[:, :, 3].clone(), directions, i, z_scale, radius)
 
     def generate_rays(self, camera_index: int = 0) -> RayBundle:
         """All rays of one camera, row-major: a RayBundle of H*W rays (reshape to [H, W])."""

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recon.errors import CheckpointError
+from recon.features import read_state_dict
 
 __all__ = [
     "psnr",
@@ -242,23 +243,11 @@ class LPIPS(nn.Module):
         Raises :class:`CheckpointError` naming the file if it cannot be read or lacks keys.
         """
         path = Path(path)
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                raw = load_file(str(path), device="cpu")
-            else:
-                raw = torch.load(path, map_location="cpu", weights_only=True)
-                if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
-                    raw = raw["state_dict"]
-        except Exception as e:  # corrupt/truncated file, wrong format, unsafe pickle...
-            raise CheckpointError(f"cannot read LPIPS weights ({type(e).__name__}: {e})", path) from e
-        if not isinstance(raw, dict):
-            raise CheckpointError("LPIPS weights file does not hold a state dict", path)
+        raw = read_state_dict(path, "LPIPS weights")
         state: dict[str, Tensor] = {}
         for k, v in raw.items():
             ck = self._canonical_key(str(k))
-            if ck is not None and isinstance(v, Tensor):
+            if ck is not None:
                 state[ck] = v
         own = self.state_dict()
         missing = sorted(set(own) - set(state))

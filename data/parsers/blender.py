@@ -101,7 +101,7 @@ class BlenderParserConfig(ParserConfig):
             alpha_color=alpha_color(self.background),
             near=self.near,
             far=self.far,
-            metadata={"format": self.name, "few_shot_protocol": "even"},
+            metadata={"format": self.name, "few_shot_protocol": "blender", "scene": data.absolute().name},
         )
         b = float(self.scene_bound)
         box = np.array([[-b, -b, -b], [b, b, b]])

@@ -16,6 +16,7 @@ from data.parsers.colmap_io import read_points3d, track_pairs
 from data.parsers.common import ParserConfig, list_images, make_cameras, raw_outputs, require_dir
 from data.splits import interval_splits
 from recon.errors import DataError
+from recon.render.ndc import ndc_frame
 
 
 def llff_to_opencv(poses: np.ndarray) -> np.ndarray:
@@ -43,7 +44,9 @@ class LLFFParserConfig(ParserConfig):
     cameras rotated so their mean up is +z and mean view +y, then the box holding every camera
     centre and every camera's frustum out to its own far bound is fitted into [-1, 1]^3. (NeRF's
     alternative, scaling by 1/(0.75 * min near) for NDC rays, would put the content far outside
-    the unit box that recon's fields and exporters assume.)"""
+    the unit box that recon's fields and exporters assume.) NeRF's NDC space is recorded instead as
+    ``metadata["ndc"]`` (:func:`recon.render.ndc.ndc_frame`: the average pose of every camera, the
+    near plane at 0.75 x the nearest bound), for ray methods with ``ray_space`` auto or ndc."""
 
     name: ClassVar[str] = "llff-data"
 
@@ -129,6 +132,11 @@ class LLFFParserConfig(ParserConfig):
         )
         outputs = normalize_to_box(outputs, orient, box, c2w=c2w)
         outputs.metadata["bounds"] = (bounds * outputs.dataparser_scale).tolist()
+        cams = outputs.cameras
+        outputs.metadata["ndc"] = ndc_frame(
+            cams.camera_to_worlds.double().numpy(), float(cams.fx[0]), float(cams.fy[0]), float(cams.width[0]), float(cams.height[0]),
+            float(bounds.min()) * outputs.dataparser_scale,
+        ).to_metadata()
         return outputs
 
     def _image_folder(self, data: Path) -> Path:

@@ -14,7 +14,8 @@ from recon.cameras import RayBundle
 from recon.fields.encodings import FrequencyEncoding
 from recon.fields.mlp import MLP
 from recon.model import Export, RayModel, RayModelConfig, SceneInfo
-from recon.render.rays import accumulate, expected_depth, intersect_aabb, intervals_from_points, pdf_samples, render_weights, stratified_samples
+from recon.render.ndc import RaySpace, RaySpaceName
+from recon.render.rays import accumulate, expected_depth, intervals_from_points, pdf_samples, ray_bounds, render_weights, stratified_samples
 
 
 class NeRFField(nn.Module):
@@ -50,16 +51,10 @@ class VanillaNeRFModel(RayModel):
         self.coarse = NeRFField(config)
         self.fine = NeRFField(config)
         self.register_buffer("aabb", scene.aabb.float().clone(), persistent=False)
+        self.ray_space = RaySpace(config.ray_space, scene.metadata, scene.far)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"fields": list(self.parameters())}
-
-    def _bounds(self, rays: RayBundle) -> tuple[Tensor, Tensor]:
-        if self.scene.near is not None and self.scene.far is not None:
-            near = torch.full_like(rays.z_scale, self.scene.near)
-            return near, torch.full_like(rays.z_scale, self.scene.far)
-        near, far, _ = intersect_aabb(rays.origins, rays.directions, self.aabb)
-        return near, far
 
     def _composite(self, field: NeRFField, rays: RayBundle, t_starts: Tensor, t_ends: Tensor, noise: float) -> dict[str, Tensor]:
         mids = 0.5 * (t_starts + t_ends)
@@ -77,7 +72,8 @@ class VanillaNeRFModel(RayModel):
         c = self.config
         perturb = self.training
         noise = c.density_noise if self.training else 0.0
-        near, far = self._bounds(rays)
+        world = rays
+        rays, near, far = self.ray_space.rays(rays, *ray_bounds(rays.origins, rays.directions, self.aabb, self.scene.near, self.scene.far))
         t0, t1 = stratified_samples(near, far, c.num_coarse_samples, perturb)
         coarse = self._composite(self.coarse, rays, t0, t1, noise)
         bins = torch.cat([t0, t1[:, -1:]], -1)
@@ -86,7 +82,7 @@ class VanillaNeRFModel(RayModel):
         t_all, _ = torch.sort(torch.cat([0.5 * (t0 + t1), t_fine], -1), -1)
         s, e = intervals_from_points(t_all, near, far)
         fine = self._composite(self.fine, rays, s, e, noise)
-        depth = expected_depth(fine["weights"], s, e) * rays.z_scale[:, None]
+        depth = self.ray_space.world_distance(world, expected_depth(fine["weights"], s, e)) * world.z_scale[:, None]
         return {"rgb_coarse": coarse["rgb"], "rgb": fine["rgb"], "accumulation": fine["accumulation"], "depth": depth}
 
     def losses(self, batch: dict[str, Any], outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
@@ -121,6 +117,9 @@ class VanillaNeRFModelConfig(RayModelConfig):
     """Density non-linearity: the paper's ReLU, or softplus (as mip-NeRF) which cannot die."""
     density_noise: float = 0.0
     """Std. of Gaussian noise added to densities during training (the paper uses 1.0 on LLFF)."""
+    ray_space: RaySpaceName = "auto"
+    """Where rays are sampled: ndc (NeRF's normalised device coordinates of forward-facing LLFF
+    captures), euclidean (the world), or auto (ndc when the dataset is forward-facing LLFF)."""
     background: Literal["auto", "white", "black"] = "auto"
     """Colour behind the volume; auto = the dataset's background for RGBA images, else black."""
     eval_num_rays_per_chunk: int = 4096

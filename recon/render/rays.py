@@ -25,6 +25,15 @@ def intersect_aabb(origins: Tensor, directions: Tensor, aabb: Tensor) -> tuple[T
     return t_near, torch.where(hit, t_far, t_near), hit
 
 
+def ray_bounds(origins: Tensor, directions: Tensor, aabb: Tensor, near: float | None, far: float | None) -> tuple[Tensor, Tensor]:
+    """Bounds [R] of rays (origins, directions [R, 3]): the dataset's near/far when it gives both,
+    else the ray's span inside the box aabb [2, 3]."""
+    if near is not None and far is not None:
+        return torch.full_like(origins[:, 0], near), torch.full_like(origins[:, 0], far)
+    t_near, t_far, _ = intersect_aabb(origins, directions, aabb)
+    return t_near, t_far
+
+
 def stratified_samples(
     near: Tensor, far: Tensor, num_samples: int, perturb: bool, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:

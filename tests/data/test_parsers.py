@@ -188,6 +188,18 @@ def test_few_shot_real(shared_data: Path) -> None:
         LLFFParserConfig(downscale_factor=4).load(shared_data / "fern")
 
 
+def test_few_shot_blender_uses_the_per_scene_3_view_lists(shared_data: Path, tmp_path: Path) -> None:
+    lego = BlenderParserConfig(num_train_views=3).load(shared_data / "lego")
+    assert lego.splits["train"] == [4, 16, 99] and lego.metadata["few_shot"]["protocol"] == "blender"
+    assert lego.metadata["few_shot"]["train_split"] == list(range(100))
+    # Another count, or a scene the lists do not name, falls back to evenly spaced views.
+    assert BlenderParserConfig(num_train_views=4).load(shared_data / "lego").splits["train"] == [0, 33, 66, 99]
+    renamed = tmp_path / "my_lego"
+    renamed.symlink_to(shared_data / "lego", target_is_directory=True)
+    other = BlenderParserConfig(num_train_views=3).load(renamed)
+    assert other.splits["train"] == [0, 50, 99] and other.metadata["few_shot"]["protocol"] == "even"
+
+
 # -- COLMAP ------------------------------------------------------------------------------------
 def _colmap_scene(root: Path, ext: str, model: str = "OPENCV") -> dict:
     rng = np.random.default_rng(4)

@@ -123,3 +123,18 @@ def test_quality_on_synthetic_scene(tmp_path, quiet_config):
 def test_few_shot_flag_limits_training_views(tiny_scene, tmp_path, quiet_config):
     trainer = Trainer(quiet_config("vanilla-nerf", tiny_scene, tmp_path, 1, num_train_views=3, **TINY))
     assert len(trainer.datamanager.train_dataset) == 3
+
+
+def test_llff_is_rendered_in_ndc(shared_data, tmp_path, quiet_config):
+    """On a forward-facing capture ray_space auto samples NeRF's NDC space; depth comes back as a
+    world z-depth between the NDC near plane and the dataset's far bound (exports rely on it)."""
+    small = {**TINY, "datamanager.image_scale": 0.1}
+    euclid = Trainer(quiet_config("vanilla-nerf", shared_data / "fern", tmp_path / "e", 1, num_train_views=3, **small, **{"model.ray_space": "euclidean"}))
+    assert not euclid.model.ray_space.is_ndc
+    trainer = Trainer(quiet_config("vanilla-nerf", shared_data / "fern", tmp_path / "n", 20, num_train_views=3, **small))
+    space = trainer.model.ray_space
+    assert space.is_ndc
+    trainer.train()
+    depth = trainer.model.render(trainer.datamanager.eval_dataset.cameras[0])["depth"]
+    assert torch.isfinite(depth).all() and depth.shape == (38, 50, 1)
+    assert float(depth.min()) > 0.5 * space.frame.near and float(depth.max()) <= space.far * 1.2

@@ -149,11 +149,13 @@ def rotate_sh(coeffs: Tensor, rotation: Tensor) -> Tensor:
     every unit d (i.e. the signal re-expressed in a frame whose directions are ``R^T`` of the old).
 
     coeffs: [..., K, C] with K a square (1, 4, 9, 16), in the basis of
-    :mod:`recon.fields.spherical_harmonics`; rotation: [3, 3] orthonormal -> [..., K, C]. Each band
-    is an invariant subspace of rotations (its (2l+1)-square matrix is the real Wigner D-matrix,
-    Ivanic & Ruedenberg 1996, "Rotation Matrices for Real Spherical Harmonics. Direct Determination
-    by Recursion"), so that matrix is recovered exactly by least squares from the basis at a fixed
-    set of directions (float64), which avoids closed-form Wigner matrices and their sign conventions.
+    :mod:`recon.fields.spherical_harmonics`; rotation: [3, 3] orthonormal, or one per leading row of
+    ``coeffs`` ([N, 3, 3] for coeffs [N, K, C]: mesh-bound Gaussians turning with their faces)
+    -> [..., K, C]. Each band is an invariant subspace of rotations (its (2l+1)-square matrix is the
+    real Wigner D-matrix, Ivanic & Ruedenberg 1996, "Rotation Matrices for Real Spherical Harmonics.
+    Direct Determination by Recursion"), so that matrix is recovered exactly by least squares from
+    the basis at a fixed set of directions (float64), which avoids closed-form Wigner matrices and
+    their sign conventions.
     """
     k = coeffs.shape[-2]
     degree = math.isqrt(k)
@@ -164,11 +166,20 @@ def rotate_sh(coeffs: Tensor, rotation: Tensor) -> Tensor:
     g = torch.Generator().manual_seed(0)
     dirs = F.normalize(torch.randn(64, 3, generator=g, dtype=torch.float64), dim=-1)
     rot = rotation.detach().to(torch.float64).cpu()
-    y, y_rot = sh_encoding(dirs, degree), sh_encoding(dirs @ rot.T, degree)
+    y = sh_encoding(dirs, degree)
     out = coeffs.clone()
-    for band in range(1, degree):
-        sl = slice(band * band, (band + 1) * (band + 1))
-        # y_rot[:, sl] = y[:, sl] @ A, so c'(band) = A @ c(band).
-        a = torch.linalg.lstsq(y[:, sl], y_rot[:, sl]).solution.to(coeffs)
-        out[..., sl, :] = torch.einsum("jk,...kc->...jc", a, coeffs[..., sl, :])
+    if rot.dim() == 2:
+        y_rot = sh_encoding(dirs @ rot.T, degree)
+        for band in range(1, degree):
+            sl = slice(band * band, (band + 1) * (band + 1))
+            # y_rot[:, sl] = y[:, sl] @ A, so c'(band) = A @ c(band).
+            a = torch.linalg.lstsq(y[:, sl], y_rot[:, sl]).solution.to(coeffs)
+            out[..., sl, :] = torch.einsum("jk,...kc->...jc", a, coeffs[..., sl, :])
+        return out
+    for rows in torch.arange(len(rot)).split(4096):  # bounded memory: [rows, 64, K] basis values
+        y_rot = sh_encoding((dirs @ rot[rows].transpose(-1, -2)).reshape(-1, 3), degree).reshape(len(rows), len(dirs), k)
+        for band in range(1, degree):
+            sl = slice(band * band, (band + 1) * (band + 1))
+            a = (torch.linalg.pinv(y[:, sl]) @ y_rot[:, :, sl]).to(coeffs)  # [rows, 2l+1, 2l+1]
+            out[rows.to(coeffs.device), sl] = a.to(coeffs.device) @ coeffs[rows.to(coeffs.device), sl]
     return out

@@ -40,7 +40,7 @@ from recon.geometry.mesh import cluster_decimate
 from recon.model import SceneInfo
 from recon.primitives import PrimitiveModel, PrimitiveModelConfig, knn_rms_distance
 from recon.render.gaussians.helpers import rgb_to_sh
-from recon.rotations import matrix_to_quaternion, quaternion_multiply, quaternion_to_matrix
+from recon.rotations import matrix_to_quaternion, quaternion_multiply, quaternion_to_matrix, rotate_sh
 
 GEOMETRY = ("face_ids", "corners", "radius")
 """Frozen per-Gaussian entries of ``params`` (see :mod:`methods.mesh_gs.strategy`); not optimised."""
@@ -98,6 +98,7 @@ class MeshGSModel(PrimitiveModel):
         self.register_buffer("mesh_faces", torch.zeros(0, 3, dtype=torch.long))
         self.deformed_vertices: Tensor | None = None
         """Render-time deformed copy [V, 3] of :attr:`mesh_vertices` (None: the rest pose)."""
+        self._deformed_sh: Tensor | None = None
         self.params = nn.ParameterDict(self._gaussians(torch.zeros(0, 3, 3), torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, 3), 0.0))
 
     # ------------------------------------------------------------------ the proxy mesh
@@ -137,9 +138,7 @@ class MeshGSModel(PrimitiveModel):
         vertices, faces = read_mesh(path)
         if budget is not None:
             vertices, faces = cluster_decimate(vertices, faces, budget)
-        outputs = datamanager.train_dataset.outputs
-        T, s = outputs.dataparser_transform.double(), float(outputs.dataparser_scale)
-        verts = s * (torch.from_numpy(vertices) @ T[:, :3].T + T[:, 3])
+        verts = datamanager.train_dataset.outputs.transform_from_input(torch.from_numpy(vertices))
         faces_t = torch.from_numpy(np.asarray(faces, dtype=np.int64))
         if int(faces_t.max()) >= len(verts) or int(faces_t.min()) < 0:
             raise DataError("the mesh has face indices outside its vertex list", path)
@@ -199,10 +198,23 @@ class MeshGSModel(PrimitiveModel):
     @torch.no_grad()
     def set_deformed_vertices(self, vertices: Tensor | None) -> None:
         """Render with the proxy mesh's vertices at ``vertices`` [V, 3] (normalised frame, same
-        connectivity), or in the rest pose (None)."""
+        connectivity), or in the rest pose (None). With ``deformation_rotates_sh`` the SH colours
+        are turned with their faces' rotations here, once per deformation (set it again after
+        changing the parameters)."""
         if vertices is not None and vertices.shape != self.mesh_vertices.shape:
             raise ValueError(f"deformed vertices must be {list(self.mesh_vertices.shape)}, got {list(vertices.shape)}")
         self.deformed_vertices = None if vertices is None else vertices.to(self.mesh_vertices)
+        self._deformed_sh = None
+        if vertices is not None and self.config.deformation_rotates_sh and self.config.sh_degree > 0:
+            p = self.params
+            rotations = polar_decomposition(face_deformation_gradients(self.mesh_vertices, self.deformed_vertices, self.mesh_faces))[0]
+            # seen along d after the deformation = seen along R^T d before it
+            self._deformed_sh = rotate_sh(torch.cat([p["sh0"], p["shN"]], 1), rotations.transpose(-1, -2)[p["face_ids"]])
+
+    def sh_coefficients(self) -> Tensor:
+        if self.deformed_vertices is None or self._deformed_sh is None:
+            return super().sh_coefficients()
+        return self._deformed_sh[:, : (int(self.active_sh_degree) + 1) ** 2]
 
     def rest_mesh(self) -> tuple[Tensor, Tensor]:
         """The proxy mesh: vertices [V, 3] (normalised frame) and faces [F, 3] that a deformation moves."""
@@ -290,6 +302,9 @@ class MeshGSModelConfig(PrimitiveModelConfig):
     deformation_shape: Literal["gradient", "rotation"] = "gradient"
     """Deformed rendering: covariances and normal offsets transformed by each face's deformation
     gradient (stretch included), or by its rotation only (polar decomposition)."""
+    deformation_rotates_sh: bool = True
+    """Deformed rendering: turn each Gaussian's SH colour with its face's rotation, so view-dependent
+    colour follows the object (the official code leaves it unrotated)."""
     strategy: FaceSplitStrategy = field(default_factory=FaceSplitStrategy)
     """Densification: face split on the 3DGS statistic (500-15000, every 200 steps), opacity resets."""
 

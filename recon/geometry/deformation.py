@@ -13,6 +13,7 @@ semi-definite) by :func:`polar_decomposition`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from recon.errors import ReconError
 
-__all__ = ["face_deformation_gradients", "face_frames", "polar_decomposition", "same_connectivity"]
+__all__ = ["face_deformation_gradients", "face_frames", "polar_decomposition", "read_deformed_vertices", "same_connectivity"]
 
 
 def _edges(vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,3 +81,15 @@ def same_connectivity(rest_faces: Tensor, faces: Tensor, num_vertices: int, path
     if not torch.equal(faces.to(rest_faces), rest_faces):
         bad = int((faces.to(rest_faces) != rest_faces).any(-1).nonzero()[0])
         raise ReconError(f"the deformed mesh must have the proxy mesh's connectivity: face {bad} differs", path)
+
+
+def read_deformed_vertices(path: str | Path, rest_vertices: Tensor, rest_faces: Tensor, to_normalised: Callable[[Tensor], Tensor]) -> Tensor:
+    """The vertices [V, 3] (normalised frame, ``rest_vertices``' dtype and device) of a deformed
+    copy of a rest mesh stored at ``path`` (PLY, OBJ or GLB in the input poses' frame, read in file
+    order; ``to_normalised`` maps input-frame points [V, 3] float64 to the normalised frame).
+    :class:`ReconError` naming the file when it cannot be read or its connectivity differs."""
+    from recon.export.mesh_io import read_mesh
+
+    vertices, faces = read_mesh(path)
+    same_connectivity(rest_faces.cpu(), torch.from_numpy(faces), len(vertices), path, len(rest_vertices))
+    return to_normalised(torch.from_numpy(vertices)).to(rest_vertices)

@@ -317,3 +317,190 @@ def test_quality_on_synthetic_scene_with_its_ground_truth_mesh(tmp_path, quiet_c
     print(f"mesh-gs quality: psnr {result['psnr']:.2f} (untrained {psnr0:.2f}), ssim {result['ssim']:.3f}, depth error {depth_error:.4f}")
     assert result["psnr"] > PSNR_THRESHOLD and result["psnr"] > psnr0 + GAIN_OVER_INIT_DB, (result["psnr"], psnr0)
     assert depth_error < DEPTH_ERROR, depth_error
+
+
+# ---------------------------------------------------------------------------------- deformation
+def sphere_model(**changes) -> MeshGSModel:
+    """Gaussians with random shapes, offsets and degree-1 colours on a small icosphere."""
+    sphere = trimesh.creation.icosphere(subdivisions=1, radius=0.5)
+    model = mesh_model(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces), init_min_gaussians=300, **changes)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, scale in (("bary", 1.0), ("offset", 1.0), ("quats", 1.0), ("scales", 0.3), ("shN", 0.5), ("sh0", 1.0)):
+            model.params[name].add_(scale * torch.randn(model.params[name].shape, generator=g))
+        model.params["opacities"].fill_(1.0)
+    model.active_sh_degree.fill_(1)
+    return model.eval()
+
+
+def rigid(seed: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    from recon.rotations import quaternion_to_matrix
+
+    g = torch.Generator().manual_seed(seed)
+    return quaternion_to_matrix(torch.randn(4, generator=g)), torch.randn(3, generator=g)
+
+
+def covariances(prims: dict[str, torch.Tensor]) -> torch.Tensor:
+    if "covars" in prims:
+        return prims["covars"]
+    from recon.rotations import quaternion_to_matrix
+
+    M = quaternion_to_matrix(prims["quats"]) * prims["scales"][:, None, :]
+    return M @ M.transpose(-1, -2)
+
+
+def test_rigid_mesh_motion_renders_the_rigidly_moved_image():
+    """V' = R V + t moves every mean by the same motion, gives Sigma' = R Sigma R^T and, seen from
+    the camera moved alike, the same image (view-dependent colour turned with the faces)."""
+    model = sphere_model()
+    R, t = rigid()
+    camera = camera_looking_at(torch.zeros(3), size=40)
+    rest, image = model.primitives(), model.render(camera)
+    model.set_deformed_vertices(model.mesh_vertices @ R.T + t)
+    moved = model.primitives()
+    assert torch.allclose(moved["means"], rest["means"] @ R.T + t, atol=2e-6)
+    assert torch.allclose(covariances(moved), R @ covariances(rest) @ R.T, atol=1e-6)
+    c2w = camera.camera_to_worlds[0]
+    camera.camera_to_worlds = torch.cat([R @ c2w[:, :3], (R @ c2w[:, 3] + t)[:, None]], 1)[None]
+    out = model.render(camera)
+    assert image["accumulation"].mean() > 0.2  # the sphere fills a good part of the view
+    for key in ("rgb", "accumulation", "depth"):
+        assert (out[key] - image[key]).abs().max() < 2e-4, key
+    # without the SH rotation the view-dependent colour does not follow
+    model.config.deformation_rotates_sh = False
+    model.set_deformed_vertices(model.mesh_vertices @ R.T + t)
+    assert (model.render(camera)["rgb"] - image["rgb"]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("shape", ["gradient", "rotation"])
+def test_uniform_mesh_scale_scales_the_gaussians(shape):
+    """V' = s V: means scale by s; covariances by s^2 with the full deformation gradient, unchanged
+    with its rotation only; the image from a camera moved out by s is unchanged (gradient)."""
+    model = sphere_model(deformation_shape=shape)
+    s = 1.7
+    camera = camera_looking_at(torch.zeros(3), size=40)
+    rest, image = model.primitives(), model.render(camera)
+    model.set_deformed_vertices(model.mesh_vertices * s)
+    moved = model.primitives()
+    cov = covariances(rest)
+    if shape == "gradient":
+        assert torch.allclose(moved["means"], s * rest["means"], atol=2e-6)
+        assert torch.allclose(moved["covars"], s * s * cov, atol=1e-6, rtol=1e-4)
+        camera.camera_to_worlds = torch.cat([camera.camera_to_worlds[..., :3], s * camera.camera_to_worlds[..., 3:]], -1)
+        assert (model.render(camera)["rgb"] - image["rgb"]).abs().max() < 2e-4
+    else:
+        # the anchor follows the face; the normal offset and the shape only turn (here: not at all)
+        anchors_moved = moved["means"] - (rest["means"] - rest["means"].detach())
+        assert torch.allclose(moved["covars"], cov, atol=1e-6, rtol=1e-4)
+        assert not torch.allclose(anchors_moved, s * rest["means"], atol=1e-3)
+
+
+def test_non_rigid_deformation_keeps_gaussians_on_their_faces():
+    """Any deformation moves each anchor to the same barycentric position on its deformed sub-face,
+    and a Gaussian flat in its face stays flat in the deformed face."""
+    model = sphere_model()
+    with torch.no_grad():
+        model.params["offset"].zero_()
+        model.params["scales"][:, 2] = -12.0  # flat: no extent along the normal
+        model.params["quats"].copy_(torch.tensor([0.6, 0.0, 0.0, 0.8]))  # a turn about the normal keeps it flat
+    g = torch.Generator().manual_seed(5)
+    deformed = model.mesh_vertices * torch.tensor([1.5, 0.7, 1.0]) + 0.1 * torch.randn(model.mesh_vertices.shape, generator=g)
+    model.set_deformed_vertices(deformed)
+    p = model.params
+    sub = p["corners"] @ deformed[model.mesh_faces[p["face_ids"]]]
+    expected = (torch.softmax(p["bary"], -1)[:, :, None] * sub).sum(1)
+    prims = model.primitives()
+    assert torch.allclose(prims["means"], expected, atol=1e-5)
+    normal = torch.nn.functional.normalize(torch.linalg.cross(sub[:, 1] - sub[:, 0], sub[:, 2] - sub[:, 0]), dim=-1)
+    along_normal = (normal[:, None, :] @ prims["covars"] @ normal[:, :, None]).reshape(-1)
+    trace = prims["covars"].diagonal(dim1=-2, dim2=-1).sum(-1)
+    assert (along_normal.abs() / trace).max() < 1e-5  # float32 rounding; before the deformation: exp(-24) / trace
+
+
+def test_deformed_vertices_of_another_shape_are_refused():
+    model = sphere_model()
+    with pytest.raises(ValueError, match="deformed vertices must be"):
+        model.set_deformed_vertices(model.mesh_vertices[:-1])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_scene, tmp_path_factory, quiet_config):
+    """A mesh-gs run of a few steps on the tiny scene: its config.yml."""
+    from recon.engine.trainer import Trainer
+
+    trainer = Trainer(quiet_config("mesh-gs", tiny_scene, tmp_path_factory.mktemp("mesh_gs_run"), 6, **{f"model.{k}": v for k, v in TINY.items()}))
+    trainer.train()
+    return trainer.run_dir / "config.yml"
+
+
+def test_export_proxy_mesh_and_deformed_splats(tiny_run, tmp_path):
+    """``ns-export proxy-mesh`` writes the proxy in the input frame; a rigidly moved copy of it given to
+    ``ns-export gaussian-splat --deform`` moves every Gaussian by that motion."""
+    from recon.cli.export import GaussianSplatExport, ProxyMeshExport
+    from recon.engine.run import load_run
+    from recon.export.mesh_io import read_mesh
+    from recon.export.splat_ply import read_splat_ply
+
+    run = load_run(tiny_run, "cpu")
+    proxy = ProxyMeshExport(load_config=tiny_run, output_dir=tmp_path, device="cpu").run()
+    vertices, faces = read_mesh(proxy)
+    assert torch.equal(torch.from_numpy(faces), run.model.mesh_faces)
+    assert torch.allclose(run.outputs.transform_from_input(torch.from_numpy(vertices)).float(), run.model.mesh_vertices, atol=1e-5)
+    R, t = rigid(6)
+    moved = tmp_path / "moved.obj"
+    _write(moved, vertices @ R.double().numpy().T + t.double().numpy(), faces)
+    rest = read_splat_ply(GaussianSplatExport(load_config=tiny_run, output_dir=tmp_path, filename="rest.ply", device="cpu").run())
+    deformed = read_splat_ply(GaussianSplatExport(load_config=tiny_run, output_dir=tmp_path, filename="moved.ply", device="cpu", deform=moved).run())
+    assert len(rest["means"]) == len(deformed["means"]) == run.model.num_primitives
+    assert torch.allclose(deformed["means"], rest["means"] @ R.T + t, atol=1e-4)
+    cov = lambda p: covariances({"quats": p["quats"], "scales": torch.exp(p["scales"])})  # noqa: E731
+    assert torch.allclose(cov(deformed), R @ cov(rest) @ R.T, atol=1e-6, rtol=1e-3)
+
+
+def test_deform_with_another_connectivity_is_a_one_line_error(tiny_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from recon.cli.export import ProxyMeshExport
+    from recon.export.mesh_io import read_mesh
+
+    proxy = tmp_path / "proxy.ply"
+    ProxyMeshExport(load_config=tiny_run, output_dir=tmp_path, filename=proxy.name, device="cpu").run()
+    vertices, faces = read_mesh(proxy)
+    bad = _write(tmp_path / "fewer_faces.obj", vertices, faces[:-1])
+    for command in (["render", "dataset"], ["export", "gaussian-splat"]):
+        out = tmp_path / "out"
+        target = ["--output-path", out / "video.mp4"] if command[0] == "render" else ["--output-dir", out]
+        proc = subprocess.run(
+            [sys.executable, "-m", f"recon.cli.{command[0]}", command[1], "--load-config", tiny_run, *target, "--device", "cpu", "--deform", bad],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "100"},
+        )
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+        assert "fewer_faces.obj" in lines[0] and "connectivity" in lines[0], lines[0]
+        assert not out.exists()
+
+
+def test_render_follows_a_sequence_of_deformed_meshes(tiny_run, tmp_path):
+    """``ns-render --deform A B`` spreads the meshes over the frames: frames of the same camera differ
+    between the rest pose and a moved mesh, and the first frame of a sequence starting at the rest
+    pose is the rest frame."""
+    from PIL import Image
+
+    from recon.cli.export import ProxyMeshExport
+    from recon.cli.render import DatasetRender
+    from recon.export.mesh_io import read_mesh
+
+    proxy = ProxyMeshExport(load_config=tiny_run, output_dir=tmp_path, device="cpu").run()
+    vertices, faces = read_mesh(proxy)
+    shifted = _write(tmp_path / "shifted.ply", vertices + [0.3, 0.0, 0.0], faces)
+
+    def frames(name, *deform):
+        out = DatasetRender(load_config=tiny_run, output_path=tmp_path / name, split="train", device="cpu", deform=deform).run()
+        return [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
+
+    rest, seq = frames("rest"), frames("seq", proxy, shifted)
+    assert len(rest) == len(seq) == 8
+    assert np.abs(seq[0].astype(int) - rest[0]).max() <= 1  # the proxy itself: the rest pose
+    assert np.abs(seq[-1].astype(int) - rest[-1]).mean() > 1.0

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from methods.mesh_gs.proxy import AutoProxyMeshConfig
 from methods.mesh_gs.strategy import SCALE_DIVISOR, FaceSplitStrategy, face_children
 from recon.errors import ConfigError, DataError
 from recon.export.mesh_io import read_mesh
@@ -120,21 +121,25 @@ class MeshGSModel(PrimitiveModel):
         params.update({name: nn.Parameter(t.contiguous(), requires_grad=False) for name, t in geometry.items()})
         return params
 
-    def proxy_mesh_source(self) -> tuple[Path, int | None]:
-        """The proxy mesh file and the face budget it is decimated to (None: used as given)."""
+    def proxy_mesh_source(self, datamanager: Any) -> tuple[Path, int | None]:
+        """The proxy mesh file and the face budget it is decimated to (None: used as given): the
+        user's, else the dataset's, else the automatic one (:mod:`methods.mesh_gs.proxy`)."""
         c = self.config
         if c.mesh_path is not None:
             return Path(c.mesh_path).expanduser(), None
         dataset_mesh = self.scene.metadata.get("ground_truth_mesh")
         if c.use_dataset_mesh and dataset_mesh:
             return Path(dataset_mesh), c.max_dataset_mesh_faces
-        raise ConfigError("mesh-gs needs a proxy mesh: pass --model.mesh-path MESH (PLY, OBJ or GLB in the input poses' frame)")
+        from data.synthetic import cache_root
+        from methods.mesh_gs.proxy import auto_proxy_mesh
+
+        return auto_proxy_mesh(c.auto_mesh, datamanager.train_dataset.outputs, self.mesh_vertices.device, cache_root() / "proxy_meshes"), None
 
     @torch.no_grad()
     def initialize_from_data(self, datamanager: Any) -> None:
         """Read the proxy mesh (input poses' frame -> normalised), check it, put one Gaussian on each
         face and subdivide every face into four until there are at least ``init_min_gaussians``."""
-        path, budget = self.proxy_mesh_source()
+        path, budget = self.proxy_mesh_source(datamanager)
         vertices, faces = read_mesh(path)
         if budget is not None:
             vertices, faces = cluster_decimate(vertices, faces, budget)
@@ -284,9 +289,12 @@ class MeshGSModelConfig(PrimitiveModelConfig):
     10-20k faces)."""
     use_dataset_mesh: bool = True
     """Without mesh_path: use the mesh the dataset lists (transforms.json ``mesh_file_path``; recon's
-    synthetic scenes list their ground-truth mesh), decimated to max_dataset_mesh_faces."""
+    synthetic scenes list their ground-truth mesh), decimated to max_dataset_mesh_faces; else (or
+    when false) make one automatically (auto_mesh)."""
     max_dataset_mesh_faces: int = 15_000
     """Face budget of a dataset's mesh (vertex clustering)."""
+    auto_mesh: AutoProxyMeshConfig = field(default_factory=AutoProxyMeshConfig)
+    """The automatic proxy mesh, made when there is neither a mesh_path nor a dataset mesh."""
     init_min_gaussians: int = 100_000
     """Subdivide every face 1 -> 4 until there are at least this many Gaussians (official: more than 100k)."""
     init_opacity: float = 0.1

@@ -100,6 +100,7 @@ class MeshGSModel(PrimitiveModel):
         self.deformed_vertices: Tensor | None = None
         """Render-time deformed copy [V, 3] of :attr:`mesh_vertices` (None: the rest pose)."""
         self._deformed_sh: Tensor | None = None
+        self._sh_cache: tuple[Any, Tensor, Tensor] | None = None
         self.params = nn.ParameterDict(self._gaussians(torch.zeros(0, 3, 3), torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, 3), 0.0))
 
     # ------------------------------------------------------------------ the proxy mesh
@@ -212,14 +213,27 @@ class MeshGSModel(PrimitiveModel):
         self._deformed_sh = None
         if vertices is not None and self.config.deformation_rotates_sh and self.config.sh_degree > 0:
             p = self.params
+            # The viewer sets the same deformation for every frame: turn the SH once per deformation
+            # and parameter state (an optimizer step bumps the parameters' versions).
+            key = (id(p["sh0"]), p["sh0"]._version, id(p["shN"]), p["shN"]._version)
+            cached = self._sh_cache
+            if cached is not None and cached[0] == key and torch.equal(cached[1], self.deformed_vertices):
+                self._deformed_sh = cached[2]
+                return
             rotations = polar_decomposition(face_deformation_gradients(self.mesh_vertices, self.deformed_vertices, self.mesh_faces))[0]
             # seen along d after the deformation = seen along R^T d before it
             self._deformed_sh = rotate_sh(torch.cat([p["sh0"], p["shN"]], 1), rotations.transpose(-1, -2)[p["face_ids"]])
+            self._sh_cache = (key, self.deformed_vertices.clone(), self._deformed_sh)
 
     def sh_coefficients(self) -> Tensor:
         if self.deformed_vertices is None or self._deformed_sh is None:
             return super().sh_coefficients()
         return self._deformed_sh[:, : (int(self.active_sh_degree) + 1) ** 2]
+
+    def viewer_panels(self) -> list[Any]:
+        from methods.mesh_gs.panels import MeshDeformPanel
+
+        return [MeshDeformPanel(self)]
 
     def rest_mesh(self) -> tuple[Tensor, Tensor]:
         """The proxy mesh: vertices [V, 3] (normalised frame) and faces [F, 3] that a deformation moves."""

@@ -41,7 +41,7 @@ from recon.geometry.mesh import cluster_decimate
 from recon.model import SceneInfo
 from recon.primitives import PrimitiveModel, PrimitiveModelConfig, knn_rms_distance
 from recon.render.gaussians.helpers import rgb_to_sh
-from recon.rotations import matrix_to_quaternion, quaternion_multiply, quaternion_to_matrix, rotate_sh
+from recon.rotations import matrix_to_quaternion, quaternion_multiply, quaternion_to_matrix, apply_sh_rotation, sh_rotation_matrices
 
 GEOMETRY = ("face_ids", "corners", "radius")
 """Frozen per-Gaussian entries of ``params`` (see :mod:`methods.mesh_gs.strategy`); not optimised."""
@@ -222,7 +222,9 @@ class MeshGSModel(PrimitiveModel):
                 return
             rotations = polar_decomposition(face_deformation_gradients(self.mesh_vertices, self.deformed_vertices, self.mesh_faces))[0]
             # seen along d after the deformation = seen along R^T d before it
-            self._deformed_sh = rotate_sh(torch.cat([p["sh0"], p["shN"]], 1), rotations.transpose(-1, -2)[p["face_ids"]])
+            bands = sh_rotation_matrices(rotations.transpose(-1, -2), self.config.sh_degree + 1)  # once per face
+            face_ids = p["face_ids"].cpu()
+            self._deformed_sh = apply_sh_rotation(torch.cat([p["sh0"], p["shN"]], 1), [a[face_ids].to(p["sh0"].device) for a in bands])
             self._sh_cache = (key, self.deformed_vertices.clone(), self._deformed_sh)
 
     def sh_coefficients(self) -> Tensor:

@@ -154,7 +154,10 @@ class MeshGSModel(PrimitiveModel):
                 f"only {int(seen.sum())} of {len(faces_t)} faces lie inside any training camera's view; "
                 "the proxy mesh must be in the input poses' frame", path,
             )
-        self.set_proxy_mesh(verts.float(), faces_t)
+        try:
+            self.set_proxy_mesh(verts.float(), faces_t)
+        except ConfigError as err:
+            raise DataError(str(err), path) from None
 
     @torch.no_grad()
     def set_proxy_mesh(self, vertices: Tensor, faces: Tensor) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import splu
 
 __all__ = ["ArapSolver", "arap_energy", "cotangent_weights"]
@@ -70,8 +71,8 @@ class ArapSolver:
     """ARAP deformation of one mesh with one set of handle vertices (module docstring).
 
     vertices: [V, 3] rest positions; faces: [F, 3]; handles: [H] indices of the vertices whose
-    positions :meth:`solve` prescribes (at least one; every connected component needs one, else
-    its position is undetermined and the factorisation fails)."""
+    positions :meth:`solve` prescribes (at least one). Connected components without a handle
+    (other objects of a scene's mesh, unreferenced vertices) stay where they are."""
 
     def __init__(self, vertices: np.ndarray, faces: np.ndarray, handles: np.ndarray):
         self.rest = np.asarray(vertices, dtype=np.float64)
@@ -81,15 +82,22 @@ class ArapSolver:
         self.weights = cotangent_weights(self.rest, faces)
         self._coo = self.weights.tocoo()
         laplacian = (sp.diags(np.asarray(self.weights.sum(1)).reshape(-1)) - self.weights).tocsc()
-        self.free = np.setdiff1d(np.arange(len(self.rest)), self.handles)
-        self._lu = splu(laplacian[self.free][:, self.free].tocsc())
-        self._to_handles = laplacian[self.free][:, self.handles]
+        _, component = connected_components(self.weights, directed=False)
+        held = np.zeros(component.max() + 1, dtype=bool)
+        held[component[self.handles]] = True
+        self.still = np.setdiff1d(np.nonzero(~held[component])[0], self.handles)
+        """Vertices of components without a handle: kept at rest."""
+        self._fixed = np.concatenate([self.handles, self.still])
+        self.free = np.setdiff1d(np.arange(len(self.rest)), self._fixed)
+        self._lu = splu(laplacian[self.free][:, self.free].tocsc()) if len(self.free) else None
+        self._to_fixed = laplacian[self.free][:, self._fixed]
 
     def _global(self, rhs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         out = np.empty_like(self.rest)
-        out[self.handles] = targets
-        if len(self.free):
-            out[self.free] = self._lu.solve(rhs[self.free] - self._to_handles @ targets)
+        fixed = np.concatenate([targets, self.rest[self.still]])
+        out[self._fixed] = fixed
+        if self._lu is not None:
+            out[self.free] = self._lu.solve(rhs[self.free] - self._to_fixed @ fixed)
         return out
 
     def _rhs(self, R: np.ndarray | None) -> np.ndarray:

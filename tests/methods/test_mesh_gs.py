@@ -530,3 +530,23 @@ def test_automatic_proxy_mesh_from_a_short_splat_run(tiny_scene, tmp_path, quiet
     mtime = cached[0].stat().st_mtime_ns
     again = Trainer(quiet_config("mesh-gs", tiny_scene, tmp_path / "b", 1, **changes))
     assert cached[0].stat().st_mtime_ns == mtime and torch.equal(again.model.mesh_vertices, model.mesh_vertices)
+
+
+def test_ns_train_with_an_unusable_mesh_prints_one_line(tiny_scene, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "proxy.glb"
+    bad.write_bytes(b"glTF\x02\x00\x00\x00 truncated")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "recon.cli.train", "mesh-gs", "--data", str(tiny_scene), "--output-dir", str(out), "--device", "cpu",
+         "--model.mesh-path", str(bad), "--max-num-iterations", "2", "--logging.no-progress-bar"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "100"},
+    )
+    # a broken third-party plugin installed beside recon warns on stderr (a registry warning, not this error)
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "is skipped" not in line and "_load_spec" not in line]
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "proxy.glb" in lines[0] and "cannot read the mesh" in lines[0], lines[0]
+    assert not out.exists()

@@ -57,3 +57,18 @@ def test_no_handles_is_an_error():
     mesh = bar()
     with pytest.raises(ValueError, match="at least one handle"):
         ArapSolver(mesh.vertices, mesh.faces, [])
+
+
+def test_components_without_a_handle_stay_at_rest():
+    """A scene's mesh has several objects: dragging one leaves the others (and stray vertices) where they are."""
+    a = bar()
+    b = trimesh.creation.icosphere(subdivisions=1, radius=0.4)
+    b.apply_translation([0.0, 3.0, 0.0])
+    mesh = trimesh.util.concatenate([a, b])
+    v = np.vstack([np.asarray(mesh.vertices), [[9.0, 9.0, 9.0]]])  # an unreferenced vertex
+    handles = np.nonzero(v[: len(a.vertices), 0] > 1.9)[0]
+    solver = ArapSolver(v, mesh.faces, handles)
+    out = solver.solve(v[solver.handles] + [0.0, 0.0, 0.5])
+    assert np.abs(out[len(a.vertices):] - v[len(a.vertices):]).max() == 0
+    assert np.abs(out[solver.handles] - (v[solver.handles] + [0, 0, 0.5])).max() < 1e-12
+    assert np.abs(out[: len(a.vertices)] - v[: len(a.vertices)]).max() > 0.4

@@ -40,6 +40,7 @@ from recon.rotations import quaternion_to_matrix
 __all__ = [
     "DefaultStrategy",
     "duplicate",
+    "num_rows",
     "remove",
     "replace_rows",
     "replace_with_children",

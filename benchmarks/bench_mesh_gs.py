@@ -1,12 +1,13 @@
 """Benchmark: ``mesh-gs`` (mesh-bound Gaussians, Gao et al. 2024) against ``splat`` at equal steps, and
 the cost of mesh-driven deformation (deformed rendering, ARAP solves) per proxy face count.
 
-    python -m benchmarks.bench_mesh_gs [--parts quality,deform] [--scenes synthetic,lego] [--steps 500]
-        [--faces 3000] [--min-gaussians 10000] [--lego-scale 0.5] [--auto-steps 500]
+    python -m benchmarks.bench_mesh_gs [--parts quality,deform] [--scenes synthetic,lego] [--steps 300]
+        [--refine-every 100] [--faces 2000] [--min-gaussians 1000] [--lego-scale 0.5] [--auto-steps 500]
         [--face-counts 1000,5000,20000] [--size 256]
 
 quality: both methods' 30k-step schedules compressed to ``--steps`` (every step-numbered event x
-steps / 30000, the optimizers' decays rescaled by the harness), one image per step.
+steps / 30000, the optimizers' decays rescaled by the harness) except the refinement interval,
+``--refine-every`` for both (see :func:`schedule`); one image per step.
 - ``synthetic``: recon's default scene (64x64, 32 training and 8 test views); mesh-gs's proxy is the
   scene's ground-truth mesh decimated to ``--faces`` (vertex clustering), subdivided to at least
   ``--min-gaussians``; splat starts from the scene's SfM-like points.
@@ -41,12 +42,15 @@ def _scaled(value: int, r: float) -> int:
     return max(1, round(value * r))
 
 
-def schedule(method: str, steps: int) -> dict:
+def schedule(steps: int, refine_every: int) -> dict:
+    """The official event schedule (both methods: refinement in (500, 15000), SH degree every 1000,
+    opacity resets every 3000) compressed to ``steps``, with one refinement interval for both: the
+    compressed official ones (200 / 100 steps x steps / 30000) would refine every few steps on a short
+    run, on statistics of a few views, and face splits then multiply the count every time."""
     r = steps / OFFICIAL_STEPS
-    stop = 15_000
     return {
         "model.sh_degree_interval": _scaled(1000, r), "model.strategy.refine_start_iter": _scaled(500, r),
-        "model.strategy.refine_stop_iter": _scaled(stop, r), "model.strategy.refine_every": _scaled(200 if method == "mesh-gs" else 100, r),
+        "model.strategy.refine_stop_iter": _scaled(15_000, r), "model.strategy.refine_every": refine_every,
         "model.strategy.reset_every": _scaled(3000, r),
     }
 
@@ -58,7 +62,7 @@ def quality(args) -> list[dict]:
     for scene in args.scenes.split(","):
         data = default_scene_path() if scene == "synthetic" else shared_data() / scene
         for method in ("mesh-gs", "splat"):
-            changes = {**schedule(method, args.steps), "timestamp": f"{scene}-{method}"}
+            changes = {**schedule(args.steps, args.refine_every), "timestamp": f"{scene}-{method}"}
             if scene == "lego":
                 changes["datamanager.image_scale"] = args.lego_scale
             extra = {}
@@ -145,9 +149,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="quality,deform")
     ap.add_argument("--scenes", default="synthetic")
-    ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--faces", type=int, default=3000)
-    ap.add_argument("--min-gaussians", type=int, default=10_000)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--refine-every", type=int, default=100)
+    ap.add_argument("--faces", type=int, default=2000)
+    ap.add_argument("--min-gaussians", type=int, default=1000)
     ap.add_argument("--lego-scale", type=float, default=0.5)
     ap.add_argument("--auto-steps", type=int, default=500)
     ap.add_argument("--face-counts", default="1000,5000,20000")

@@ -45,14 +45,16 @@ def mesh_gs_small() -> MethodSpec:
     """A CPU-sized schedule: 3000 steps, every step-numbered event of the 30k schedule scaled by 1/10
     (face splits every 20 steps from 50 to 1500, opacity resets at 300, 600, ..., the SH degree
     raised every 100 steps, the logits' rate decaying over the 3000 steps), at least 20k initial
-    Gaussians and a dataset mesh decimated to 5000 faces."""
+    Gaussians, at most 300k (face splits multiply the count by up to 5 at every refinement), and a
+    dataset mesh decimated to 5000 faces."""
     r = SMALL_STEPS / STEPS
     config = override(
         mesh_gs().config, method_name="mesh-gs-small", max_num_iterations=SMALL_STEPS, steps_per_save=1000, steps_per_eval_image=250,
         **{
             "model.sh_degree_interval": round(1000 * r), "model.strategy.refine_start_iter": round(500 * r),
             "model.strategy.refine_stop_iter": round(15_000 * r), "model.strategy.refine_every": round(200 * r),
-            "model.strategy.reset_every": round(3000 * r), "model.init_min_gaussians": 20_000, "model.max_dataset_mesh_faces": 5000,
+            "model.strategy.reset_every": round(3000 * r), "model.strategy.max_gaussians": 300_000,
+            "model.init_min_gaussians": 20_000, "model.max_dataset_mesh_faces": 5000,
             "optimizers.bary.scheduler.max_steps": SMALL_STEPS, "optimizers.offset.scheduler.max_steps": SMALL_STEPS,
         },
     )

@@ -70,9 +70,19 @@ class FaceSplitStrategy(DefaultStrategy):
     "inherited" = the parent's (the official code never shrinks it, so deeply split Gaussians may
     leave their small face by twice the original face's edge length)."""
 
+    max_gaussians: int | None = None
+    """Cap on the count [ours; the official code has none]: when the selected splits would pass it,
+    only the Gaussians with the largest statistic are split (each split adds four)."""
+
     def _grow(self, params: Params, optimizers: Optimizers, state: dict, step: int) -> tuple[int, int]:
         grad = state["grad2d"] / state["count"].clamp_min(1)
         mask = grad > self.grow_grad2d
+        if self.max_gaussians is not None:
+            room = max(0, (self.max_gaussians - len(grad)) // 4)
+            if int(mask.sum()) > room:
+                keep = torch.topk(torch.where(mask, grad, torch.full_like(grad, -1.0)), room).indices
+                mask = torch.zeros_like(mask)
+                mask[keep] = True
         n = int(mask.sum())
         if n:
             split_faces(params, optimizers, state, mask, self.offset_radius)

@@ -207,6 +207,25 @@ def test_face_split_children_and_optimizer_state():
     assert torch.equal(state["grad2d"], torch.cat([torch.tensor([0.0, 2, 3, 4, 5, 7]), torch.tensor([1.0, 6]).repeat(5)]))
 
 
+def test_face_split_cap_keeps_the_largest_statistics():
+    """With max_gaussians, only as many Gaussians split as fit (four more each), those with the
+    largest mean gradient; without it, every one above the threshold."""
+    from methods.mesh_gs.strategy import FaceSplitStrategy
+
+    v, f = two_triangles()
+    for cap, expected in ((None, 5), (8 + 4 * 2 + 3, 2)):
+        model = mesh_model(v, f, init_min_gaussians=8)
+        state = {"grad2d": torch.tensor([0.0, 5, 1, 3, 9, 1.5, 7, 4]) * 1e-4, "count": torch.ones(8), "radii": torch.zeros(8)}
+        ids = torch.arange(8.0)
+        with torch.no_grad():
+            model.params["opacities"].copy_(ids)  # to tell the Gaussians apart after the split
+        optimizers = {k: torch.optim.Adam(ps) for k, ps in model.param_groups().items()}
+        _, n = FaceSplitStrategy(max_gaussians=cap)._grow(model.params, optimizers, state, 600)
+        assert n == expected and model.num_primitives == 8 + 4 * expected
+        split = sorted(set(model.params["opacities"][8 - expected :].tolist()))
+        assert split == ([1.0, 3, 4, 6, 7] if cap is None else [4.0, 6])
+
+
 def test_inherited_offset_radius_follows_the_official_code():
     v, f = two_triangles()
     model = mesh_model(v, f, init_min_gaussians=8, strategy=__import__("methods.mesh_gs.strategy", fromlist=["x"]).FaceSplitStrategy(offset_radius="inherited"))

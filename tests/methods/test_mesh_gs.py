@@ -305,6 +305,7 @@ camera distance: measured 0.022 (the decimated proxy departs from the true surfa
 vertex-clustering cell)."""
 
 
+@pytest.mark.slow
 def test_quality_on_synthetic_scene_with_its_ground_truth_mesh(tmp_path, quiet_config):
     """mesh-gs on the default synthetic scene with its ground-truth mesh as the proxy (the dataset's
     mesh, decimated): PSNR on the 8 held-out views against the untrained model, and the rendered

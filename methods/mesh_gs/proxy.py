@@ -40,6 +40,9 @@ class AutoProxyMeshConfig:
     schedule compressed to the steps below)."""
     steps: int = 1000
     """Training steps of that reconstruction."""
+    random_points: int = 20_000
+    """For a method that starts from random points when the data has no sparse points (splat's
+    ``num_random_points``, 100k in its preset): this many, for a quicker reconstruction."""
     resolution: int = 128
     """TSDF voxels along the longest side of the scene box."""
     accumulation_threshold: float = 0.5
@@ -57,7 +60,7 @@ class AutoProxyMeshConfig:
             images.append([str(name), stat.st_size, stat.st_mtime_ns])
         record = {
             "images": images, "transform": outputs.dataparser_transform.tolist(), "scale": float(outputs.dataparser_scale),
-            "settings": [self.method, self.steps, self.resolution, self.accumulation_threshold, self.max_faces, self.min_component],
+            "settings": [self.method, self.steps, self.random_points, self.resolution, self.accumulation_threshold, self.max_faces, self.min_component],
         }
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -88,6 +91,8 @@ def auto_proxy_mesh(config: AutoProxyMeshConfig, outputs: Any, device: torch.dev
         return path
     spec = get_method(config.method)
     changes = {f"optimizers.{name}.scheduler.max_steps": config.steps for name, opt in spec.config.optimizers.items() if opt.scheduler.max_steps}
+    if hasattr(spec.config.model, "num_random_points"):
+        changes["model.num_random_points"] = config.random_points
     console.print(f"mesh-gs: no proxy mesh given; reconstructing one with {config.method} ({config.steps} steps, then TSDF fusion)")
     model = fit(override(spec.config, **changes), outputs, device, config.steps)
     with torch.no_grad():

@@ -134,7 +134,8 @@ class MeshGSModel(PrimitiveModel):
         from data.synthetic import cache_root
         from methods.mesh_gs.proxy import auto_proxy_mesh
 
-        return auto_proxy_mesh(c.auto_mesh, datamanager.train_dataset.outputs, self.mesh_vertices.device, cache_root() / "proxy_meshes"), None
+        scale = float(getattr(datamanager.config, "image_scale", 1.0))
+        return auto_proxy_mesh(c.auto_mesh, datamanager.train_dataset.outputs, self.mesh_vertices.device, cache_root() / "proxy_meshes", scale), None
 
     @torch.no_grad()
     def initialize_from_data(self, datamanager: Any) -> None:

@@ -52,15 +52,16 @@ class AutoProxyMeshConfig:
     min_component: float = 0.01
     """Connected components with fewer than this share of the faces are removed."""
 
-    def cache_key(self, outputs: Any) -> str:
-        """What the mesh depends on: the training images, the normalisation, these settings."""
+    def cache_key(self, outputs: Any, image_scale: float = 1.0) -> str:
+        """What the mesh depends on: the training images and their scale, the normalisation, these settings."""
         images = []
         for name in outputs.image_filenames:
             stat = Path(name).stat()
             images.append([str(name), stat.st_size, stat.st_mtime_ns])
         record = {
             "images": images, "transform": outputs.dataparser_transform.tolist(), "scale": float(outputs.dataparser_scale),
-            "settings": [self.method, self.steps, self.random_points, self.resolution, self.accumulation_threshold, self.max_faces, self.min_component],
+            "settings": [image_scale, self.method, self.steps, self.random_points, self.resolution, self.accumulation_threshold,
+                         self.max_faces, self.min_component],
         }
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -80,24 +81,28 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component: float) -> trimesh.Trimesh:
     return mesh
 
 
-def auto_proxy_mesh(config: AutoProxyMeshConfig, outputs: Any, device: torch.device, cache: Path) -> Path:
-    """The automatic proxy mesh of the training data ``outputs`` (module docstring): its cached file,
-    made first when missing. A one-line error when the reconstruction sees no surface."""
+def auto_proxy_mesh(config: AutoProxyMeshConfig, outputs: Any, device: torch.device, cache: Path, image_scale: float = 1.0) -> Path:
+    """The automatic proxy mesh of the training data ``outputs`` (module docstring), reconstructed
+    at ``image_scale`` of the images (the mesh-gs run's): its cached file, made first when missing.
+    A one-line error when the reconstruction sees no surface."""
     from recon.engine.trainer import fit
     from recon.geometry.tsdf import tsdf_from_render
 
-    path = cache / f"{config.cache_key(outputs)}.ply"
+    path = cache / f"{config.cache_key(outputs, image_scale)}.ply"
     if path.is_file():
         return path
     spec = get_method(config.method)
     changes = {f"optimizers.{name}.scheduler.max_steps": config.steps for name, opt in spec.config.optimizers.items() if opt.scheduler.max_steps}
+    if hasattr(spec.config.datamanager, "image_scale"):
+        changes["datamanager.image_scale"] = image_scale
     if hasattr(spec.config.model, "num_random_points"):
         changes["model.num_random_points"] = config.random_points
     console.print(f"mesh-gs: no proxy mesh given; reconstructing one with {config.method} ({config.steps} steps, then TSDF fusion)")
     model = fit(override(spec.config, **changes), outputs, device, config.steps)
     with torch.no_grad():
         mesh = tsdf_from_render(
-            model.render, outputs.cameras.to(device), outputs.scene_box.aabb, config.resolution,
+            model.render, (outputs.cameras.scaled(image_scale) if image_scale != 1.0 else outputs.cameras).to(device),
+            outputs.scene_box.aabb, config.resolution,
             accumulation_threshold=config.accumulation_threshold, progress=False,
         )
     if len(mesh.faces) == 0:

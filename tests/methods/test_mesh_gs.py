@@ -522,6 +522,7 @@ def test_render_follows_a_sequence_of_deformed_meshes(tiny_run, tmp_path):
     assert np.abs(seq[-1].astype(int) - rest[-1]).mean() > 1.0
 
 
+@pytest.mark.slow
 def test_automatic_proxy_mesh_from_a_short_splat_run(tiny_scene, tmp_path, quiet_config, monkeypatch):
     """Without a mesh path or a dataset mesh: a short splat run, TSDF fusion, clean-up and
     decimation make the proxy (input frame, cached: a second build reads the same file)."""

@@ -52,6 +52,11 @@ class NormalisedFrame:
         R, t = self.dataparser_transform[:, :3].to(points), self.dataparser_transform[:, 3].to(points)
         return (points / self.dataparser_scale - t) @ R
 
+    def transform_from_input(self, points: Tensor) -> Tensor:
+        """Map input-coordinate points [P, 3] (e.g. a mesh made in the input poses' frame) to the normalised world."""
+        R, t = self.dataparser_transform[:, :3].to(points), self.dataparser_transform[:, 3].to(points)
+        return self.dataparser_scale * (points @ R.T + t)
+
     def save_transforms(self, path: Path) -> None:
         """Write ``dataparser_transforms.json`` (nerfstudio's layout: transform 3x4 + scale)."""
         payload = {"transform": self.dataparser_transform.tolist(), "scale": float(self.dataparser_scale)}

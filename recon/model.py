@@ -165,6 +165,17 @@ class Model(nn.Module):
         [P, 3] -> [P] that is negative inside, positive outside and zero on the surface."""
         raise NotImplementedError
 
+    def rest_mesh(self) -> tuple[Tensor, Tensor] | None:
+        """The mesh whose deformed copies move this model at render time (``ns-render --deform``,
+        ``ns-export gaussian-splat --deform``): vertices [V, 3] in the normalised frame and faces
+        [F, 3]; None (the default) for a model that no mesh drives."""
+        return None
+
+    def set_deformed_vertices(self, vertices: Tensor | None) -> None:
+        """Render with :meth:`rest_mesh`'s vertices moved to ``vertices`` [V, 3] (normalised frame),
+        or at rest (None). Only models with a :meth:`rest_mesh` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no mesh to deform")
+
     def callbacks(self) -> list[Callback]:
         """Training-time heuristics as hook objects."""
         return []

@@ -35,13 +35,14 @@ from torch import Tensor, nn
 
 from recon.cameras import Cameras
 from recon.engine.callbacks import Callback, Where
+from recon.engine.optim import OptimizerConfig, adam, exponential
 from recon.image_metrics import ssim
 from recon.model import Export, Model, ModelConfig, Output, SceneInfo
 from recon.errors import ConfigError
 from recon.render.gaussians import rasterization, resolve_backend
 from recon.render.gaussians.helpers import camera_matrices, require_pinhole
 
-__all__ = ["PrimitiveModel", "PrimitiveModelConfig", "initial_points", "knn_rms_distance"]
+__all__ = ["PrimitiveModel", "PrimitiveModelConfig", "gaussian_optimizers", "initial_points", "knn_rms_distance"]
 
 STRATEGY_PREFIX = "strategy_state."
 SPLAT_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -62,6 +63,14 @@ def knn_rms_distance(points: Tensor, k: int = 3) -> Tensor:
     dist, _ = cKDTree(pts).query(pts, k=min(k, len(pts) - 1) + 1)
     rms = np.sqrt((dist[:, 1:] ** 2).mean(-1))
     return torch.as_tensor(rms, dtype=points.dtype, device=points.device)
+
+
+def gaussian_optimizers(max_steps: int, positions: tuple[str, ...] = ("means",)) -> dict[str, OptimizerConfig]:
+    """3DGS's optimizer groups (Inria release / gsplat ``simple_trainer``): each of ``positions``
+    1.6e-4 -> 1.6e-6 over ``max_steps`` (a model's ``lr_multipliers`` scale it by the camera extent),
+    scales 5e-3, rotations 1e-3, opacities 5e-2, SH 2.5e-3 (rest / 20)."""
+    rates = {name: exponential(lr=1.6e-4, lr_final=1.6e-6, max_steps=max_steps) for name in positions}
+    return {**rates, "scales": adam(5e-3), "quats": adam(1e-3), "opacities": adam(5e-2), "sh0": adam(2.5e-3), "shN": adam(2.5e-3 / 20)}
 
 
 def initial_points(scene: SceneInfo, init: str, num_random: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -27,8 +27,10 @@ __all__ = [
     "quaternion_multiply",
     "quaternion_slerp",
     "quaternion_to_matrix",
+    "apply_sh_rotation",
     "rotate_sh",
     "rotation_between",
+    "sh_rotation_matrices",
 ]
 
 
@@ -144,31 +146,54 @@ def rotation_between(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(opposite, half_turn, smallest)
 
 
+def sh_rotation_matrices(rotation: Tensor, degree: int) -> list[Tensor]:
+    """The real Wigner D-matrices of a rotation, bands 1 .. degree - 1: ``A[l - 1]`` [..., 2l+1, 2l+1]
+    (float64, on the CPU) with ``c'(band l) = A c(band l)`` the coefficients of the rotated signal,
+    ``eval_sh(c', d) == eval_sh(c, R d)``. rotation: [..., 3, 3] orthonormal (one or many).
+
+    Each band is an invariant subspace of rotations (Ivanic & Ruedenberg 1996, "Rotation Matrices
+    for Real Spherical Harmonics. Direct Determination by Recursion"), so its matrix is recovered
+    exactly by least squares from the basis at a fixed set of directions, which avoids closed-form
+    Wigner matrices and their sign conventions."""
+    g = torch.Generator().manual_seed(0)
+    dirs = F.normalize(torch.randn(12, 3, generator=g, dtype=torch.float64), dim=-1)  # band 3 needs 7 (2l + 1)
+    rot = rotation.detach().to(torch.float64).cpu()
+    lead = rot.shape[:-2]
+    rot = rot.reshape(-1, 3, 3)
+    y = sh_encoding(dirs, degree)
+    out = [torch.empty(len(rot), 2 * band + 1, 2 * band + 1, dtype=torch.float64) for band in range(1, degree)]
+    for rows in torch.arange(len(rot)).split(4096):  # bounded memory: [rows, 12, K] basis values
+        y_rot = sh_encoding((dirs @ rot[rows].transpose(-1, -2)).reshape(-1, 3), degree).reshape(len(rows), len(dirs), -1)
+        for band in range(1, degree):
+            sl = slice(band * band, (band + 1) * (band + 1))
+            # y_rot[:, sl] = y[:, sl] @ A per rotation, so c'(band) = A @ c(band).
+            out[band - 1][rows] = torch.linalg.pinv(y[:, sl]) @ y_rot[:, :, sl]
+    return [a.reshape(*lead, *a.shape[-2:]) for a in out]
+
+
 def rotate_sh(coeffs: Tensor, rotation: Tensor) -> Tensor:
     """Coefficients of the rotated signal: returns c' with ``eval_sh(c', d) == eval_sh(c, R d)`` for
     every unit d (i.e. the signal re-expressed in a frame whose directions are ``R^T`` of the old).
 
     coeffs: [..., K, C] with K a square (1, 4, 9, 16), in the basis of
-    :mod:`recon.fields.spherical_harmonics`; rotation: [3, 3] orthonormal -> [..., K, C]. Each band
-    is an invariant subspace of rotations (its (2l+1)-square matrix is the real Wigner D-matrix,
-    Ivanic & Ruedenberg 1996, "Rotation Matrices for Real Spherical Harmonics. Direct Determination
-    by Recursion"), so that matrix is recovered exactly by least squares from the basis at a fixed
-    set of directions (float64), which avoids closed-form Wigner matrices and their sign conventions.
-    """
+    :mod:`recon.fields.spherical_harmonics`; rotation: [3, 3] orthonormal, or one per leading row of
+    ``coeffs`` ([N, 3, 3] for coeffs [N, K, C]: mesh-bound Gaussians turning with their faces)
+    -> [..., K, C]. The band matrices are :func:`sh_rotation_matrices`; :func:`apply_sh_rotation`
+    applies ones computed before (e.g. once per face, gathered per primitive)."""
     k = coeffs.shape[-2]
     degree = math.isqrt(k)
     if degree * degree != k:
         raise ValueError(f"{k} SH coefficients is not a square number")
     if degree <= 1:
         return coeffs.clone()
-    g = torch.Generator().manual_seed(0)
-    dirs = F.normalize(torch.randn(64, 3, generator=g, dtype=torch.float64), dim=-1)
-    rot = rotation.detach().to(torch.float64).cpu()
-    y, y_rot = sh_encoding(dirs, degree), sh_encoding(dirs @ rot.T, degree)
+    return apply_sh_rotation(coeffs, sh_rotation_matrices(rotation, degree))
+
+
+def apply_sh_rotation(coeffs: Tensor, matrices: list[Tensor]) -> Tensor:
+    """``coeffs`` [..., K, C] with band l multiplied by ``matrices[l - 1]`` ([2l+1, 2l+1], or one per
+    leading row, :func:`sh_rotation_matrices`); bands past the matrices' are copied."""
     out = coeffs.clone()
-    for band in range(1, degree):
+    for band, a in enumerate(matrices[: math.isqrt(coeffs.shape[-2]) - 1], start=1):
         sl = slice(band * band, (band + 1) * (band + 1))
-        # y_rot[:, sl] = y[:, sl] @ A, so c'(band) = A @ c(band).
-        a = torch.linalg.lstsq(y[:, sl], y_rot[:, sl]).solution.to(coeffs)
-        out[..., sl, :] = torch.einsum("jk,...kc->...jc", a, coeffs[..., sl, :])
+        out[..., sl, :] = a.to(coeffs) @ coeffs[..., sl, :]
     return out

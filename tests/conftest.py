@@ -53,3 +53,28 @@ def garden_view(shared_data):
         return pts, rgb, viewmat, K, width, round(full_h * width / full_w)
 
     return view
+
+
+class StandInWidget:
+    """A viser GUI or scene handle for panel tests without a server: a value, other properties, and
+    the callbacks registered on it (``on_update``, ``on_click``), run by :meth:`fire`."""
+
+    def __init__(self, value=None, **props):
+        self.value, self.callbacks = value, []
+        self.__dict__.update(props)
+
+    def on_update(self, cb):
+        self.callbacks.append(cb)
+        return cb
+
+    on_click = on_update
+
+    def fire(self):
+        for cb in self.callbacks:
+            cb(None)
+
+
+@pytest.fixture(scope="session")
+def stand_in_widget():
+    """:class:`StandInWidget`, for tests of viewer panels against stand-in widgets."""
+    return StandInWidget

@@ -4,7 +4,7 @@ from data.datamanager import ImageDataManagerConfig
 from data.parsers import AutoParserConfig
 from methods.splat.model import SplatModel, SplatModelConfig
 from recon.config import MethodSpec
-from recon.engine.optim import adam, exponential
+from recon.primitives import gaussian_optimizers
 from recon.engine.trainer import TrainerConfig
 
 STEPS = 30_000
@@ -19,14 +19,7 @@ def splat() -> MethodSpec:
         dataparser=AutoParserConfig(),
         datamanager=ImageDataManagerConfig(),
         model=SplatModelConfig(),
-        optimizers={
-            "means": exponential(lr=1.6e-4, lr_final=1.6e-6, max_steps=STEPS),
-            "scales": adam(5e-3),
-            "quats": adam(1e-3),
-            "opacities": adam(5e-2),
-            "sh0": adam(2.5e-3),
-            "shN": adam(2.5e-3 / 20),
-        },
+        optimizers=gaussian_optimizers(STEPS),
         max_num_iterations=STEPS,
         steps_per_save=7000,
         steps_per_eval_image=1000,

@@ -1,4 +1,4 @@
-"""``ns-export {pointcloud,tsdf,marching-cubes,gaussian-splat,convex-ply,convex-mesh} --load-config outputs/.../config.yml --output-dir exports/``.
+"""``ns-export {pointcloud,tsdf,marching-cubes,gaussian-splat,convex-ply,convex-mesh,proxy-mesh} --load-config outputs/.../config.yml --output-dir exports/``.
 
 Geometry is written in the input poses' coordinates (the dataset normalisation is undone), as
 PLY, OBJ or GLB through trimesh; every file is written atomically. A model lists what it can
@@ -14,6 +14,8 @@ convex-ply         3D Convex Splatting: every convex's parameters, losslessly, a
                    (:mod:`recon.export.convex_ply`; ``ns-viewer --convex`` opens it)
 convex-mesh        3D Convex Splatting: the 3D hulls of the opaque, sharp convexes as one mesh
                    (:mod:`recon.export.convex_mesh`)
+proxy-mesh         mesh-bound Gaussians: the proxy mesh they are bound to (deform it, keeping its
+                   vertices and faces, for ``--deform``)
 =================  ==========================================================================
 
 ``--crop-from-viewer`` keeps what lies inside the viewer's crop box (primitives by their centre).
@@ -33,7 +35,7 @@ from torch import Tensor
 
 from recon.cli import parse_cli, run_main
 from recon.engine.logging import console
-from recon.engine.run import LoadedRun, load_run
+from recon.engine.run import LoadedRun, load_deformations, load_run
 from recon.errors import ConfigError
 from recon.export.mesh_io import write_mesh, write_pointcloud
 from recon.model import Export
@@ -275,6 +277,9 @@ class GaussianSplatExport(ExportConfig):
     normalised: recon's internal frame (what the viewer and ns-render use)."""
     filename: str = "splat.ply"
     """Output file name (.ply)."""
+    deform: Path | None = None
+    """Mesh-bound models (mesh-gs): write the Gaussians deformed by this copy of the proxy mesh (PLY,
+    OBJ or GLB, input poses' frame, the proxy's connectivity)."""
 
     def run(self) -> Path:
         from recon.export.splat_ply import write_splat_ply
@@ -282,6 +287,8 @@ class GaussianSplatExport(ExportConfig):
 
         run = load_run(self.load_config, self.device, self.step)
         _require(run, Export.GAUSSIAN_SPLAT, "has no Gaussians to export")
+        for vertices in load_deformations(run, [self.deform] if self.deform is not None else []):
+            run.model.set_deformed_vertices(vertices)
         params = {k: v.detach().cpu() for k, v in run.model.splat_parameters().items()}
         keep = _keep_inside_crop(self, run, params["means"])
         if keep is not None:
@@ -377,6 +384,33 @@ class ConvexMeshExport(ExportConfig):
         return out
 
 
+@dataclass
+class ProxyMeshExport(ExportConfig):
+    """The proxy mesh a mesh-bound model (mesh-gs) is bound to, in the input poses' coordinates: the
+    mesh whose deformed copies (same vertices and faces, moved) ``ns-render --deform`` and
+    ``gaussian-splat --deform`` take. Deformed by ``--deform`` when given."""
+
+    filename: str = "proxy_mesh.ply"
+    """Output file name; the suffix picks the format (.ply, .obj, .glb)."""
+    deform: Path | None = None
+    """Write this deformed copy instead (checked against the proxy's connectivity)."""
+
+    def run(self) -> Path:
+        import trimesh
+
+        run = load_run(self.load_config, self.device, self.step)
+        rest = run.model.rest_mesh()
+        if rest is None:
+            raise ConfigError(f"method {run.config.method_name!r} has no proxy mesh to export")
+        vertices, faces = rest
+        for moved in load_deformations(run, [self.deform] if self.deform is not None else []):
+            vertices = moved
+        points = run.outputs.transform_to_input(vertices.detach().double().cpu()).numpy()
+        out = write_mesh(trimesh.Trimesh(points, faces.cpu().numpy(), process=False), self.output_dir / self.filename)
+        console.print(f"wrote the proxy mesh ({len(points)} vertices, {len(faces)} faces) to {out}")
+        return out
+
+
 Commands = Union[
     Annotated[PointcloudExport, tyro.conf.subcommand("pointcloud")],
     Annotated[TSDFExport, tyro.conf.subcommand("tsdf")],
@@ -384,6 +418,7 @@ Commands = Union[
     Annotated[GaussianSplatExport, tyro.conf.subcommand("gaussian-splat")],
     Annotated[ConvexPlyExport, tyro.conf.subcommand("convex-ply")],
     Annotated[ConvexMeshExport, tyro.conf.subcommand("convex-mesh")],
+    Annotated[ProxyMeshExport, tyro.conf.subcommand("proxy-mesh")],
 ]
 
 

@@ -2,7 +2,8 @@
 
 Renders a trained model along a camera path, headless, to an mp4 (``.mp4`` output path) or a
 folder of PNG frames (any other path). Several outputs (``--rendered-output-names rgb depth``)
-are placed side by side; scalar outputs are colour-mapped.
+are placed side by side; scalar outputs are colour-mapped. Mesh-bound models render deformed by
+one mesh or a sequence of meshes with ``--deform``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from recon.cameras import Cameras
 from recon.cli import parse_cli, run_main
 from recon.engine.evaluate import to_uint8
 from recon.engine.logging import console, make_progress
-from recon.engine.run import LoadedRun, load_run
+from recon.engine.run import LoadedRun, load_deformations, load_run
 from recon.errors import ConfigError
 
 
@@ -42,6 +43,10 @@ class RenderConfig:
     """Checkpoint step (default: the latest)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render."""
+    deform: tuple[Path, ...] = ()
+    """Mesh-bound models (mesh-gs): deformed copies of the proxy mesh (PLY, OBJ or GLB, input poses'
+    frame, the proxy's connectivity). One mesh deforms every frame; several are a sequence spread
+    evenly over the frames, in order."""
 
     def cameras(self, run: LoadedRun, train: Cameras) -> Cameras:
         raise NotImplementedError
@@ -50,6 +55,7 @@ class RenderConfig:
         from recon.export.video import colormap, write_frames, write_video
 
         run = load_run(self.load_config, self.device, self.step)
+        deformations = load_deformations(run, self.deform)
         scale = getattr(run.config.datamanager, "image_scale", 1.0) * self.image_scale
         train = run.outputs.split("train").cameras
         train = train.scaled(scale) if scale != 1.0 else train
@@ -59,7 +65,12 @@ class RenderConfig:
             bar = make_progress()
             with bar:
                 task = bar.add_task("render", total=len(cameras), rate="", info="")
+                current = None
                 for i in range(len(cameras)):
+                    which = round(i * (len(deformations) - 1) / max(len(cameras) - 1, 1)) if deformations else None
+                    if which != current:  # a deformation is set once, not per frame (mesh-gs turns the SH then)
+                        run.model.set_deformed_vertices(deformations[which])
+                        current = which
                     out = run.model.render(cameras[i].to(run.device))
                     parts = []
                     for name in self.rendered_output_names:

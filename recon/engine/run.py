@@ -47,3 +47,19 @@ def load_run(config_path: Path, device: str = "auto", step: int | None = None) -
     load_into_model(model, {k: v.to(dev) for k, v in state.items()}, model_path)
     model.eval()
     return LoadedRun(config, run_dir, outputs, model, loaded_step, dev)
+
+
+def load_deformations(run: LoadedRun, paths: tuple[Path, ...] | list[Path]) -> list[torch.Tensor]:
+    """The vertices [V, 3] (normalised frame, on the run's device) of each deformed copy of the run's
+    proxy mesh at ``paths`` (PLY, OBJ or GLB in the input poses' frame, the proxy's connectivity),
+    all read and checked before anything is rendered. A one-line error for a model without a proxy
+    mesh, an unreadable file or another connectivity."""
+    if not paths:
+        return []
+    rest = run.model.rest_mesh()
+    if rest is None:
+        raise ConfigError(f"method {run.config.method_name!r} has no proxy mesh to deform (--deform is for mesh-bound methods such as mesh-gs)")
+    from recon.geometry.deformation import read_deformed_vertices
+
+    vertices, faces = rest
+    return [read_deformed_vertices(p, vertices, faces, run.outputs.transform_from_input) for p in paths]

@@ -176,6 +176,45 @@ def load_dataset(config: TrainerConfig) -> Any:
     return outputs if prepare is None else prepare(outputs)
 
 
+def train_step(model: Model, datamanager: Any, optimizers: Optimizers, callbacks: list[Callback], step: int) -> dict[str, Any]:
+    """One training step: hooks before, a batch, the model's losses, backward, hooks after the
+    backward (gradient statistics, densification), the optimizers, hooks after the step. Returns
+    the summed ``loss``, each named term (detached) and the step's ``_batch`` and ``_outputs``."""
+    run_callbacks(callbacks, Where.BEFORE_STEP, step)
+    batch = datamanager.next_train(step)
+    outputs = model(batch)
+    losses = model.loss_dict(batch, outputs, step)
+    loss = sum(losses.values())
+    optimizers.zero_grad()
+    loss.backward()
+    run_callbacks(callbacks, Where.AFTER_BACKWARD, step, batch=batch, outputs=outputs, optimizers=optimizers)
+    optimizers.step(step)
+    run_callbacks(callbacks, Where.AFTER_STEP, step, batch=batch, outputs=outputs, optimizers=optimizers)
+    return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}, "_batch": batch, "_outputs": outputs}
+
+
+def fit(config: TrainerConfig, outputs: Any, device: torch.device, steps: int) -> Model:
+    """Train ``config``'s datamanager, model and optimizers on already parsed data for ``steps``
+    steps, in memory: no run folder, no checkpoints, no logging, and the global RNG left as it was
+    (e.g. a short reconstruction that another method starts from). Returns the model in eval mode."""
+    rng = torch.get_rng_state()
+    try:
+        with torch.enable_grad():  # callers may hold no_grad (a model's initialize_from_data does)
+            torch.manual_seed(config.seed)
+            datamanager = config.datamanager.setup(outputs=outputs, device=device, seed=config.seed)
+            model: Model = config.model.setup(scene=scene_info(outputs)).to(device)
+            model.check_datamanager(datamanager)
+            model.initialize_from_data(datamanager)
+            optimizers = Optimizers(config.optimizers, model.param_groups(), model.lr_multipliers())
+            callbacks = getattr(datamanager, "callbacks", lambda: [])() + model.callbacks()
+            model.train()
+            for step in range(steps):
+                train_step(model, datamanager, optimizers, callbacks, step)
+    finally:
+        torch.set_rng_state(rng)
+    return model.eval()
+
+
 class Trainer:
     """Builds everything from a :class:`TrainerConfig` and runs the loop."""
 
@@ -292,17 +331,7 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
-        run_callbacks(self.callbacks, Where.BEFORE_STEP, step)
-        batch = self.datamanager.next_train(step)
-        outputs = self.model(batch)
-        losses = self.model.loss_dict(batch, outputs, step)
-        loss = sum(losses.values())
-        self.optimizers.zero_grad()
-        loss.backward()
-        run_callbacks(self.callbacks, Where.AFTER_BACKWARD, step, batch=batch, outputs=outputs, optimizers=self.optimizers)
-        self.optimizers.step(step)
-        run_callbacks(self.callbacks, Where.AFTER_STEP, step, batch=batch, outputs=outputs, optimizers=self.optimizers)
-        return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}, "_batch": batch, "_outputs": outputs}
+        return train_step(self.model, self.datamanager, self.optimizers, self.callbacks, step)
 
     def setup_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

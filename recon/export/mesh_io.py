@@ -4,6 +4,7 @@ Formats are chosen by the file suffix:
 
 * meshes: ``.ply`` (binary, vertex colours kept), ``.obj`` (vertex colours as ``v x y z r g b``)
   and ``.glb`` (binary glTF) via trimesh;
+* reading (:func:`read_mesh`): the same three formats, vertices and faces in the file's order;
 * point clouds: ``.ply``, binary little endian with the vertex properties
   ``x y z`` (float32), ``nx ny nz`` (float32, only when normals are given) and
   ``red green blue`` (uint8, only when colours are given), written directly with numpy.
@@ -17,10 +18,10 @@ import numpy as np
 import torch
 import trimesh
 
-from recon.errors import ReconError
+from recon.errors import DataError, ReconError
 from recon.atomic import atomic_write
 
-__all__ = ["MESH_SUFFIXES", "POINTCLOUD_SUFFIXES", "write_mesh", "write_pointcloud", "to_uint8_colors"]
+__all__ = ["MESH_SUFFIXES", "POINTCLOUD_SUFFIXES", "read_mesh", "write_mesh", "write_pointcloud", "to_uint8_colors"]
 
 MESH_SUFFIXES: dict[str, str] = {".ply": "ply", ".obj": "obj", ".glb": "glb"}
 POINTCLOUD_SUFFIXES: tuple[str, ...] = (".ply",)
@@ -68,6 +69,29 @@ def write_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
         with open(tmp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
     return path
+
+
+def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices [V, 3] float64 and triangles [F, 3] int64 of a PLY, OBJ or GLB mesh, in the file's
+    order: nothing is merged, reordered or dropped, so two files with the same connectivity (a mesh
+    and its deformed copy) give the same faces. A GLB scene's meshes are concatenated with their
+    node transforms applied. A missing or unreadable file, another suffix, or a file without
+    triangles raises :class:`DataError` naming the file."""
+    path = Path(path)
+    _suffix(path, MESH_SUFFIXES, "mesh")
+    if not path.is_file():
+        raise DataError("no such mesh file", path)
+    try:
+        loaded = trimesh.load(path, process=False, maintain_order=True, force="mesh")
+    except Exception as exc:  # trimesh raises many types for malformed files
+        raise DataError(f"cannot read the mesh ({type(exc).__name__}: {exc})".split("\n")[0], path) from None
+    faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
+    vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64).reshape(-1, 3)
+    if len(faces) == 0:
+        raise DataError("the mesh has no triangle faces", path)
+    if not np.isfinite(vertices).all():
+        raise DataError("the mesh has non-finite vertex coordinates", path)
+    return vertices, faces
 
 
 def write_pointcloud(points, colors, normals, path: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""Small mesh helpers shared by the exporters."""
+"""Small mesh helpers shared by the exporters and mesh-bound primitives."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 import numpy as np
 import trimesh
+from torch import Tensor
+import torch
 
-__all__ = ["sample_points_on_mesh", "transform_mesh"]
+__all__ = ["cluster_decimate", "midpoint_subdivide", "sample_points_on_mesh", "transform_mesh"]
 
 
 def sample_points_on_mesh(mesh: trimesh.Trimesh, num_points: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,3 +46,49 @@ def transform_mesh(mesh: trimesh.Trimesh, fn: Callable[[np.ndarray], np.ndarray]
     if mesh.visual.kind == "vertex":
         colors = np.asarray(mesh.visual.vertex_colors)
     return trimesh.Trimesh(vertices=new, faces=faces.copy(), vertex_colors=colors, process=False)
+
+
+def midpoint_subdivide(corners: Tensor) -> Tensor:
+    """Split each triangle [M, 3, D] (its three corners in any coordinates: positions, or barycentric
+    coordinates in a parent triangle) into four by its edge midpoints -> [4, M, 3, D]: the three
+    corner triangles, then the middle one, each with the parent's winding. The children tile the
+    parent: their areas sum to its area."""
+    a, b, c = corners.unbind(-2)
+    ab, bc, ca = (a + b) / 2, (b + c) / 2, (c + a) / 2
+    return torch.stack([torch.stack(t, -2) for t in ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))])
+
+
+def cluster_decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_faces`` triangles by vertex clustering (Rossignac & Borrel 1993, "Multi-resolution
+    3D approximations for rendering complex scenes"): vertices [V, 3] in one cell of a uniform grid
+    merge into their mean, triangles that collapse are dropped, duplicates kept once. The cell is the
+    smallest (by bisection) that meets the budget. Returns (vertices [V', 3], faces [F', 3]); the
+    input unchanged when it already fits."""
+    if len(faces) <= max_faces:
+        return vertices, faces
+    origin = vertices.min(0)
+    extent = float(np.ptp(vertices, axis=0).max()) or 1.0
+
+    def cluster(cell: float) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.floor((vertices - origin) / cell).astype(np.int64)
+        _, label, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+        label = label.reshape(-1)
+        merged = np.zeros((len(counts), 3))
+        np.add.at(merged, label, vertices)
+        merged /= counts[:, None]
+        f = label[faces]
+        f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
+        f = f[np.sort(np.unique(np.sort(f, 1), axis=0, return_index=True)[1])]
+        used, f = np.unique(f, return_inverse=True)
+        return merged[used], f.reshape(-1, 3)
+
+    lo, hi = 0.0, extent
+    best = cluster(hi)
+    for _ in range(20):
+        cell = (lo + hi) / 2
+        candidate = cluster(cell)
+        if len(candidate[1]) <= max_faces:
+            best, hi = candidate, cell
+        else:
+            lo = cell
+    return best

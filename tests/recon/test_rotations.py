@@ -205,3 +205,19 @@ def test_rotate_sh_reexpresses_the_signal():
     torch.testing.assert_close(low, rotated[:, :9].float(), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="not a square"):
         rotate_sh(coeffs[:, :8], R1)
+
+
+def test_rotate_sh_with_one_rotation_per_row():
+    """Per-row rotations [N, 3, 3] give, row by row, what one rotation gives, and the rotated signal
+    satisfies eval(c', d) = eval(c, R d)."""
+    from recon.fields.spherical_harmonics import sh_encoding
+
+    g = torch.Generator().manual_seed(0)
+    coeffs = torch.randn(6, 16, 3, generator=g, dtype=torch.float64)
+    rots = quaternion_to_matrix(torch.randn(6, 4, generator=g, dtype=torch.float64))
+    rotated = rotate_sh(coeffs, rots)
+    for i in range(6):
+        assert torch.allclose(rotated[i], rotate_sh(coeffs[i], rots[i]), atol=1e-12)
+    d = F.normalize(torch.randn(20, 3, generator=g, dtype=torch.float64), dim=-1)
+    for i in range(6):
+        assert torch.allclose(sh_encoding(d, 4) @ rotated[i], sh_encoding(d @ rots[i].T, 4) @ coeffs[i], atol=1e-12)

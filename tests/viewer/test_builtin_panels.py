@@ -11,22 +11,7 @@ from viewer import builtin_panels as panels
 from viewer.builtin_panels import CropBoxPanel
 
 
-class Widget:
-    """A GUI or scene handle: a value and the callbacks registered on it."""
-
-    def __init__(self, value=None, **props):
-        self.value, self.callbacks = value, []
-        self.__dict__.update(props)
-
-    def on_update(self, cb):
-        self.callbacks.append(cb)
-
-    def fire(self):
-        for cb in self.callbacks:
-            cb(None)
-
-
-def populated_crop_panel(run_dir):
+def populated_crop_panel(run_dir, Widget):
     widgets = {}
 
     def add(label, initial_value=None, **_):
@@ -41,11 +26,11 @@ def populated_crop_panel(run_dir):
     return panel, widgets
 
 
-def test_crop_file_follows_the_last_update_when_callbacks_overlap(tmp_path, monkeypatch):
+def test_crop_file_follows_the_last_update_when_callbacks_overlap(tmp_path, monkeypatch, stand_in_widget):
     """viser runs every GUI callback on its own pool thread. A callback that read the controls
     before a later update and saved after it left a stale crop file (``enabled`` false although the
     box was ticked: a CI failure). Here the first save is held up while the box is ticked."""
-    panel, widgets = populated_crop_panel(tmp_path)
+    panel, widgets = populated_crop_panel(tmp_path, stand_in_widget)
     write = panels.write_viewer_crop
     first = threading.Event()
 

@@ -40,6 +40,7 @@ from recon.rotations import quaternion_to_matrix
 __all__ = [
     "DefaultStrategy",
     "duplicate",
+    "num_rows",
     "remove",
     "replace_rows",
     "replace_with_children",
@@ -184,7 +185,7 @@ class DefaultStrategy:
             if self.verbose:
                 print(
                     f"step {step}: cloned {counts['cloned']}, split {counts['split']}, pruned {counts['pruned']}; "
-                    f"{len(params['means'])} Gaussians"
+                    f"{num_rows(params)} Gaussians"
                 )
         if self.is_reset_step(step):
             reset_opacities(params, optimizers, value=2.0 * self.prune_opa)
@@ -209,7 +210,7 @@ class DefaultStrategy:
         scale = grads.new_tensor([width / 2.0 * n_cameras, height / 2.0 * n_cameras])
         grads = grads.detach().float() * scale
 
-        n = len(params["means"])
+        n = num_rows(params)
         for k in _STATS:
             t = state[k]
             if t.shape[0] == 0 and n > 0:
@@ -265,6 +266,12 @@ class DefaultStrategy:
         if n_prune:
             remove(params, optimizers, state, is_prune)
         return n_prune
+
+
+def num_rows(params: Params) -> int:
+    """The number of primitives (rows of every entry) of ``params``; parameterisations without
+    ``means`` (mesh-bound Gaussians) use these statistics too."""
+    return len(next(iter(params.values())))
 
 
 @torch.no_grad()

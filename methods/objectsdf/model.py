@@ -3,7 +3,7 @@ Surfaces", ICCV 2023) as a recon model.
 
 One network predicts an SDF per object; the scene SDF is their minimum, rendered with VolSDF's
 Laplace density (Yariv et al. 2021) exactly as the ``volsdf`` preset renders its single SDF (this
-model is a :class:`methods.neus.model.NeuSModel` whose field has several channels). On top:
+model is a :class:`recon.sdf_model.NeuSModel` whose field has several channels). On top:
 
 * **occlusion-aware object opacity** (paper eq. 6): per object k and sample i,
   ``alpha_ki = 1 - exp(-sigma_beta(d_k(x_i)) delta_i)`` and ``O_k = sum_i T_i alpha_ki`` with T_i the
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from data.instances import InstanceLabels, instance_labels
-from methods.neus.model import NeuSModel, NeuSModelConfig
+from recon.sdf_model import NeuSModel, NeuSModelConfig
 from recon.errors import ConfigError
 from recon.fields.sdf_field import SDFField, SDFFieldConfig
 from recon.model import Output, SceneInfo

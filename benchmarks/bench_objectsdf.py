@@ -71,10 +71,8 @@ def run(method: str, steps: int, out: Path, device: str) -> dict:
 
 def _to_normalised(trainer, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """An input-frame mesh mapped back to the run's normalised frame (for pictures from its cameras)."""
-    out = trainer.outputs
     m = mesh.copy()
-    R, t = out.dataparser_transform[:, :3].double(), out.dataparser_transform[:, 3].double()
-    m.vertices = (out.dataparser_scale * (torch.as_tensor(m.vertices) @ R.T + t)).numpy()
+    m.vertices = trainer.outputs.transform_from_input(torch.as_tensor(m.vertices, dtype=torch.float64)).numpy()
     return m
 
 

@@ -1,12 +1,14 @@
 """Benchmark: objectsdf (ObjectSDF++) against single-SDF volsdf and neus on the synthetic scene, at
 equal steps, in one run.
 
-    python -m benchmarks.bench_objectsdf [--steps 3000] [--methods objectsdf-small,volsdf-small,neus-small]
+    python -m benchmarks.bench_objectsdf [--steps 3000] [--methods objectsdf-small,objectsdf-small+cues,volsdf-small,neus-small]
 
 Data: the default synthetic scene (64x64, 32 train / 8 test views, 6 instances: the ground slab
 and five objects, with instance masks and a reference mesh whose faces carry instance ids).
-``volsdf-small`` is ``neus-small`` with VolSDF's density (what objectsdf renders with) and no
-cosine annealing: the same backbone without the object terms.
+``volsdf-small`` is ``neus-small`` with VolSDF's density and error-bounded sampler (what objectsdf
+renders with, same sample counts) and no cosine annealing: the same backbone without the object
+terms. ``objectsdf-small`` runs without depth/normal cues (the scene's maps are ground truth, which
+the other methods do not get); ``objectsdf-small+cues`` adds them (MonoSDF's losses on ground truth).
 
 Columns (all meshes by marching cubes at 128^3 over the scene box, in input coordinates):
 - scene level: Chamfer-L1 and normal consistency against the whole reference mesh, the
@@ -31,14 +33,21 @@ from benchmarks.bench_neus import export_mesh
 from benchmarks.common import append_results, machine_description, mesh_picture, train_and_evaluate
 from recon.geometry.surface_metrics import mesh_metrics, visible_surface_fscore
 
-VOLSDF_SMALL = {"model.density": "volsdf", "model.anneal_end": 0}
+# volsdf-small: neus-small with VolSDF's density and objectsdf-small's error-bounded sampler (same counts)
+VOLSDF_SMALL = {"model.density": "volsdf", "model.anneal_end": 0, "model.sampler": "error-bounded",
+                "model.error_bound.num_init": 64, "model.error_bound.num_add": 32, "model.error_bound.max_iters": 3,
+                "model.error_bound.num_final": 32, "model.error_bound.num_extra": 16}
+# the synthetic scene's depth and normal maps are ground truth, not monocular cues: off unless asked
+NO_CUES = {"model.mono_depth_weight": 0.0, "model.mono_normal_weight": 0.0}
+VARIANTS = {"volsdf-small": ("neus-small", VOLSDF_SMALL), "objectsdf-small": ("objectsdf-small", NO_CUES),
+            "objectsdf-small+cues": ("objectsdf-small", {})}
 
 
 def run(method: str, steps: int, out: Path, device: str) -> dict:
     from data.synthetic import default_scene_path
 
     scene = default_scene_path()
-    base, changes = (("neus-small", VOLSDF_SMALL) if method == "volsdf-small" else (method, {}))
+    base, changes = VARIANTS.get(method, (method, {}))
     trainer, row = train_and_evaluate(base, scene, out, steps, 1, device, timestamp=method, **changes)
     row["method"] = method
     mesh, normalised, _ = export_mesh(trainer, 128)
@@ -79,7 +88,7 @@ def _to_normalised(trainer, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--methods", default="objectsdf-small,volsdf-small,neus-small")
+    ap.add_argument("--methods", default="objectsdf-small,objectsdf-small+cues,volsdf-small,neus-small")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench_objectsdf"))
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from data.base import DataparserOutputs
-from data.images import load_image, load_instance, load_mask
+from data.images import load_depth, load_image, load_instance, load_mask, load_normal
 from data.instances import InstanceLabels, dataset_instance_labels
 from data.undistort import undistort_outputs
 from recon.config import InstantiateConfig
@@ -38,6 +38,15 @@ def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out if not squeeze else out.reshape(size[1], size[0])
 
 
+def _nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize [H, W, ...] to (W, H) by nearest pixel centres: labels and geometric cues are not interpolated."""
+    if (array.shape[1], array.shape[0]) == size:
+        return array
+    rows = ((np.arange(size[1]) + 0.5) * array.shape[0] / size[1]).astype(np.int64)
+    cols = ((np.arange(size[0]) + 0.5) * array.shape[1] / size[0]).astype(np.int64)
+    return np.ascontiguousarray(array[rows[:, None], cols[None, :]])
+
+
 class ImageDataset:
     """The images of one split, decoded once.
 
@@ -46,7 +55,8 @@ class ImageDataset:
     background: [3] colour RGBA images are composited onto (None for RGB datasets).
     """
 
-    def __init__(self, outputs: DataparserOutputs, image_scale: float = 1.0, load_masks: bool = True, labels: InstanceLabels | None = None):
+    def __init__(self, outputs: DataparserOutputs, image_scale: float = 1.0, load_masks: bool = True, labels: InstanceLabels | None = None,
+                 load_cues: bool = False):
         self.outputs = outputs
         cameras = outputs.cameras.scaled(image_scale) if image_scale != 1.0 else outputs.cameras
         self.cameras = cameras
@@ -70,6 +80,14 @@ class ImageDataset:
         self.instances: list[Tensor] | None = None if labels is None else [
             self._instance(outputs, i, labels, (int(cameras.width[i]), int(cameras.height[i]))) for i in range(len(self.images))
         ]
+        # geometric cues (MonoSDF's depth and normal priors, or ground truth), when asked and present
+        sizes = [(int(cameras.width[i]), int(cameras.height[i])) for i in range(len(self.images))]
+        self.depths: list[Tensor] | None = None
+        self.normals: list[Tensor] | None = None
+        if load_cues and outputs.depth_filenames:
+            self.depths = [self._depth(outputs, i, sizes[i]) for i in range(len(self.images))]
+        if load_cues and outputs.normal_filenames:
+            self.normals = [self._normal(outputs, i, sizes[i]) for i in range(len(self.images))]
         if self.images and len({img.shape[-1] for img in self.images}) > 1:
             # Mixed RGB/RGBA: promote to RGBA so every pixel composites the same way.
             self.images = [img if img.shape[-1] == 4 else torch.cat([img, torch.full_like(img[..., :1], 255)], -1) for img in self.images]
@@ -81,15 +99,43 @@ class ImageDataset:
                             outputs.image_filenames[i])
         path = Path(outputs.instance_filenames[i])
         ids = load_instance(path)
+        ImageDataset._check_size(outputs, i, ids, "instance mask", path)
+        return torch.from_numpy(_nearest(labels.remap(ids, path), size))
+
+    @staticmethod
+    def _check_size(outputs: DataparserOutputs, i: int, array: np.ndarray, what: str, path: Path) -> None:
         expect = (int(outputs.cameras.width[i]), int(outputs.cameras.height[i]))
-        if (ids.shape[1], ids.shape[0]) != expect:
-            raise DataError(f"instance mask is {ids.shape[1]}x{ids.shape[0]} but its image is {expect[0]}x{expect[1]}", path)
-        label = labels.remap(ids, path)
-        if (label.shape[1], label.shape[0]) != size:  # nearest: labels are not interpolated
-            rows = (np.arange(size[1]) + 0.5) * label.shape[0] / size[1]
-            cols = (np.arange(size[0]) + 0.5) * label.shape[1] / size[0]
-            label = label[rows.astype(np.int64)[:, None], cols.astype(np.int64)[None, :]]
-        return torch.from_numpy(np.ascontiguousarray(label))
+        if (array.shape[1], array.shape[0]) != expect:
+            raise DataError(f"{what} is {array.shape[1]}x{array.shape[0]} but its image is {expect[0]}x{expect[1]}", path)
+
+    @classmethod
+    def _depth(cls, outputs: DataparserOutputs, i: int, size: tuple[int, int]) -> Tensor:
+        """Depth cue [H, W] float32: z-depth in normalised units for metric depth; the raw values of a
+        relative (monocular) depth, known up to scale and shift; 0 where there is none."""
+        path = Path(outputs.depth_filenames[i])
+        depth = load_depth(path, outputs.depth_unit_scale_factor)
+        cls._check_size(outputs, i, depth, "depth map", path)
+        if not outputs.depth_is_relative:
+            depth = depth * np.float32(outputs.dataparser_scale)
+        return torch.from_numpy(_nearest(depth, size))
+
+    @classmethod
+    def _normal(cls, outputs: DataparserOutputs, i: int, size: tuple[int, int]) -> Tensor:
+        """Normal cue [H, W, 3]: unit normals in the normalised world frame (0 where there is none).
+        ``metadata["normal_frame"]`` says how the files store them: "camera" (MonoSDF / Omnidata,
+        the OpenCV camera frame) or "world" (the input poses' frame)."""
+        path = Path(outputs.normal_filenames[i])
+        normal = torch.from_numpy(load_normal(path))
+        cls._check_size(outputs, i, normal.numpy(), "normal map", path)
+        frame = outputs.metadata.get("normal_frame", "world")
+        if frame == "camera":
+            rotation = outputs.cameras.camera_to_worlds[i, :3, :3].float()
+        elif frame == "world":
+            rotation = outputs.dataparser_transform[:, :3].float()
+        else:
+            raise DataError(f"normal_frame must be 'camera' or 'world', got {frame!r}", path)
+        world = torch.nn.functional.normalize(normal @ rotation.T, dim=-1) * (normal.norm(dim=-1, keepdim=True) > 0.5)
+        return torch.from_numpy(_nearest(world.numpy(), size))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -138,6 +184,10 @@ class DataManagerConfig(InstantiateConfig):
     """Load the instance masks as contiguous labels (:mod:`data.instances`; the label set from the
     training masks) into both datasets; ray batches then carry ``instance`` [R]. Set by methods
     that learn per-object fields."""
+    load_cues: bool = False
+    """Load the dataset's depth and normal maps when it has them (MonoSDF's monocular priors, or
+    ground truth); ray batches then carry ``depth`` [R] (0: none) and ``normal`` [R, 3] (world
+    frame; 0: none). Set by methods with depth/normal losses; a dataset without them is no error."""
 
     def prepare_data(self, outputs: Any) -> Any:
         """The parsed data as this datamanager presents it to its model (and to evaluation, rendering,
@@ -165,7 +215,7 @@ class DataManager:
         if not outputs.splits.get("train"):
             raise DataError("the dataset has no training images")
         self.labels = dataset_instance_labels(outputs) if config.load_instances else None
-        self.train_dataset = ImageDataset(outputs.split("train"), config.image_scale, labels=self.labels)
+        self.train_dataset = ImageDataset(outputs.split("train"), config.image_scale, labels=self.labels, load_cues=config.load_cues)
         eval_split = config.eval_split if outputs.splits.get(config.eval_split) else "train"
         self.eval_dataset = ImageDataset(outputs.split(eval_split), config.image_scale, labels=self.labels)
         self.generator = torch.Generator().manual_seed(seed)
@@ -193,7 +243,8 @@ class RayDataManagerConfig(DataManagerConfig):
 
 class RayDataManager(DataManager):
     """Batches of R random rays: ``{"rays": RayBundle [R], "rgb": [R, 3], "mask": [R] (if any),
-    "instance": [R] int64 (with ``load_instances``)}``."""
+    "instance": [R] int64 (with ``load_instances``), "depth": [R] and "normal": [R, 3] (with
+    ``load_cues``, when the dataset has them; 0 where a map has no value)}``."""
 
     config: RayDataManagerConfig
 
@@ -203,6 +254,8 @@ class RayDataManager(DataManager):
         self.pixels = torch.cat([img.reshape(-1, img.shape[-1]) for img in ds.images])
         self.masks = torch.cat([m.reshape(-1) for m in ds.masks]) if ds.masks else None
         self.instances = torch.cat([m.reshape(-1) for m in ds.instances]) if ds.instances is not None else None
+        self.depths = torch.cat([d.reshape(-1) for d in ds.depths]) if ds.depths is not None else None
+        self.normals = torch.cat([n.reshape(-1, 3) for n in ds.normals]) if ds.normals is not None else None
         counts = torch.tensor([img.shape[0] * img.shape[1] for img in ds.images])
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
         self.widths = ds.cameras.width.clone()
@@ -223,6 +276,10 @@ class RayDataManager(DataManager):
             batch["mask"] = self.masks[flat].to(self.device)
         if self.instances is not None:
             batch["instance"] = self.instances[flat].to(self.device)
+        if self.depths is not None:
+            batch["depth"] = self.depths[flat].to(self.device)
+        if self.normals is not None:
+            batch["normal"] = self.normals[flat].to(self.device)
         return batch
 
 

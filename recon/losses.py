@@ -55,27 +55,38 @@ def curvature_loss(sdf_fn: Callable[[Tensor], Tensor], points: Tensor, eps: floa
     return laplacian.abs().mean()
 
 
-def scale_shift_invariant_depth_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    """MonoSDF's scale- and shift-invariant depth loss. pred, target, mask: [R] -> scalar.
+def scale_shift_invariant_depth_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, groups: Tensor | None = None) -> Tensor:
+    """MonoSDF's scale- and shift-invariant depth loss. pred, target, mask, groups: [R] -> scalar.
 
     Solves ``(w, q) = argmin sum_r m_r (w pred_r + q - target_r)^2`` in closed form (2x2 normal
     equations) and returns ``sum m (w pred + q - target)^2 / (2 sum m)``: MonoSDF's reduction (half a
-    masked MSE), kept so that its loss weight (0.1) means the same here. MonoSDF's extra
-    gradient-matching term is not included (on random rays it has no spatial meaning). w and q keep
-    their graph; at the optimum their own contribution to the gradient vanishes (envelope theorem).
-    A degenerate batch (fewer than two distinct masked predictions) falls back to w = 1, q = mean
-    offset. Returns 0 when the mask is empty.
+    masked MSE), kept so that its loss weight (0.1) means the same here. With ``groups`` (each ray's
+    image index) every group gets its own (w, q): a monocular depth map's scale and shift are its
+    own image's, and a batch of random rays mixes images (MonoSDF draws its rays from one image).
+    MonoSDF's extra gradient-matching term is not included (on random rays it has no spatial
+    meaning). w and q keep their graph; at the optimum their own contribution to the gradient
+    vanishes (envelope theorem). A degenerate group (fewer than two distinct masked predictions)
+    falls back to w = 1, q = mean offset. Returns 0 when the mask is empty.
     """
     m = torch.ones_like(pred) if mask is None else mask.to(pred.dtype)
-    a00, a01, a11 = (m * pred * pred).sum(), (m * pred).sum(), m.sum()
-    b0, b1 = (m * pred * target).sum(), (m * target).sum()
+    if groups is None:
+        g, n = torch.zeros_like(pred, dtype=torch.long), 1
+    else:
+        _, g = torch.unique(groups, return_inverse=True)
+        n = int(g.max()) + 1 if g.numel() else 1
+
+    def total(x: Tensor) -> Tensor:
+        return x.new_zeros(n).index_add(0, g, x)
+
+    a00, a01, a11 = total(m * pred * pred), total(m * pred), total(m)
+    b0, b1 = total(m * pred * target), total(m * target)
     det = a00 * a11 - a01 * a01
     ok = det > 1e-12 * (a00 * a11).clamp_min(1e-30)
     safe_det = torch.where(ok, det, torch.ones_like(det))
     w = torch.where(ok, (a11 * b0 - a01 * b1) / safe_det, torch.ones_like(det))
     q = torch.where(ok, (a00 * b1 - a01 * b0) / safe_det, (b1 - a01) / a11.clamp_min(1.0))
-    residual = w * pred + q - target
-    return (m * residual * residual).sum() / (2.0 * a11).clamp_min(1.0)
+    residual = w[g] * pred + q[g] - target
+    return (m * residual * residual).sum() / (2.0 * m.sum()).clamp_min(1.0)
 
 
 def normal_cue_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:

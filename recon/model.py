@@ -60,6 +60,7 @@ class SceneInfo:
     points3d: [P, 3] sparse points (normalised world) and points3d_rgb [P, 3] uint8, when present.
     instance_filenames: the training images' instance masks, when the dataset has them (methods
         that learn per-object fields derive their label set from them: ``data.instances``).
+    depth_is_relative: the dataset's depth maps are monocular (known up to scale and shift).
     """
 
     aabb: Tensor
@@ -71,6 +72,7 @@ class SceneInfo:
     points3d_rgb: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     instance_filenames: list[Path] | None = None
+    depth_is_relative: bool = False
 
 
 @dataclass

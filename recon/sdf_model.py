@@ -6,7 +6,11 @@ opacity (logistic CDF of the SDF, learned sharpness ``s``). Samples per ray: ``n
 ones in [near, far], then ``num_importance`` more in ``up_sample_steps`` rounds of importance
 sampling with NeuS weights at a fixed, doubling sharpness ``base_inv_s * 2^i`` (paper sec. 3.4,
 "hierarchical sampling"). Losses: L1 colour, eikonal (Gropp et al. 2020) on all sample gradients,
-optional mask BCE. See methods/neus/README.md for the departures from the official release.
+optional mask BCE, and, when the data has depth / normal maps and their weights are set, MonoSDF's
+cue losses (Yu et al., "MonoSDF: Exploring Monocular Geometric Cues for Neural Implicit Surface
+Reconstruction", NeurIPS 2022): a scale- and shift-invariant depth loss per image and an L1 +
+cosine normal loss. Optional per-image appearance codes in the colour network (``appearance_dim``).
+See methods/neus/README.md for the departures from the official release.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from recon.cameras import Cameras, RayBundle
 from recon.engine.callbacks import Callback, Where
 from recon.errors import ConfigError
 from recon.fields.sdf_field import ColorNetwork, SDFField, SDFFieldConfig
-from recon.losses import eikonal_loss
+from recon.losses import eikonal_loss, normal_cue_loss, scale_shift_invariant_depth_loss
 from recon.model import Export, Output, RayModel, RayModelConfig, SceneInfo
 from recon.render.rays import accumulate, expected_depth, intersect_aabb, intervals_from_points, pdf_samples, stratified_samples
 from recon.render.sdf import LearnedBeta, LearnedVariance, cosine_anneal, neus_alpha, neus_alpha_from_gradients, weights_from_alpha
@@ -52,7 +56,14 @@ class NeuSModel(RayModel):
             num_layers=config.color_num_layers,
             dir_frequencies=config.dir_frequencies,
             weight_norm=config.color_weight_norm,
+            appearance_dim=config.appearance_dim,
         )
+        # per-image appearance codes (MonoSDF / ObjectSDF++: U(+-1e-4)); views outside the training
+        # set (evaluation, the viewer, exports) are rendered with the mean code
+        self.appearance = None
+        if config.appearance_dim > 0:
+            self.appearance = nn.Embedding(max(scene.num_train_cameras, 1), config.appearance_dim)
+            nn.init.uniform_(self.appearance.weight, -1e-4, 1e-4)
         if config.density not in ("neus", "volsdf"):
             raise ValueError(f"density must be 'neus' or 'volsdf', got {config.density!r}")
         if config.sampler not in ("neus", "error-bounded") or (config.sampler == "error-bounded" and config.density != "volsdf"):
@@ -65,7 +76,8 @@ class NeuSModel(RayModel):
 
     # ------------------------------------------------------------------ training plumbing
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"fields": list(self.field.parameters()) + list(self.color.parameters()), "variance": list(self.variance.parameters())}
+        codes = list(self.appearance.parameters()) if self.appearance is not None else []
+        return {"fields": list(self.field.parameters()) + list(self.color.parameters()) + codes, "variance": list(self.variance.parameters())}
 
     def set_anneal(self, step: int, **_: Any) -> None:
         """BEFORE_STEP hook: the cosine-anneal ratio of this step (linear 0 -> 1 over ``anneal_end``)."""
@@ -141,7 +153,10 @@ class NeuSModel(RayModel):
         pts = (rays.origins[:, None] + rays.directions[:, None] * mids[..., None]).reshape(-1, 3)
         sdf, feature, grad, channels = self._field_at(pts, create_graph)
         dirs = rays.directions[:, None].expand(r, s, 3).reshape(-1, 3)
-        rgb = self.color(pts, grad, dirs, feature).reshape(r, s, 3)
+        codes = self._appearance_codes(rays.camera_indices)  # [R, A] or the mean [1, A] (or None)
+        if codes is not None and codes.shape[0] == r:
+            codes = codes.repeat_interleave(s, 0)
+        rgb = self.color(pts, grad, dirs, feature, codes).reshape(r, s, 3)
         cos = (grad * dirs).sum(-1).reshape(r, s)
         if self.config.density == "volsdf":
             # VolSDF (Yariv et al. 2021): density = Laplace CDF of -sdf / beta, alpha = 1 - exp(-density * delta).
@@ -154,8 +169,48 @@ class NeuSModel(RayModel):
         normals = accumulate(weights, F.normalize(grad, dim=-1).reshape(r, s, 3))
         depth = expected_depth(weights, starts, ends) * rays.z_scale[:, None]
         out = {"rgb": color, "accumulation": acc, "depth": depth, "normal": normals, "weights": weights, "gradients": grad, "mids": mids}
+        if self.training:  # the rays that cross the surface (MonoSDF's depth-loss mask)
+            sdf_rs = sdf.detach().reshape(r, s)
+            out["crosses"] = (sdf_rs.min(-1).values < 0) & (sdf_rs.max(-1).values > 0)
         if channels is not None:
             out.update(self._channel_outputs(channels.reshape(r, s, -1), transmittance, ends - starts))
+        return out
+
+    def _appearance_codes(self, camera_indices: Tensor | None) -> Tensor | None:
+        """Appearance codes [R, A] of training rays, or the mean code [1, A] when not training (or
+        when ``camera_indices`` is None); None without appearance codes."""
+        if self.appearance is None:
+            return None
+        if self.training and camera_indices is not None:
+            return self.appearance(camera_indices.long().clamp(0, self.appearance.num_embeddings - 1))
+        return self.appearance.weight.mean(0, keepdim=True)
+
+    def cue_losses(self, batch: dict[str, Any], outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """MonoSDF's depth and normal cue losses for the batches that carry ``depth`` / ``normal``
+        (the datamanager's ``load_cues``; 0 marks a pixel without a value).
+
+        Both apply only to the rays that cross the surface (MonoSDF's depth mask, used for the normals
+        too: a ray that meets no surface yet has a depth and normal of near-zero weight, whose
+        normalisation would blow its gradients up). Relative (monocular) depth: the scale- and
+        shift-invariant loss per image on MonoSDF's target ``50 D + 0.5`` (so the official weight 0.1
+        means the same). Metric depth: half the MSE of the rendered z-depth. Normals: L1 + (1 - cos)
+        of the rendered normal against the cue (world frame)."""
+        c, out = self.config, {}
+        crosses = outputs.get("crosses")
+        if c.mono_depth_weight > 0 and "depth" in batch:
+            target = batch["depth"].reshape(-1).to(outputs["depth"])
+            pred = outputs["depth"].reshape(-1)
+            valid = target > 0 if crosses is None else (target > 0) & crosses
+            if self.scene.depth_is_relative:
+                loss = scale_shift_invariant_depth_loss(pred, 50.0 * target + 0.5, valid, batch["rays"].camera_indices)
+            else:
+                m = valid.to(pred.dtype)
+                loss = (m * (pred - target) ** 2).sum() / (2.0 * m.sum()).clamp_min(1.0)
+            out["mono_depth"] = c.mono_depth_weight * loss
+        if c.mono_normal_weight > 0 and "normal" in batch:
+            target = batch["normal"].reshape(-1, 3).to(outputs["normal"])
+            valid = target.norm(dim=-1) > 0.5 if crosses is None else (target.norm(dim=-1) > 0.5) & crosses
+            out["mono_normal"] = c.mono_normal_weight * normal_cue_loss(outputs["normal"], target, valid)
         return out
 
     def _field_at(self, points: Tensor, create_graph: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -177,7 +232,14 @@ class NeuSModel(RayModel):
         if c.mask_weight > 0 and "alpha" in batch:
             acc = outputs["accumulation"].clamp(1e-3, 1.0 - 1e-3)
             out["mask"] = c.mask_weight * F.binary_cross_entropy(acc, batch["alpha"].reshape(acc.shape).to(acc))
-        return out
+        return {**out, **self.cue_losses(batch, outputs)}
+
+    def check_datamanager(self, datamanager: Any) -> None:
+        super().check_datamanager(datamanager)
+        c = self.config
+        if (c.mono_depth_weight > 0 or c.mono_normal_weight > 0) and not getattr(datamanager.config, "load_cues", False):
+            raise ConfigError("model.mono_depth_weight / mono_normal_weight need the depth and normal maps in the batches:"
+                              " add --datamanager.load-cues True")
 
     def metrics(self, batch: dict[str, Any], outputs: dict[str, Tensor]) -> dict[str, float]:
         sharpness = {"inv_s": float(self.variance().detach())} if self.config.density == "neus" else {"beta": float(self.variance().detach())}
@@ -202,7 +264,7 @@ class NeuSModel(RayModel):
         for i in range(0, len(points), chunk):
             p = points[i : i + chunk]
             _, feature, grad = self.field.gradient(p, create_graph=False)
-            out.append(self.color(p, grad, -F.normalize(grad, dim=-1), feature))
+            out.append(self.color(p, grad, -F.normalize(grad, dim=-1), feature, self._appearance_codes(None)))
         return torch.cat(out) if out else points.new_zeros(0, 3)
 
 
@@ -251,6 +313,13 @@ class NeuSModelConfig(RayModelConfig):
     """Colour behind the surface; auto = the dataset's background for RGBA images, else black."""
     eval_num_rays_per_chunk: int = 1024
     """Rays per chunk when rendering whole images."""
+    appearance_dim: int = 0
+    """Per-image appearance code length in the colour network (MonoSDF / ObjectSDF++: 32; 0: none).
+    Views outside the training set are rendered with the mean code."""
+    mono_depth_weight: float = 0.0
+    """Weight of the depth cue loss (MonoSDF: 0.1), when batches carry depth (``datamanager.load_cues``)."""
+    mono_normal_weight: float = 0.0
+    """Weight of the normal cue loss, L1 + cosine (MonoSDF: 0.05 each), when batches carry normals."""
 
 
 NeuSModelConfig._target = NeuSModel

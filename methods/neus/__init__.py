@@ -70,7 +70,7 @@ def neus_small() -> MethodSpec:
 def volsdf() -> MethodSpec:
     """VolSDF (Yariv et al. 2021) as a variant of ``neus``: Laplace-CDF density with a learned beta
     (init 0.1) instead of the logistic opacity, no cosine annealing; sampling, networks, losses and
-    schedules are neus's (VolSDF's error-bounded sampler is not implemented; see README.md)."""
+    schedules are neus's (VolSDF's error-bounded sampler is ``--model.sampler error-bounded``)."""
     base = neus()
     config = override(base.config, method_name="volsdf", **{"model.density": "volsdf", "model.anneal_end": 0})
     return MethodSpec("volsdf", "VolSDF: SDF volume rendering with a Laplace-CDF density (Yariv et al. 2021)", config, test_overrides={k: v for k, v in TEST_OVERRIDES.items() if k != "model.anneal_end"})

@@ -33,7 +33,7 @@ def objectsdf() -> MethodSpec:
     config = TrainerConfig(
         method_name="objectsdf",
         dataparser=AutoParserConfig(),
-        datamanager=RayDataManagerConfig(train_num_rays_per_batch=1024, load_instances=True),
+        datamanager=RayDataManagerConfig(train_num_rays_per_batch=1024, load_instances=True, load_cues=True),
         model=ObjectSDFModelConfig(),
         optimizers={"fields": _adam_exponential(5e-4, STEPS), "variance": _adam_exponential(5e-4, STEPS)},
         max_num_iterations=STEPS,

@@ -196,7 +196,7 @@ class ObjectSDFModel(NeuSModel):
         if c.mask_weight > 0 and "alpha" in batch:
             acc = outputs["accumulation"].clamp(1e-3, 1.0 - 1e-3)
             out["mask"] = c.mask_weight * F.binary_cross_entropy(acc, batch["alpha"].reshape(acc.shape).to(acc))
-        return out
+        return {**out, **self.cue_losses(batch, outputs)}
 
     def check_datamanager(self, datamanager: Any) -> None:
         super().check_datamanager(datamanager)
@@ -256,6 +256,12 @@ class ObjectSDFModelConfig(NeuSModelConfig):
     """Half-width of the uniform jitter of the smoothness copies (official 0.005)."""
     num_uniform_points: int = 1024
     """Uniform regulariser points per step in the scene box (official 1024; plus one per ray)."""
+    mono_depth_weight: float = 0.1
+    """MonoSDF's depth cue loss (ObjectSDF++: 0.1), used when the dataset has depth maps; 0: off."""
+    mono_normal_weight: float = 0.05
+    """MonoSDF's normal cue loss, L1 + cosine (ObjectSDF++: 0.05 each), used when the dataset has normal maps; 0: off."""
+    appearance_dim: int = 32
+    """Per-image appearance code ``e_img`` in the colour network (ObjectSDF++: 32)."""
     compat_official_grad_split: bool = False
     """Reproduce the official code's eikonal/smoothness bookkeeping (spec quirk Q1) for comparison."""
     field: SDFFieldConfig = field(default_factory=lambda: SDFFieldConfig(num_layers=9, hidden_dim=256, skips=(4,), bias=0.54, frequencies=6, feature_dim=256))

@@ -146,6 +146,7 @@ def scene_info(outputs: Any) -> SceneInfo:
         points3d_rgb=getattr(outputs, "points3d_rgb", None),
         metadata={**dict(getattr(outputs, "metadata", {})), **_camera_extent(outputs)},
         instance_filenames=_train_instances(outputs),
+        depth_is_relative=bool(getattr(outputs, "depth_is_relative", False)),
     )
 
 

@@ -250,20 +250,27 @@ class ColorNetwork(nn.Module):
     MLP with ReLU on ``[points, normals, gamma(view_dirs), feature]`` and a sigmoid output.
     ``normals`` are passed as given (IDR/NeuS feed the raw SDF gradient). ``dir_frequencies`` bands
     of the no-pi sinusoid encoding are applied to the view directions (NeuS: 4; 0 = raw).
+    ``appearance_dim`` > 0 adds a per-image appearance code [N, A] to the input (MonoSDF /
+    ObjectSDF++'s ``e_img``, after NeRF-W's appearance embeddings, Martin-Brualla et al. 2021).
     """
 
-    def __init__(self, feature_dim: int = 256, hidden_dim: int = 256, num_layers: int = 4, dir_frequencies: int = 4, weight_norm: bool = True):
+    def __init__(self, feature_dim: int = 256, hidden_dim: int = 256, num_layers: int = 4, dir_frequencies: int = 4, weight_norm: bool = True,
+                 appearance_dim: int = 0):
         super().__init__()
         self.dir_frequencies = dir_frequencies
-        in_dim = 3 + 3 + 3 * (1 + 2 * max(dir_frequencies, 0)) + feature_dim
+        self.appearance_dim = appearance_dim
+        in_dim = 3 + 3 + 3 * (1 + 2 * max(dir_frequencies, 0)) + feature_dim + appearance_dim
         layers = []
         for i in range(num_layers):
             lin = nn.Linear(in_dim if i == 0 else hidden_dim, 3 if i == num_layers - 1 else hidden_dim)
             layers.append(_weight_norm(lin) if weight_norm else lin)
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, points: Tensor, normals: Tensor, view_dirs: Tensor, feature: Tensor) -> Tensor:
-        h = torch.cat([points, normals, sinusoid_encoding(view_dirs, self.dir_frequencies), feature], -1)
+    def forward(self, points: Tensor, normals: Tensor, view_dirs: Tensor, feature: Tensor, appearance: Tensor | None = None) -> Tensor:
+        parts = [points, normals, sinusoid_encoding(view_dirs, self.dir_frequencies), feature]
+        if self.appearance_dim:
+            parts.append(appearance.expand(points.shape[0], -1) if appearance is not None else points.new_zeros(points.shape[0], self.appearance_dim))
+        h = torch.cat(parts, -1)
         for i, layer in enumerate(self.layers):
             h = layer(h)
             if i < len(self.layers) - 1:

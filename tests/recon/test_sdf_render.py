@@ -187,6 +187,15 @@ def test_losses():
     noisy = 2 * pred + 3 + 0.1 * torch.randn(64, dtype=torch.float64)
     assert scale_shift_invariant_depth_loss(pred, noisy, mask).item() > 0
     assert scale_shift_invariant_depth_loss(pred, noisy, torch.zeros(64, dtype=torch.bool)).item() == 0.0
+    # per image: two images' depths with different scales and shifts are each exact, jointly not
+    groups = torch.arange(64) % 2 + 5
+    mixed = torch.where(groups == 5, 2 * pred + 3, -0.5 * pred + 1)
+    assert scale_shift_invariant_depth_loss(pred, mixed, mask, groups).item() == pytest.approx(0.0, abs=1e-12)
+    assert scale_shift_invariant_depth_loss(pred, mixed, mask).item() > 0.01
+    # the per-group loss of one group equals the ungrouped loss of that group's rays (same reduction)
+    one = groups == 5
+    both = scale_shift_invariant_depth_loss(pred, noisy, mask & one, groups)
+    assert both.item() == pytest.approx(scale_shift_invariant_depth_loss(pred[one], noisy[one], mask[one]).item(), rel=1e-9)
 
     # Curvature: |laplacian| of the sphere SDF |x| - r is 2 / |x|; of a plane it is 0.
     pts = torch.nn.functional.normalize(torch.randn(50, 3, dtype=torch.float64), dim=-1) * 0.5

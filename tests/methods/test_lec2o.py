@@ -1,0 +1,154 @@
+"""lec2o-small: quality on the default synthetic scene, the occupied fraction against the configured
+ratio, routing during training, and what skipping empty samples at inference changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data.synthetic import default_scene_path
+from methods.lec2o import TEST_OVERRIDES
+from recon.engine.evaluate import evaluate_images
+from recon.engine.trainer import Trainer
+from recon.errors import ConfigError
+from recon.image_metrics import psnr
+
+STEPS = 250
+THRESHOLD = 18.5
+"""Measured 19.96 dB (SSIM 0.80) after 250 steps, 26 s on one thread; nerf-hash-small reaches 20.3 dB
+after 300 steps. Baselines on these views: mean training colour 10.3 dB (test_nerf_hash.py)."""
+
+RATIO = 0.25
+"""The preset's target occupied ratio."""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, quiet_config):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    schedules = {f"optimizers.{g}.scheduler.max_steps": STEPS for g in ("fields", "occupancy")}
+    trainer = Trainer(quiet_config("lec2o-small", default_scene_path(), tmp_path_factory.mktemp("lec2o"), STEPS, **schedules))
+    trainer.train()
+    yield trainer
+    torch.set_num_threads(threads)
+
+
+def test_quality_on_synthetic_scene(trained):
+    result = evaluate_images(trained.model, trained.datamanager.eval_dataset, with_lpips=False, progress=False)
+    assert result["mean"]["psnr"] > THRESHOLD, result["mean"]
+
+
+def test_occupied_fraction_tracks_the_preset_ratio(trained):
+    """On training rays the gate passes about ``target_ratio`` of the samples to the large network
+    (measured 0.266 on one 512-ray batch after 250 steps)."""
+    model = trained.model.train()
+    batch = trained.datamanager.next_train(STEPS)
+    with torch.no_grad():
+        out = model(batch)
+    fraction = float(out["num_occupied"].sum()) / out["num_occupied"].numel() / model.config.num_samples
+    assert abs(fraction - RATIO) < 0.06, fraction
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_occupied_fraction_tracks_another_ratio(tiny_scene, tmp_path, quiet_config):
+    """With target_ratio 0.45 on the tiny scene the fraction settles there too (measured 0.456, mean
+    of the last 50 of 300 steps, 21 s); the same run with 0.15 settles at 0.21, where the photometric
+    loss holds samples the scene needs against the occupancy loss at the preset's weight."""
+    ratio, steps = 0.45, 300
+    changes = {"model.target_ratio": ratio, "datamanager.train_num_rays_per_batch": 256, "optimizers.fields.scheduler.max_steps": steps, "optimizers.occupancy.scheduler.max_steps": steps}
+    trainer = Trainer(quiet_config("lec2o-small", tiny_scene, tmp_path, steps, **changes))
+    fractions = []
+    forward = trainer.model.forward
+
+    def recording(batch):
+        out = forward(batch)
+        fractions.append(float(out["num_occupied"].float().mean()) / trainer.model.config.num_samples)
+        return out
+
+    trainer.model.forward = recording
+    trainer.train()
+    late = sum(fractions[-50:]) / 50
+    assert abs(late - ratio) < 0.05 and fractions[0] > 0.6, (fractions[0], late)  # starts at 0.74
+
+
+BETWEEN_DB = 33.0
+"""Measured 39.5 dB between the render that skips the empty samples and the one that evaluates them
+(first test view; largest pixel difference 0.42 after 300 steps, on a few silhouette pixels)."""
+SKIP_TOLERANCE_DB = 0.4
+"""Measured mean test PSNR 19.96 dB skipping vs 20.14 dB evaluating the empty samples (0.17 dB;
+0.21 dB after 300 steps): more than the 0.1 dB the spec hoped for, see methods/lec2o/README.md."""
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_skipping_empty_samples_changes_little(trained):
+    """Rendering with the empty samples skipped (no network evaluated, density 0) against rendering
+    them through the empty-space network: the images differ by less than a measured tolerance, and
+    the large network evaluates only the occupied share of the samples."""
+    model = trained.model.eval()
+    camera = trained.datamanager.eval_dataset.cameras[0]
+    rays = camera.generate_rays(0)
+    calls = {"large": 0, "empty": 0}
+
+    def counting(module, key):
+        forward = module.forward
+
+        def wrapped(positions, *args):
+            calls[key] += positions.shape[0]
+            return forward(positions, *args)
+
+        return wrapped
+
+    model.field.forward = counting(model.field, "large")
+    model.empty_field.forward = counting(model.empty_field, "empty")
+    try:
+        with torch.no_grad():
+            skipped = model.render_rays(rays)
+            model.config.skip_empty = False
+            full = model.render_rays(rays)
+    finally:
+        model.config.skip_empty = True
+        del model.field.forward, model.empty_field.forward
+    total = len(rays) * model.config.num_samples
+    occupied = int(skipped["num_occupied"].sum())
+    assert calls == {"large": 2 * occupied, "empty": total - occupied}
+    assert occupied < 0.35 * total  # measured 0.26
+    between = float(psnr(skipped["rgb"][None], full["rgb"][None]))  # [1, R, 3]: an image of one row
+    dataset = trained.datamanager.eval_dataset
+    with_skip = evaluate_images(model, dataset, with_lpips=False, progress=False)["mean"]["psnr"]
+    model.config.skip_empty = False
+    try:
+        without = evaluate_images(model, dataset, with_lpips=False, progress=False)["mean"]["psnr"]
+    finally:
+        model.config.skip_empty = True
+    assert between > BETWEEN_DB and abs(with_skip - without) < SKIP_TOLERANCE_DB, (between, with_skip, without)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_training_routes_every_sample_once_and_trains_the_gate(tiny_scene, tmp_path, quiet_config):
+    """One training step on the tiny scene: the two experts together see each sample exactly once,
+    the large one exactly the occupied ones, and every loss reaches the gate."""
+    trainer = Trainer(quiet_config("lec2o-small", tiny_scene, tmp_path, 1, **TEST_OVERRIDES, **{"model.gate_init_occupied": 0.5}))
+    model = trainer.model.train()
+    with torch.no_grad():
+        model.occupancy.gate.encoding.table.uniform_(-1.0, 1.0)  # both classes populated from the start
+    seen = {"large": 0, "empty": 0}
+    for key, module in (("large", model.field), ("empty", model.empty_field)):
+        module.register_forward_hook(lambda m, args, out, key=key: seen.__setitem__(key, seen[key] + args[0].shape[0]))
+    batch = trainer.datamanager.next_train(0)
+    out = model(batch)
+    losses = model.loss_dict(batch, out, 0)
+    occupied = int(out["num_occupied"].sum())
+    total = len(batch["rays"]) * model.config.num_samples
+    assert 0 < occupied < total
+    assert seen == {"large": occupied, "empty": total - occupied}
+    assert {"rgb", "occupancy", "density"} <= set(losses)
+    for name in ("rgb", "occupancy", "density"):
+        model.zero_grad()
+        losses[name].backward(retain_graph=True)
+        grads = [p.grad for p in model.occupancy.gate.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0, name
+
+
+def test_bad_ratio_is_a_config_error(tiny_scene, tmp_path, quiet_config):
+    with pytest.raises(ConfigError, match="target-ratio"):
+        Trainer(quiet_config("lec2o-small", tiny_scene, tmp_path, 1, **TEST_OVERRIDES, **{"model.target_ratio": 1.5}))

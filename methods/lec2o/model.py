@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from methods.lec2o.panels import OccupancyPanel
 from recon.cameras import RayBundle
 from recon.errors import ConfigError
 from recon.fields.hash_field import HashFieldOptions, HashNeRFField
@@ -57,6 +58,9 @@ class Lec2oModel(RayModel):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         fields = list(self.field.parameters()) + (list(self.empty_field.parameters()) if self.empty_field is not None else [])
         return {"fields": fields, "occupancy": list(self.occupancy.gate.parameters())}
+
+    def viewer_panels(self) -> list[Any]:
+        return [OccupancyPanel()]
 
     def check_datamanager(self, datamanager: Any) -> None:
         super().check_datamanager(datamanager)

@@ -1,17 +1,21 @@
 """lec2o-small: quality on the default synthetic scene, the occupied fraction against the configured
-ratio, routing during training, and what skipping empty samples at inference changes."""
+ratio, routing during training, what skipping empty samples at inference changes, the viewer panel."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from data.synthetic import default_scene_path
 from methods.lec2o import TEST_OVERRIDES
+from methods.lec2o.panels import OCCUPANCY, OccupancyPanel, heat, occupied_points
 from recon.engine.evaluate import evaluate_images
 from recon.engine.trainer import Trainer
 from recon.errors import ConfigError
 from recon.image_metrics import psnr
+from recon.render.rays import intersect_aabb
 
 STEPS = 250
 THRESHOLD = 18.5
@@ -152,3 +156,58 @@ def test_training_routes_every_sample_once_and_trains_the_gate(tiny_scene, tmp_p
 def test_bad_ratio_is_a_config_error(tiny_scene, tmp_path, quiet_config):
     with pytest.raises(ConfigError, match="target-ratio"):
         Trainer(quiet_config("lec2o-small", tiny_scene, tmp_path, 1, **TEST_OVERRIDES, **{"model.target_ratio": 1.5}))
+
+
+def _gate_everywhere(model, occupied: bool) -> None:
+    """Make the gate's output constant: g_occ = sigmoid(+-8)."""
+    last = model.occupancy.gate.mlp.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(8.0 if occupied else -8.0)
+
+
+def test_occupancy_panel(tiny_scene, tmp_path, quiet_config):
+    """The panel leaves the image to the model by default; its occupancy picture is white where every
+    sample of the ray is occupied and black where none is (rays missing the box included), with the
+    matching fraction; its points are the occupied grid cells."""
+    trainer = Trainer(quiet_config("lec2o-small", tiny_scene, tmp_path, 1, **TEST_OVERRIDES))
+    model = trainer.model.eval()
+    (panel,) = model.viewer_panels()
+    camera = trainer.datamanager.eval_dataset.cameras[0]
+    assert isinstance(panel, OccupancyPanel) and panel.render(model, camera) is None
+    panel.show = OCCUPANCY
+    rays = camera.generate_rays(0)
+    _, _, hit = intersect_aabb(rays.origins, rays.directions, model.aabb)  # samples of a missing ray lie outside: empty
+    assert 0.2 < hit.float().mean() < 1.0
+    for occupied in (True, False):
+        _gate_everywhere(model, occupied)
+        out = panel.render(model, camera)
+        expected = (hit & occupied).float()[:, None].expand(-1, 3).reshape(32, 32, 3)
+        assert torch.equal(out["rgb"], expected)
+        assert panel.fraction == pytest.approx(float(hit.float().mean()) if occupied else 0.0)
+        assert len(occupied_points(model, resolution=8)) == (512 if occupied else 0)
+    assert torch.equal(heat(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.5, 0.0], [1.0, 1.0, 1.0]]))
+
+
+def test_occupancy_panel_widgets(tiny_scene, tmp_path, quiet_config, stand_in_widget):
+    """Against stand-in widgets: the dropdown switches the view and asks for a frame, the button puts
+    the occupied cells into the scene and counts them."""
+    trainer = Trainer(quiet_config("lec2o-small", tiny_scene, tmp_path, 1, **TEST_OVERRIDES))
+    model = trainer.model.eval()
+    _gate_everywhere(model, True)
+    widgets, clouds, frames = {}, {}, []
+
+    def add(label, initial_value=None, **_):
+        widgets[label] = stand_in_widget(initial_value)
+        return widgets[label]
+
+    gui = SimpleNamespace(add_dropdown=add, add_button=add, add_markdown=lambda content: add("status", content=content))
+    scene = SimpleNamespace(add_point_cloud=lambda name, **kw: clouds.setdefault(name, kw))
+    panel = OccupancyPanel()
+    panel.populate(SimpleNamespace(gui=gui, scene=scene, model=model, run_dir=None, rerender=lambda: frames.append(1)))
+    widgets["Show"].value = OCCUPANCY
+    widgets["Show"].fire()
+    assert panel.show == OCCUPANCY and frames == [1]
+    widgets["Occupied points"].fire()
+    assert clouds["/lec2o/occupied"]["points"].shape == (48**3, 3)
+    assert widgets["status"].content == f"{48**3} occupied cells of 48^3"

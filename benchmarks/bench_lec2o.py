@@ -57,7 +57,7 @@ def probe(model: Any, camera: Any) -> dict[str, float]:
         model.render(camera)
         render_s = time.perf_counter() - start
     if hasattr(model, "occupancy"):
-        samples, memory = float(out["num_occupied"].float().mean()), _bytes(model.occupancy.gate)
+        samples, memory = float(out["num_large"].float().mean()), _bytes(model.occupancy.gate)
     elif getattr(model.config, "sampler", None) == "occupancy":
         samples, memory = float(out["num_samples"].float().mean()), _bytes(model.grid.density, model.grid.binary)
     else:

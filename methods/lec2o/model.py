@@ -52,7 +52,7 @@ class Lec2oModel(RayModel):
             hidden_dim=c.gate_hidden_dim, init_occupied=c.gate_init_occupied, implementation=c.implementation,
         )
         spacing = "linear" if c.contraction == "none" else "piecewise"
-        self.occupancy = LearnedOccupancy(gate, c.num_samples, c.target_ratio, spacing=spacing)
+        self.occupancy = LearnedOccupancy(gate, c.num_samples, c.target_ratio, spacing=spacing, subdivisions=c.subdivisions)
         self.register_buffer("aabb", aabb.clone(), persistent=False)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -85,7 +85,8 @@ class Lec2oModel(RayModel):
             "depth": expected_depth(weights, samples.t_starts, samples.t_ends) * rays.z_scale[:, None],
             "samples": samples,
             "density": density,
-            "num_occupied": samples.occupied.sum(-1),
+            "num_occupied": samples.coarse(samples.occupied).sum(-1),
+            "num_large": (samples.occupied & samples.active).sum(-1),
         }
 
     def losses(self, batch: dict[str, Any], outputs: dict[str, Any], step: int) -> dict[str, Tensor]:
@@ -100,9 +101,8 @@ class Lec2oModel(RayModel):
 
     def metrics(self, batch: dict[str, Any], outputs: dict[str, Any]) -> dict[str, float]:
         values = super().metrics(batch, outputs)
-        occupied = outputs["num_occupied"].float()
-        values["large_samples_per_ray"] = float(occupied.mean())
-        values["occupied_fraction"] = float(occupied.mean()) / self.config.num_samples
+        values["large_samples_per_ray"] = float(outputs["num_large"].float().mean())
+        values["occupied_fraction"] = float(outputs["num_occupied"].float().mean()) / self.config.num_samples
         return values
 
 
@@ -114,6 +114,9 @@ class Lec2oModelConfig(HashFieldOptions, RayModelConfig):
 
     num_samples: int = 128
     """Stratified samples per ray; the gate classifies all of them."""
+    subdivisions: int = 1
+    """Point sampling: the large network evaluates each occupied sample's interval in this many
+    equal parts (1: off)."""
     target_ratio: float = 0.25
     """r: the fraction of samples the imbalanced occupancy loss steers towards the large network."""
     occupancy_loss_mult: float = 1e-3

@@ -11,7 +11,8 @@ layout: R rays, S samples per ray, as in :mod:`recon.render.proposal`.
   of their difference, so the gate outputs one logit; g_emp = 1 - g_occ.
 * :class:`LearnedOccupancy` — the estimator, with the interface of the other two
   (:class:`recon.render.occupancy.OccupancyGrid`, :class:`recon.render.proposal.ProposalSampler`):
-  :meth:`~LearnedOccupancy.sample` draws stratified samples and classifies them,
+  :meth:`~LearnedOccupancy.sample` draws stratified samples, classifies them and optionally
+  subdivides the occupied ones (the paper's "point sampling", our reading),
   :meth:`~LearnedOccupancy.route` evaluates each sample with exactly one expert (top-1 routing),
   :meth:`~LearnedOccupancy.losses` returns the imbalanced occupancy loss and the explicit density
   loss. At inference ``skip_empty`` evaluates no network on empty samples (density 0).
@@ -92,18 +93,29 @@ class OccupancyGate(nn.Module):
 
 @dataclass
 class GatedSamples:
-    """Samples of R rays, S per ray, classified by the gate."""
+    """Samples of R rays classified by the gate: S stratified intervals per ray, each split into
+    ``subdivisions`` = m parts when occupied (point sampling); an empty interval keeps one part and
+    m - 1 inactive, zero-length ones at its end, so the S m intervals of a ray always tile it."""
 
     t_starts: Tensor
-    """[R, S] interval starts (units of the ray direction's length)."""
+    """[R, S m] interval starts (units of the ray direction's length)."""
     t_ends: Tensor
-    """[R, S] interval ends."""
+    """[R, S m] interval ends."""
     positions: Tensor
-    """[R, S, 3] interval midpoints."""
+    """[R, S m, 3] interval midpoints."""
     gate: Tensor
-    """[R, S] g_occ, differentiable w.r.t. the gate's parameters."""
+    """[R, S m] g_occ of the parent interval (its midpoint), differentiable w.r.t. the gate."""
     occupied: Tensor
-    """[R, S] bool, g_occ >= 1/2: the samples routed to the large expert."""
+    """[R, S m] bool, the parent's g_occ >= 1/2: the samples routed to the large expert."""
+    active: Tensor
+    """[R, S m] bool: the samples to evaluate (False only for the placeholders of empty parents)."""
+    subdivisions: int = 1
+    """m."""
+
+    def coarse(self, values: Tensor) -> Tensor:
+        """Per-sample values [R, S m, ...] -> the parents' [R, S, ...] (the first part of each)."""
+        R = values.shape[0]
+        return values.reshape(R, -1, self.subdivisions, *values.shape[2:])[:, :, 0]
 
 
 def routed_evaluate(
@@ -176,13 +188,21 @@ class LearnedOccupancy(nn.Module):
         spacing: s-space spacing of the samples (:func:`recon.render.proposal.spacing_to_t`):
             "linear" for a bounded box, "piecewise" for a contracted unbounded scene.
         single_jitter: one stratification offset per ray instead of per edge.
+        subdivisions: m, point sampling: each occupied interval is split into m equal parts, each
+            evaluated by the large expert with its parent's gate value (1: off).
     """
 
-    def __init__(self, gate: OccupancyGate, num_samples: int = 128, target_ratio: float = 0.25, spacing: str = "linear", single_jitter: bool = True):
+    def __init__(
+        self, gate: OccupancyGate, num_samples: int = 128, target_ratio: float = 0.25, spacing: str = "linear", single_jitter: bool = True,
+        subdivisions: int = 1,
+    ):
         super().__init__()
         if not 0.0 < target_ratio < 1.0:
             raise ValueError(f"target_ratio must be in (0, 1), got {target_ratio}")
+        if subdivisions < 1:
+            raise ValueError(f"subdivisions must be >= 1, got {subdivisions}")
         self.gate = gate
+        self.subdivisions = int(subdivisions)
         self.num_samples = int(num_samples)
         self.target_ratio = float(target_ratio)
         self.spacing = spacing
@@ -197,9 +217,20 @@ class LearnedOccupancy(nn.Module):
         perturb = self.training if perturb is None else perturb
         bins = stratified_bins(near, far, self.num_samples, perturb, self.spacing, self.single_jitter, generator)
         t0, t1 = bins[:, :-1], bins[:, 1:]
-        positions = rays_o[:, None, :] + (0.5 * (t0 + t1))[..., None] * rays_d[:, None, :]
-        gate = self.gate(positions)
-        return GatedSamples(t0, t1, positions, gate, gate.detach() >= 0.5)
+        gate = self.gate(rays_o[:, None, :] + (0.5 * (t0 + t1))[..., None] * rays_d[:, None, :])
+        occupied = gate.detach() >= 0.5
+        m = self.subdivisions
+        R, S = occupied.shape
+        # Part k of an occupied interval is [t0 + k/m, t0 + (k+1)/m] of it; an empty interval is its
+        # part 0 stretched to the whole, then m - 1 zero-length placeholders at t1.
+        k = torch.arange(m + 1, device=t0.device, dtype=t0.dtype) / m
+        edges = t0[..., None] + (t1 - t0)[..., None] * torch.where(occupied[..., None], k, (k > 0).to(k.dtype))
+        starts, ends = edges[..., :-1].reshape(R, S * m), edges[..., 1:].reshape(R, S * m)
+        first = torch.arange(m, device=t0.device) == 0
+        active = (occupied[..., None] | first).reshape(R, S * m)
+        positions = rays_o[:, None, :] + (0.5 * (starts + ends))[..., None] * rays_d[:, None, :]
+        expand = lambda x: x[..., None].expand(R, S, m).reshape(R, S * m)  # noqa: E731
+        return GatedSamples(starts, ends, positions, expand(gate), expand(occupied), active, m)
 
     def route(
         self,
@@ -210,24 +241,30 @@ class LearnedOccupancy(nn.Module):
         empty_expert: Expert | None,
         skip_empty: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """Density [R, S] and rgb [R, S, 3] of the samples, each from one expert
-        (:func:`routed_evaluate`); directions [R, 3], camera_indices [R] | None.
+        """Density [R, S m] and rgb [R, S m, 3] of the samples, each active one from one expert
+        (:func:`routed_evaluate`), placeholders 0; directions [R, 3], camera_indices [R] | None.
 
         ``empty_expert=None`` is the one-network ablation: the large expert evaluates the empty
         samples too (still scaled by g_emp). ``skip_empty`` evaluates nothing on them (inference)."""
         R, S = samples.gate.shape
         empty = None if skip_empty else (empty_expert if empty_expert is not None else occupied_expert)
-        cams = camera_indices[:, None].expand(R, S).reshape(-1) if camera_indices is not None else None
+        idx = torch.nonzero(samples.active.reshape(-1))[:, 0]
+        ray = torch.div(idx, S, rounding_mode="floor")
         density, rgb = routed_evaluate(
-            samples.positions.reshape(-1, 3), directions[:, None, :].expand(R, S, 3).reshape(-1, 3), cams,
-            samples.gate.reshape(-1), samples.occupied.reshape(-1), occupied_expert, empty,
+            samples.positions.reshape(-1, 3)[idx], directions[ray], camera_indices[ray] if camera_indices is not None else None,
+            samples.gate.reshape(-1)[idx], samples.occupied.reshape(-1)[idx], occupied_expert, empty,
         )
-        return density.reshape(R, S), rgb.reshape(R, S, 3)
+        if idx.numel() == R * S:  # no placeholders: every sample was evaluated in order
+            return density.reshape(R, S), rgb.reshape(R, S, 3)
+        full_density = density.new_zeros(R * S).index_put((idx,), density)
+        full_rgb = rgb.new_zeros(R * S, 3).index_put((idx,), rgb)
+        return full_density.reshape(R, S), full_rgb.reshape(R, S, 3)
 
     def losses(self, samples: GatedSamples, density: Tensor) -> dict[str, Tensor]:
-        """Unweighted ``occupancy`` (:func:`imbalanced_occupancy_loss` with ``target_ratio``) and
-        ``density`` (:func:`explicit_density_loss` on the routed densities [R, S])."""
+        """Unweighted ``occupancy`` (:func:`imbalanced_occupancy_loss` with ``target_ratio`` on the
+        gate's decisions, one per parent interval) and ``density`` (:func:`explicit_density_loss` on
+        the routed densities [R, S m] of the active empty samples)."""
         return {
-            "occupancy": imbalanced_occupancy_loss(samples.gate, samples.occupied, self.target_ratio),
-            "density": explicit_density_loss(density, samples.t_starts, samples.t_ends, ~samples.occupied),
+            "occupancy": imbalanced_occupancy_loss(samples.coarse(samples.gate), samples.coarse(samples.occupied), self.target_ratio),
+            "density": explicit_density_loss(density, samples.t_starts, samples.t_ends, ~samples.occupied & samples.active),
         }

@@ -113,9 +113,9 @@ def test_skipping_empty_samples_changes_little(trained):
         model.config.skip_empty = True
         del model.field.forward, model.empty_field.forward
     total = len(rays) * model.config.num_samples
-    occupied = int(skipped["num_occupied"].sum())
-    assert calls == {"large": 2 * occupied, "empty": total - occupied}
-    assert occupied < 0.35 * total  # measured 0.26
+    occupied, large = int(skipped["num_occupied"].sum()), int(skipped["num_large"].sum())
+    assert calls == {"large": 2 * large, "empty": total - occupied}
+    assert large == occupied * model.config.subdivisions and occupied < 0.35 * total  # measured 0.26
     between = float(psnr(skipped["rgb"][None], full["rgb"][None]))  # [1, R, 3]: an image of one row
     dataset = trained.datamanager.eval_dataset
     with_skip = evaluate_images(model, dataset, with_lpips=False, progress=False)["mean"]["psnr"]
@@ -141,10 +141,10 @@ def test_training_routes_every_sample_once_and_trains_the_gate(tiny_scene, tmp_p
     batch = trainer.datamanager.next_train(0)
     out = model(batch)
     losses = model.loss_dict(batch, out, 0)
-    occupied = int(out["num_occupied"].sum())
+    occupied, large = int(out["num_occupied"].sum()), int(out["num_large"].sum())
     total = len(batch["rays"]) * model.config.num_samples
     assert 0 < occupied < total
-    assert seen == {"large": occupied, "empty": total - occupied}
+    assert seen == {"large": large, "empty": total - occupied}
     assert {"rgb", "occupancy", "density"} <= set(losses)
     for name in ("rgb", "occupancy", "density"):
         model.zero_grad()

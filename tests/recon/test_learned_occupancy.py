@@ -154,3 +154,34 @@ def test_explicit_density_loss_is_the_mean_opacity_of_empty_samples():
     expected = (alpha[0, 0] + alpha[0, 2] + alpha[0, 3]) / 3
     torch.testing.assert_close(explicit_density_loss(density, t0, t1, empty), expected)
     assert float(explicit_density_loss(density, t0, t1, torch.zeros_like(empty))) == 0.0
+
+
+def test_point_sampling_subdivides_occupied_intervals():
+    """With m = 3 subdivisions an occupied interval becomes three equal parts, each evaluated by the
+    large expert with its parent's gate value; an empty one stays whole (two inactive placeholders
+    that no expert sees); the intervals still tile [near, far]; the occupancy loss counts parents."""
+    est = _estimator()
+    o, d, near, far = _rays(R=20)
+    torch.manual_seed(3)
+    plain = est.sample(o, d, near, far, perturb=True)
+    est.subdivisions = 3
+    torch.manual_seed(3)
+    s = est.sample(o, d, near, far, perturb=True)
+    assert s.t_starts.shape == (20, 72) and s.subdivisions == 3
+    torch.testing.assert_close(s.t_starts[:, 0], near)
+    torch.testing.assert_close(s.t_ends[:, -1], far)
+    torch.testing.assert_close(s.t_starts[:, 1:], s.t_ends[:, :-1])
+    parent_occupied = plain.occupied
+    assert torch.equal(s.coarse(s.occupied), parent_occupied) and torch.equal(s.coarse(s.gate), plain.gate)
+    parts = (s.t_ends - s.t_starts).reshape(20, 24, 3)
+    whole = plain.t_ends - plain.t_starts
+    torch.testing.assert_close(parts[parent_occupied], (whole[parent_occupied] / 3)[:, None].expand(-1, 3))
+    torch.testing.assert_close(parts[~parent_occupied][:, 0], whole[~parent_occupied])
+    assert (parts[~parent_occupied][:, 1:] == 0).all()
+    assert torch.equal(s.active.reshape(20, 24, 3), parent_occupied[..., None] | (torch.arange(3) == 0))
+
+    large, small = RecordingExpert(), RecordingExpert(scale=0.5)
+    density, _ = est.route(s, d, None, large, small)
+    assert len(large.points) == 3 * int(parent_occupied.sum()) and len(small.points) == int((~parent_occupied).sum())
+    assert (density[~s.active] == 0).all()
+    torch.testing.assert_close(est.losses(s, density)["occupancy"], est.losses(plain, est.route(plain, d, None, large, small)[0])["occupancy"])

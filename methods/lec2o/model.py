@@ -35,6 +35,8 @@ class Lec2oModel(RayModel):
         c = config
         if not 0.0 < c.target_ratio < 1.0:
             raise ConfigError(f"--model.target-ratio must be in (0, 1), got {c.target_ratio}")
+        if c.num_samples < 1 or c.subdivisions < 1:
+            raise ConfigError(f"--model.num-samples and --model.subdivisions must be >= 1, got {c.num_samples} and {c.subdivisions}")
         aabb = scene.aabb.float()
         contraction = c.contraction_fn()
         self.field = c.hash_nerf_field(aabb, scene.num_train_cameras)

@@ -229,8 +229,11 @@ class LearnedOccupancy(nn.Module):
         first = torch.arange(m, device=t0.device) == 0
         active = (occupied[..., None] | first).reshape(R, S * m)
         positions = rays_o[:, None, :] + (0.5 * (starts + ends))[..., None] * rays_d[:, None, :]
-        expand = lambda x: x[..., None].expand(R, S, m).reshape(R, S * m)  # noqa: E731
-        return GatedSamples(starts, ends, positions, expand(gate), expand(occupied), active, m)
+
+        def per_part(x: Tensor) -> Tensor:
+            return x[..., None].expand(R, S, m).reshape(R, S * m)
+
+        return GatedSamples(starts, ends, positions, per_part(gate), per_part(occupied), active, m)
 
     def route(
         self,
@@ -246,19 +249,19 @@ class LearnedOccupancy(nn.Module):
 
         ``empty_expert=None`` is the one-network ablation: the large expert evaluates the empty
         samples too (still scaled by g_emp). ``skip_empty`` evaluates nothing on them (inference)."""
-        R, S = samples.gate.shape
+        R, N = samples.gate.shape  # N = S m
         empty = None if skip_empty else (empty_expert if empty_expert is not None else occupied_expert)
         idx = torch.nonzero(samples.active.reshape(-1))[:, 0]
-        ray = torch.div(idx, S, rounding_mode="floor")
+        ray = torch.div(idx, N, rounding_mode="floor")
         density, rgb = routed_evaluate(
             samples.positions.reshape(-1, 3)[idx], directions[ray], camera_indices[ray] if camera_indices is not None else None,
             samples.gate.reshape(-1)[idx], samples.occupied.reshape(-1)[idx], occupied_expert, empty,
         )
-        if idx.numel() == R * S:  # no placeholders: every sample was evaluated in order
-            return density.reshape(R, S), rgb.reshape(R, S, 3)
-        full_density = density.new_zeros(R * S).index_put((idx,), density)
-        full_rgb = rgb.new_zeros(R * S, 3).index_put((idx,), rgb)
-        return full_density.reshape(R, S), full_rgb.reshape(R, S, 3)
+        if idx.numel() == R * N:  # no placeholders: every sample was evaluated in order
+            return density.reshape(R, N), rgb.reshape(R, N, 3)
+        full_density = density.new_zeros(R * N).index_put((idx,), density)
+        full_rgb = rgb.new_zeros(R * N, 3).index_put((idx,), rgb)
+        return full_density.reshape(R, N), full_rgb.reshape(R, N, 3)
 
     def losses(self, samples: GatedSamples, density: Tensor) -> dict[str, Tensor]:
         """Unweighted ``occupancy`` (:func:`imbalanced_occupancy_loss` with ``target_ratio`` on the

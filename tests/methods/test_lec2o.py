@@ -153,9 +153,11 @@ def test_training_routes_every_sample_once_and_trains_the_gate(tiny_scene, tmp_p
         assert all(g is not None and torch.isfinite(g).all() for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0, name
 
 
-def test_bad_ratio_is_a_config_error(tiny_scene, tmp_path, quiet_config):
-    with pytest.raises(ConfigError, match="target-ratio"):
-        Trainer(quiet_config("lec2o-small", tiny_scene, tmp_path, 1, **TEST_OVERRIDES, **{"model.target_ratio": 1.5}))
+@pytest.mark.parametrize(("change", "flag"), [({"model.target_ratio": 1.5}, "target-ratio"), ({"model.subdivisions": 0}, "subdivisions")])
+def test_bad_options_are_config_errors(tiny_scene, tmp_path, quiet_config, change, flag):
+    with pytest.raises(ConfigError, match=flag):
+        Trainer(quiet_config("lec2o-small", tiny_scene, tmp_path / "run", 1, **{**TEST_OVERRIDES, **change}))
+    assert not (tmp_path / "run").exists()
 
 
 def _gate_everywhere(model, occupied: bool) -> None:

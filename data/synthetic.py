@@ -33,6 +33,15 @@ looking at :attr:`SyntheticSceneConfig.target`: training views on a Fibonacci sp
 extra val) views picked greedily from a dense candidate spiral to be as far as possible from the
 training views, so no test view repeats a training view.
 
+The city block (``scene="city"``, :func:`city_scene_config`): a large-scale scene for occupancy
+methods (LeC2O-NeRF). ``city_blocks``^2 blocks between asphalt streets with dashed centre lines,
+each block split into 2 x 2 lots holding axis-aligned box buildings of random footprint, height and
+facade colour with a grid of windows (some lots stay empty), on a ground slab reaching a street
+width beyond the outer streets; instance ids 1 (ground), 2.. (buildings). Views are taken at eye
+level along random streets (``street_view_fraction``) and from the air; every split has its own
+random stream. ``python -m data.synthetic OUT --scene city --num-train-views 200`` writes one;
+``default_scene_path(city_scene_config())`` caches one.
+
 Files (nerfstudio layout)
 -------------------------
 ::
@@ -82,7 +91,9 @@ Python API
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -115,7 +126,7 @@ GENERATOR_VERSION = 1
 ObjectName = Literal["sphere", "rounded_box", "torus", "cylinder", "capsule"]
 CameraModelName = Literal["PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV", "OPENCV_FISHEYE"]
 _NUM_COEFFICIENTS = {"PINHOLE": 0, "SIMPLE_RADIAL": 1, "RADIAL": 2, "OPENCV": 4, "FULL_OPENCV": 8, "OPENCV_FISHEYE": 4}
-_CAMERA_FIELDS = ("camera_model", "distortion", "layout")
+_LATER_FIELDS = ("camera_model", "distortion", "layout", "scene", "city_extent", "city_blocks", "city_street_width", "street_view_fraction")
 """Fields added after GENERATOR_VERSION 1: they enter the config hash only when set, so the cache
 folders of scenes made before them keep their names."""
 GROUND_TOP_Z = -0.4
@@ -187,8 +198,26 @@ class SyntheticSceneConfig:
     layout: Literal["nerfstudio", "colmap"] = "nerfstudio"
     """Files written: nerfstudio's transforms.json with every ground-truth cue, or a COLMAP capture
     (images/ composited onto black, sparse/0/ as a text model whose points carry their tracks)."""
+    scene: Literal["objects", "city"] = "objects"
+    """objects: the primitives of ``objects`` on the ground slab, cameras on a hemisphere band;
+    city: a procedural city block (see :func:`city_scene_config`; ``objects`` and ``ground`` are
+    then ignored)."""
+    city_extent: float = 1.0
+    """City: half size of the square of blocks, world units (streets run along its border too)."""
+    city_blocks: int = 3
+    """City: blocks per side, 1..7; each block holds up to 2 x 2 buildings."""
+    city_street_width: float = 0.12
+    """City: street width, world units."""
+    street_view_fraction: float = 0.5
+    """City: share of the views taken along the streets at eye level; the rest look down from the
+    air, from the hemisphere band of ``radius`` (times ``city_extent``) and ``elevation_range``."""
 
     def __post_init__(self) -> None:
+        if self.scene == "city" and not (1 <= self.city_blocks <= 7 and 0 < self.city_street_width < 2 * self.city_extent / self.city_blocks and 0 <= self.street_view_fraction <= 1):
+            raise ValueError(
+                f"city needs 1 <= city_blocks <= 7 (instance ids fit a byte), 0 < city_street_width < the block pitch and street_view_fraction in [0, 1];"
+                f" got {self.city_blocks}, {self.city_street_width}, {self.street_view_fraction}"
+            )
         want = _NUM_COEFFICIENTS[self.camera_model]
         if len(self.distortion) != want:
             raise ValueError(f"camera_model {self.camera_model} takes {want} distortion coefficients, got {len(self.distortion)}")
@@ -329,6 +358,91 @@ _LIBRARY: dict[str, _Spec] = {
 }
 
 
+# -- the city block (scene="city") --------------------------------------------------------------
+
+_WINDOW_PITCH = 0.08
+_ASPHALT, _PAVEMENT, _MARKING, _ROOF, _GLASS = (0.22, 0.22, 0.25), (0.62, 0.60, 0.55), (0.92, 0.90, 0.70), (0.42, 0.42, 0.46), (0.12, 0.16, 0.26)
+_FACADES = ((0.80, 0.55, 0.42), (0.86, 0.82, 0.70), (0.55, 0.62, 0.72), (0.70, 0.72, 0.60), (0.90, 0.70, 0.50), (0.62, 0.50, 0.58))
+
+
+def _tex_building(p: Tensor, colour: tuple[float, float, float], top: float) -> Tensor:
+    """A facade of ``colour`` with a grid of dark windows every _WINDOW_PITCH; a grey roof (local z =
+    ``top``). On a face of constant x the windows run along y and vice versa (``x + y``)."""
+    u = ((p[:, 0] + p[:, 1]) / _WINDOW_PITCH).remainder(1.0)
+    v = ((p[:, 2] + top) / _WINDOW_PITCH).remainder(1.0)
+    window = ((u > 0.3) & (u < 0.75) & (v > 0.35) & (v < 0.8)).to(p.dtype)
+    facade = _mix(_rgb(*colour), _rgb(*_GLASS), window)
+    return torch.where((p[:, 2] > top - 1e-3)[:, None], _rgb(*_ROOF).to(p).expand_as(facade), facade)
+
+
+def _street_distance(c: Tensor, extent: float, pitch: float) -> Tensor:
+    """Distance [P] of coordinates c [P] to the nearest street centre line -extent + k * pitch."""
+    k = (c + extent) / pitch
+    return (k - torch.round(k)).abs() * pitch
+
+
+def _tex_city_ground(p: Tensor, extent: float, blocks: int, street: float) -> Tensor:
+    """Asphalt streets with dashed centre lines, pavement inside the blocks."""
+    pitch = 2 * extent / blocks
+    dx, dy = _street_distance(p[:, 0], extent, pitch), _street_distance(p[:, 1], extent, pitch)
+    colour = _mix(_rgb(*_PAVEMENT), _rgb(*_ASPHALT), ((dx < street / 2) | (dy < street / 2)).to(p.dtype))
+    dash_x = (dx < 0.015) & ((p[:, 1] / 0.12).remainder(1.0) < 0.5) & (dy > street / 2)
+    dash_y = (dy < 0.015) & ((p[:, 0] / 0.12).remainder(1.0) < 0.5) & (dx > street / 2)
+    return torch.where((dash_x | dash_y)[:, None], _rgb(*_MARKING).to(p).expand_as(colour), colour)
+
+
+def _city_specs(config: SyntheticSceneConfig) -> list[tuple[str, _Spec]]:
+    """The ground and the buildings of the city of ``config``: ``city_blocks``^2 blocks between
+    streets, each split into 2 x 2 lots; a lot holds a box building of random footprint (55-90 % of
+    the lot), offset, height and facade colour, or (15 %) stays empty, all drawn from ``seed``."""
+    rng = np.random.default_rng(config.seed + 7919)
+    extent, n, street = config.city_extent, config.city_blocks, config.city_street_width
+    pitch = 2 * extent / n
+    half_ground = extent + street
+    ground = _Spec(_sdf_box, {"half": (half_ground, half_ground, 0.05)}, (half_ground, half_ground, 0.05), (0.0, 0.0, GROUND_TOP_Z - 0.05), 0.0,
+                   functools.partial(_tex_city_ground, extent=extent, blocks=n, street=street))
+    specs = [("ground", ground)]
+    lot = (pitch - street) / 4 - 0.01  # half size of a lot, keeping a strip of pavement
+    for i, j in itertools.product(range(n), range(n)):
+        block = (-extent + (i + 0.5) * pitch, -extent + (j + 0.5) * pitch)
+        for a, b in itertools.product((-1, 1), (-1, 1)):
+            if rng.uniform() < 0.15:
+                continue
+            half = rng.uniform(0.55, 0.9, size=2) * lot
+            offset = rng.uniform(-1, 1, size=2) * (lot - half)
+            height = float(rng.uniform(0.05, 0.25) * 2 * extent / 2)  # half height
+            centre = (block[0] + a * (pitch - street) / 4 + offset[0], block[1] + b * (pitch - street) / 4 + offset[1], _on_ground(height))
+            colour = _FACADES[int(rng.integers(len(_FACADES)))]
+            extent3 = (float(half[0]), float(half[1]), height)
+            specs.append((f"building_{len(specs)}", _Spec(_sdf_box, {"half": extent3}, extent3, tuple(float(c) for c in centre), 0.0,
+                                                          functools.partial(_tex_building, colour=colour, top=height))))
+    return specs
+
+
+def _city_cameras(config: SyntheticSceneConfig, count: int, rng: np.random.Generator) -> Tensor:
+    """``count`` OpenCV camera-to-worlds [count, 3, 4]: ``street_view_fraction`` of them at eye level
+    (0.06 above the ground) on a random street, looking 0.8 ahead along it and slightly down; the
+    rest from the air on the hemisphere band, looking at a random point of the city."""
+    extent, n, street = config.city_extent, config.city_blocks, config.city_street_width
+    pitch = 2 * extent / n
+    n_street = int(round(count * config.street_view_fraction))
+    axis = rng.integers(2, size=n_street)  # 0: a street along x (y = line), 1: along y
+    line = -extent + rng.integers(n + 1, size=n_street) * pitch + rng.uniform(-street / 4, street / 4, size=n_street)
+    along = rng.uniform(-extent, extent, size=n_street)
+    heading = rng.choice([-1.0, 1.0], size=n_street) * 0.8
+    eye_z, look_z = GROUND_TOP_Z + 0.06, GROUND_TOP_Z + 0.03
+    eye = np.stack([np.where(axis == 0, along, line), np.where(axis == 0, line, along), np.full(n_street, eye_z)], -1)
+    ahead = eye + np.stack([np.where(axis == 0, heading, 0.0), np.where(axis == 0, 0.0, heading), np.full(n_street, look_z - eye_z)], -1)
+    n_air = count - n_street
+    dirs = _fibonacci_band(n_air, config.elevation_range, float(rng.uniform(0, 2 * math.pi)))
+    centre = np.array([0.0, 0.0, GROUND_TOP_Z])
+    air_target = centre + np.concatenate([rng.uniform(-0.5, 0.5, size=(n_air, 2)) * extent, np.zeros((n_air, 1))], -1)
+    air_eye = centre + dirs * config.radius * extent
+    eyes = torch.from_numpy(np.concatenate([eye, air_eye])).float()
+    targets = torch.from_numpy(np.concatenate([ahead, air_target])).float()
+    return look_at(eyes, targets) if count else torch.zeros(0, 3, 4)
+
+
 @dataclass
 class SceneObject:
     """One posed primitive: ``x_local = rotation^T (x_world - position)``."""
@@ -423,24 +537,54 @@ def _farthest_from(existing: np.ndarray, candidates: np.ndarray, n: int) -> np.n
 
 def make_cameras(config: SyntheticSceneConfig) -> dict[str, Cameras]:
     """Cameras per split ("train", "test", and "val" if ``num_val_views > 0``), OpenCV convention."""
+    fx = 0.5 * config.width / math.tan(math.radians(config.fov_degrees) / 2)
+    _, _, _, _, distortion, model = _lens(config, fx)
+    poses = _city_poses(config) if config.scene == "city" else _hemisphere_poses(config)
+    return {name: Cameras(c2w, fx, fx, config.width / 2, config.height / 2, config.width, config.height, distortion, model) for name, c2w in poses.items()}
+
+
+def _city_poses(config: SyntheticSceneConfig) -> dict[str, Tensor]:
+    """Camera-to-worlds per split of a city (:func:`_city_cameras`), each split from its own stream
+    of ``seed``, so adding views to one split leaves the others as they were."""
+    counts = {"train": config.num_train_views, "test": config.num_test_views, "val": config.num_val_views}
+    return {
+        name: _city_cameras(config, n, np.random.default_rng([config.seed, k]))
+        for k, (name, n) in enumerate(counts.items())
+        if n > 0 or name != "val"
+    }
+
+
+def _hemisphere_poses(config: SyntheticSceneConfig) -> dict[str, Tensor]:
+    """Camera-to-worlds per split on the hemisphere band, looking at ``target``: training views on a
+    Fibonacci spiral, test and val views as far as possible from them."""
     rng = np.random.default_rng(config.seed)
     az0 = float(rng.uniform(0, 2 * math.pi))
     train = _fibonacci_band(config.num_train_views, config.elevation_range, az0)
     candidates = _fibonacci_band(2048, config.elevation_range, az0 + 0.5)
     test = _farthest_from(train, candidates, config.num_test_views)
     val = _farthest_from(np.concatenate([train, test]), candidates, config.num_val_views)
-    fx = 0.5 * config.width / math.tan(math.radians(config.fov_degrees) / 2)
-    _, _, _, _, distortion, model = _lens(config, fx)
     target = torch.tensor(config.target, dtype=torch.float32)
-    out: dict[str, Cameras] = {}
+    out: dict[str, Tensor] = {}
     for name, dirs in (("train", train), ("test", test), ("val", val)):
         if len(dirs) == 0 and name == "val":
             continue
         radii = config.radius * (1 + rng.uniform(-config.radius_jitter, config.radius_jitter, size=len(dirs)))
         eye = target + torch.from_numpy(dirs * radii[:, None]).float()
-        c2w = look_at(eye, target[None]) if len(dirs) else torch.zeros(0, 3, 4)
-        out[name] = Cameras(c2w, fx, fx, config.width / 2, config.height / 2, config.width, config.height, distortion, model)
+        out[name] = look_at(eye, target[None]) if len(dirs) else torch.zeros(0, 3, 4)
     return out
+
+
+def city_scene_config(num_views: int = 200, extent: float = 1.0, blocks: int = 3, size: int = 64, **changes) -> SyntheticSceneConfig:
+    """A procedural city block (``scene="city"``) with ``num_views`` training views (a tenth more
+    for testing), ``size``-pixel square images, the blocks' square half size ``extent`` and
+    ``blocks`` blocks per side, aerial views from 30-70 degrees elevation at 2.6 x the extent;
+    ``changes`` set any other field. ``default_scene_path(city_scene_config())`` generates and caches
+    it like the default scene."""
+    fields = {
+        "scene": "city", "num_train_views": num_views, "num_test_views": max(1, num_views // 10), "city_extent": extent,
+        "city_blocks": blocks, "width": size, "height": size, "radius": 2.6, "elevation_range": (30.0, 70.0), **changes,
+    }
+    return SyntheticSceneConfig(**fields)
 
 
 def _colmap_camera(config: SyntheticSceneConfig, fx: float) -> ColmapCamera:
@@ -464,6 +608,16 @@ class SyntheticScene:
 
     def __init__(self, config: SyntheticSceneConfig | None = None) -> None:
         self.config = config or SyntheticSceneConfig()
+        if self.config.scene == "city":
+            self.objects = [SceneObject(name, 1 + i, spec) for i, (name, spec) in enumerate(_city_specs(self.config))]
+        else:
+            self.objects = self._library_objects()
+        self.instance_ids = torch.tensor([o.instance_id for o in self.objects])
+        b = torch.stack([o.world_bounds() for o in self.objects])
+        self.aabb = torch.stack([b[:, 0].min(0).values, b[:, 1].max(0).values])  # [2, 3]
+        self.light = torch.tensor(_LIGHT_DIR) / torch.tensor(_LIGHT_DIR).norm()
+
+    def _library_objects(self) -> list[SceneObject]:
         names = (["ground"] if self.config.ground else []) + list(self.config.objects)
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate objects in {self.config.objects}")
@@ -473,11 +627,7 @@ class SyntheticScene:
         if not names:
             raise ValueError("the scene needs at least one object")
         first = 1 if self.config.ground else 2
-        self.objects = [SceneObject(n, first + i, _LIBRARY[n]) for i, n in enumerate(names)]
-        self.instance_ids = torch.tensor([o.instance_id for o in self.objects])
-        b = torch.stack([o.world_bounds() for o in self.objects])
-        self.aabb = torch.stack([b[:, 0].min(0).values, b[:, 1].max(0).values])  # [2, 3]
-        self.light = torch.tensor(_LIGHT_DIR) / torch.tensor(_LIGHT_DIR).norm()
+        return [SceneObject(n, first + i, _LIBRARY[n]) for i, n in enumerate(names)]
 
     # -- fields ------------------------------------------------------------------------------
     def object_sdfs(self, points: Tensor) -> Tensor:
@@ -670,7 +820,7 @@ def _object_normal(obj: SceneObject, points: Tensor) -> Tensor:
 def config_hash(config: SyntheticSceneConfig) -> str:
     """Short stable hash of the config and generator version (names the cache folder)."""
     fields = asdict(config)
-    for name in _CAMERA_FIELDS:
+    for name in _LATER_FIELDS:
         if fields[name] == SyntheticSceneConfig.__dataclass_fields__[name].default:
             del fields[name]
     payload = json.dumps({"version": GENERATOR_VERSION, "config": fields}, sort_keys=True)

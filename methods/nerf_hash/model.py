@@ -14,10 +14,9 @@ from torch import Tensor, nn
 
 from recon.cameras import RayBundle
 from recon.engine.callbacks import Callback, Where
-from recon.fields.hash_field import HashDensityField, HashNeRFField
+from recon.fields.hash_field import HashDensityField, HashFieldOptions
 from recon.errors import ConfigError
 from recon.model import Export, RayModel, RayModelConfig, SceneInfo
-from recon.render.contraction import contract
 from recon.render.occupancy import OccupancyGrid
 from recon.render.packed import accumulate_packed, expected_depth_packed, render_weights_packed
 from recon.render.proposal import ProposalSampler, anneal_schedule, distortion_loss, interlevel_loss
@@ -34,13 +33,8 @@ class NerfHashModel(RayModel):
         super().__init__(config, scene)
         c = config
         aabb = scene.aabb.float()
-        order = {"inf": float("inf"), "l2": 2.0}.get(c.contraction)
-        contraction = None if order is None else (lambda x: contract(x, order))
-        self.field = HashNeRFField(
-            aabb, contraction, num_levels=c.num_levels, max_res=c.max_res, log2_hashmap_size=c.log2_hashmap_size,
-            hidden_dim=c.hidden_dim, geo_feature_dim=c.geo_feature_dim, color_hidden_dim=c.color_hidden_dim,
-            num_cameras=scene.num_train_cameras, appearance_dim=c.appearance_dim, implementation=c.implementation,
-        )
+        contraction = c.contraction_fn()
+        self.field = c.hash_nerf_field(aabb, scene.num_train_cameras)
         if c.sampler == "proposal":
             self.proposals = nn.ModuleList(
                 HashDensityField(aabb, contraction, num_levels=5, max_res=res, log2_hashmap_size=c.proposal_log2_hashmap_size, implementation=c.implementation)
@@ -161,16 +155,14 @@ class NerfHashModel(RayModel):
 
 
 @dataclass
-class NerfHashModelConfig(RayModelConfig):
+class NerfHashModelConfig(HashFieldOptions, RayModelConfig):
     """nerfacto's defaults (nerfstudio ``nerfacto`` preset) unless noted; the occupancy sampler's
-    options default to nerfstudio's ``instant-ngp`` model."""
+    options default to nerfstudio's ``instant-ngp`` model. The field's options are
+    :class:`recon.fields.hash_field.HashFieldOptions`."""
 
     sampler: Literal["proposal", "occupancy"] = "proposal"
     """proposal: nerfacto's proposal networks; occupancy: instant-ngp's fixed-step march through an
     occupancy grid (no proposal networks, no interlevel or distortion loss)."""
-    implementation: Literal["auto", "torch", "tcnn"] = "auto"
-    """Hash-grid code: auto = tiny-cuda-nn on CUDA when ``tinycudann`` imports, else PyTorch; tcnn
-    insists on tiny-cuda-nn (CUDA only); torch always runs the PyTorch grid."""
     num_proposal_samples: tuple[int, ...] = (256, 96)
     """Samples per ray for each proposal network."""
     num_nerf_samples: int = 48
@@ -185,26 +177,6 @@ class NerfHashModelConfig(RayModelConfig):
     """Steps over which proposal weights are annealed."""
     spacing: Literal["linear", "disparity", "piecewise"] = "piecewise"
     """Initial sample spacing: piecewise = linear up to distance 1, then in disparity."""
-    contraction: Literal["inf", "l2", "none"] = "inf"
-    """Scene contraction for unbounded scenes; none clips rays to the scene box."""
-    near_plane: float = 0.05
-    """Ray start when the scene is contracted and the dataset has no bounds."""
-    far_plane: float = 1000.0
-    """Ray end when the scene is contracted and the dataset has no bounds."""
-    num_levels: int = 16
-    """Hash-grid levels of the radiance field."""
-    max_res: int = 2048
-    """Finest hash-grid resolution of the radiance field."""
-    log2_hashmap_size: int = 19
-    """Hash table size of the radiance field (log2)."""
-    hidden_dim: int = 64
-    """Width of the density MLP."""
-    geo_feature_dim: int = 15
-    """Geometry feature passed to the colour MLP."""
-    color_hidden_dim: int = 64
-    """Width of the colour MLP."""
-    appearance_dim: int = 32
-    """Per-camera appearance embedding size (0 disables)."""
     interlevel_loss_mult: float = 1.0
     """Weight of the proposal (interlevel) loss."""
     distortion_loss_mult: float = 0.002

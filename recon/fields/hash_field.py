@@ -14,7 +14,9 @@ Positions come in normalised world units and are mapped into [0, 1]^3 either by 
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +25,7 @@ from recon.fields.appearance import AppearanceEmbedding
 from recon.fields.hash_grid import HashGridEncoding, Implementation
 from recon.fields.mlp import MLP
 from recon.fields.spherical_harmonics import SHEncoding
+from recon.render.contraction import contract
 
 
 def trunc_exp(x: Tensor) -> Tensor:
@@ -30,8 +33,9 @@ def trunc_exp(x: Tensor) -> Tensor:
     return torch.exp(x.clamp(max=15.0))
 
 
-class _Normalise(nn.Module):
-    """World points -> [0, 1]^3 (by the box, or by [-2, 2]^3 after ``contraction``)."""
+class Normalise(nn.Module):
+    """World points -> [0, 1]^3 (by the box, or by [-2, 2]^3 after ``contraction``); shared by every
+    network that encodes positions with a hash grid (fields, proposal densities, occupancy gates)."""
 
     def __init__(self, aabb: Tensor, contraction: Callable[[Tensor], Tensor] | None):
         super().__init__()
@@ -61,7 +65,7 @@ class HashDensityField(nn.Module):
         implementation: Implementation = "torch",
     ):
         super().__init__()
-        self.normalise = _Normalise(aabb, contraction)
+        self.normalise = Normalise(aabb, contraction)
         self.encoding = HashGridEncoding(
             num_levels=num_levels, features_per_level=2, log2_hashmap_size=log2_hashmap_size, min_res=16, max_res=max_res,
             implementation=implementation,
@@ -99,7 +103,7 @@ class HashNeRFField(nn.Module):
         implementation: Implementation = "torch",
     ):
         super().__init__()
-        self.normalise = _Normalise(aabb, contraction)
+        self.normalise = Normalise(aabb, contraction)
         self.encoding = HashGridEncoding(
             num_levels=num_levels, features_per_level=features_per_level, log2_hashmap_size=log2_hashmap_size, min_res=16, max_res=max_res,
             implementation=implementation,
@@ -127,3 +131,47 @@ class HashNeRFField(nn.Module):
             else:
                 parts.append(self.appearance(camera_indices.expand(positions.shape[:-1])))
         return density, self.color(torch.cat(parts, -1))
+
+
+@dataclass
+class HashFieldOptions:
+    """Config fields of a ray model whose radiance field is a :class:`HashNeRFField` (nerfacto's
+    defaults), mixed into the model configs that share that field (nerf-hash, lec2o), with the two
+    builders they use."""
+
+    implementation: Literal["auto", "torch", "tcnn"] = "auto"
+    """Hash-grid code: auto = tiny-cuda-nn on CUDA when ``tinycudann`` imports, else PyTorch; tcnn
+    insists on tiny-cuda-nn (CUDA only); torch always runs the PyTorch grid."""
+    contraction: Literal["inf", "l2", "none"] = "inf"
+    """Scene contraction for unbounded scenes; none clips rays to the scene box."""
+    near_plane: float = 0.05
+    """Ray start when the scene is contracted and the dataset has no bounds."""
+    far_plane: float = 1000.0
+    """Ray end when the scene is contracted and the dataset has no bounds."""
+    num_levels: int = 16
+    """Hash-grid levels of the radiance field."""
+    max_res: int = 2048
+    """Finest hash-grid resolution of the radiance field."""
+    log2_hashmap_size: int = 19
+    """Hash table size of the radiance field (log2)."""
+    hidden_dim: int = 64
+    """Width of the density MLP."""
+    geo_feature_dim: int = 15
+    """Geometry feature passed to the colour MLP."""
+    color_hidden_dim: int = 64
+    """Width of the colour MLP."""
+    appearance_dim: int = 32
+    """Per-camera appearance embedding size (0 disables)."""
+
+    def contraction_fn(self) -> Callable[[Tensor], Tensor] | None:
+        """The configured scene contraction (:func:`recon.render.contraction.contract`), or None."""
+        order = {"inf": math.inf, "l2": 2.0}.get(self.contraction)
+        return None if order is None else (lambda x: contract(x, order))
+
+    def hash_nerf_field(self, aabb: Tensor, num_cameras: int) -> HashNeRFField:
+        """The radiance field these options describe, over the scene box aabb [2, 3]."""
+        return HashNeRFField(
+            aabb, self.contraction_fn(), num_levels=self.num_levels, max_res=self.max_res, log2_hashmap_size=self.log2_hashmap_size,
+            hidden_dim=self.hidden_dim, geo_feature_dim=self.geo_feature_dim, color_hidden_dim=self.color_hidden_dim,
+            num_cameras=num_cameras, appearance_dim=self.appearance_dim, implementation=self.implementation,
+        )

@@ -27,6 +27,7 @@ __all__ = [
     "interlevel_loss",
     "sample_pdf_edges",
     "spacing_to_t",
+    "stratified_bins",
 ]
 
 DensityFn = Callable[[Tensor], Tensor]  # positions [R, S, 3] -> densities [R, S] or [R, S, 1]
@@ -67,6 +68,29 @@ def spacing_to_t(s: Tensor, near: Tensor, far: Tensor, spacing: str = "linear") 
     # pin the end points and clamp the rest into [near, far].
     t = torch.where(s >= 1, far[:, None].expand_as(t), torch.where(s <= 0, near[:, None].expand_as(t), t))
     return torch.minimum(torch.maximum(t, near[:, None]), far[:, None])
+
+
+def stratified_bins(
+    near: Tensor,
+    far: Tensor,
+    num_samples: int,
+    perturb: bool,
+    spacing: str = "linear",
+    single_jitter: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Edges [R, num_samples + 1] of ``num_samples`` intervals tiling [near, far] (near, far: [R]),
+    evenly spaced in s-space (:func:`spacing_to_t`); with ``perturb`` each interior edge moves within
+    half a bin of its place (one offset per ray with ``single_jitter``), the end points stay fixed.
+    The initial samples of :class:`ProposalSampler` (nerfacto's UniformLinDispPiecewiseSampler)."""
+    R, n = near.shape[0], num_samples
+    s = torch.linspace(0.0, 1.0, n + 1, device=near.device, dtype=near.dtype).expand(R, n + 1)
+    if perturb:
+        shape = (R, 1) if single_jitter else (R, n - 1)
+        r = torch.rand(shape, device=near.device, dtype=near.dtype, generator=generator) - 0.5
+        inner = s[:, 1:-1] + r / n
+        s = torch.cat([s[:, :1], inner, s[:, -1:]], -1)
+    return spacing_to_t(s, near, far, spacing)
 
 
 # ----------------------------------------------------------------------------- pdf sampling
@@ -165,17 +189,6 @@ class ProposalSampler(nn.Module):
         """Call once per training step with the global step (drives ``update_sched``)."""
         self._step = step
 
-    def _initial_bins(self, near: Tensor, far: Tensor, n: int, perturb: bool, generator) -> Tensor:
-        R = near.shape[0]
-        s = torch.linspace(0.0, 1.0, n + 1, device=near.device, dtype=near.dtype).expand(R, n + 1)
-        if perturb:
-            # Move each edge within half a bin of its place, end points fixed (stratified in s).
-            shape = (R, 1) if self.single_jitter else (R, n - 1)
-            r = torch.rand(shape, device=near.device, dtype=near.dtype, generator=generator) - 0.5
-            inner = s[:, 1:-1] + r / n
-            s = torch.cat([s[:, :1], inner, s[:, -1:]], -1)
-        return spacing_to_t(s, near, far, self.spacing)
-
     def forward(
         self,
         rays_o: Tensor,
@@ -210,7 +223,7 @@ class ProposalSampler(nn.Module):
         counts = [*self.num_proposal_samples, self.num_nerf_samples]
         for level, n in enumerate(counts):
             if bins is None:
-                bins = self._initial_bins(near, far, n, perturb, generator)
+                bins = stratified_bins(near, far, n, perturb, self.spacing, self.single_jitter, generator)
             else:
                 assert weights is not None
                 # Clamped: a ray grazing the box has intervals of zero length whose weights round to

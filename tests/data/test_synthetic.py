@@ -395,3 +395,42 @@ def test_fisheye_colmap_capture_retriangulates_onto_the_surface(tmp_path):
     # Measured: 437 of 500 points kept, median distance 1.8e-5; through the perspective formula the
     # keypoints were read with before, 5.3e-3.
     assert len(sdf) > 100 and float(sdf.abs().median()) < 5e-4, (len(sdf), float(sdf.abs().median()))
+
+
+def test_city_scene(tmp_path, monkeypatch):
+    """The procedural city block: buildings in their lots off the streets, half the views at eye
+    level along a street and half from the air, depth on the surface, most buildings seen, cached
+    like the default scene; the object scene's cache name is unchanged by the city's fields."""
+    config = synthetic.city_scene_config(num_views=8, size=32, blocks=2, supersample=1, num_points=200, mesh_resolution=0.04)
+    assert config_hash(SyntheticSceneConfig()) == "7be6c233f1ca"  # GENERATOR_VERSION 1's default scene
+    monkeypatch.setenv("RECON_CACHE_DIR", str(tmp_path))
+    path = default_scene_path(config)
+    assert path == tmp_path / "synthetic" / config_hash(config)
+    scene = SyntheticScene(config)
+    buildings = scene.objects[1:]
+    assert scene.objects[0].name == "ground" and 8 <= len(buildings) <= 16
+    pitch, street = 2 * config.city_extent / config.city_blocks, config.city_street_width
+    for b in buildings:
+        lo, hi = b.world_bounds()
+        assert (lo[:2] > -config.city_extent).all() and (hi[:2] < config.city_extent).all()
+        for axis in (0, 1):  # the footprint stays off the street around its block
+            k = torch.floor((torch.stack([lo[axis], hi[axis]]) + config.city_extent) / pitch)
+            assert k[0] == k[1]
+            edge = -config.city_extent + k[0] * pitch
+            assert lo[axis] > edge + street / 2 and hi[axis] < edge + pitch - street / 2
+        assert abs(float(lo[2]) - (synthetic.GROUND_TOP_Z - 0.01)) < 1e-5  # standing on the ground
+
+    t = json.loads((path / "transforms.json").read_text())
+    cams = cameras_from_transforms(t)
+    heights = cams.camera_to_worlds[:, 2, 3]
+    street_views = (heights - synthetic.GROUND_TOP_Z - 0.06).abs() < 1e-5
+    assert int(street_views.sum()) == 4 and bool((heights[~street_views] > 0.5).all())  # 4 of 8 train, none of the 1 test view
+
+    depth = load_frames(path, t, "depth_file_path")
+    instances = np.stack([np.asarray(Image.open(path / f["instance_file_path"])) for f in t["frames"]])
+    seen = set(np.unique(instances).tolist()) - {0, 1}
+    assert len(seen) >= len(buildings) // 2
+    rays = cams.generate_rays(0)
+    hit = depth[0].reshape(-1) > 0
+    points = rays.origins[hit] + rays.directions[hit] * (torch.from_numpy(depth[0].reshape(-1)[hit]) / rays.z_scale[hit])[:, None]
+    assert hit.mean() > 0.3 and float(scene.sdf(points).abs().max()) < 2e-3

@@ -71,10 +71,9 @@ def run(method: str, steps: int, out: Path, device: str) -> dict:
             part.export(out / f"{method}_{trainer.model.labels.name(label)}.ply")
         # the picture: objects in the normalised frame, seen from the first training camera
         norm = [_to_normalised(trainer, m) for m in meshes.values()]
-        row["picture"] = str(mesh_picture(trimesh.util.concatenate(norm), trainer.datamanager.train_dataset.cameras[0],
-                                          out / f"{method}_objects.png"))
+        row["picture"] = str(mesh_picture(norm, trainer.datamanager.train_dataset.cameras[0], out / f"{method}_objects.png", scale=6.0))
     else:
-        row["picture"] = str(mesh_picture(normalised, trainer.datamanager.train_dataset.cameras[0], out / f"{method}_mesh.png"))
+        row["picture"] = str(mesh_picture(normalised, trainer.datamanager.train_dataset.cameras[0], out / f"{method}_mesh.png", scale=6.0))
     return row
 
 

@@ -185,32 +185,43 @@ def train_and_evaluate(
     return trainer, row
 
 
-def mesh_picture(mesh: Any, camera: Any, path: Path, samples_per_pixel: float = 40.0) -> Path:
-    """A shaded picture of ``mesh`` (trimesh, world units) seen by ``camera`` (recon Cameras, one view),
-    written as PNG. Dense surface samples are splatted into a z-buffer (nearest sample per pixel)
-    and shaded by a head light on their face normals (grey, two-sided): enough to judge a
-    reconstructed surface without an OpenGL context."""
+def mesh_picture(mesh: Any, camera: Any, path: Path, samples_per_pixel: float = 40.0, scale: float = 1.0) -> Path:
+    """A shaded picture of ``mesh`` (trimesh, world units; or a list of meshes, each in its own
+    colour) seen by ``camera`` (recon Cameras, one view; ``scale`` resizes its image), written as
+    PNG. Dense surface samples are splatted into a z-buffer (nearest sample per pixel) and shaded
+    by a head light on their face normals (two-sided): enough to judge a reconstructed surface
+    without an OpenGL context. One mesh is grey; several get distinct hues."""
+    import colorsys
+
     import numpy as np
     from PIL import Image
 
     from recon.geometry.mesh import sample_points_on_mesh
 
+    camera = camera.scaled(scale) if scale != 1.0 else camera
+    meshes = list(mesh) if isinstance(mesh, (list, tuple)) else [mesh]
     h, w = int(camera.height[0]), int(camera.width[0])
-    points, normals = sample_points_on_mesh(mesh, int(samples_per_pixel * h * w), seed=0)
-    pts = torch.as_tensor(points, dtype=torch.float32)
-    nrm = torch.as_tensor(normals, dtype=torch.float32)
+    area = sum(float(m.area) for m in meshes) or 1.0
+    tints = [(1.0, 1.0, 1.0)] if len(meshes) == 1 else [colorsys.hsv_to_rgb(i / len(meshes), 0.55, 1.0) for i in range(len(meshes))]
+    pts_l, nrm_l, col_l = [], [], []
+    for m, tint in zip(meshes, tints):
+        points, normals = sample_points_on_mesh(m, max(int(samples_per_pixel * h * w * float(m.area) / area), 1), seed=0)
+        pts_l.append(torch.as_tensor(points, dtype=torch.float32))
+        nrm_l.append(torch.as_tensor(normals, dtype=torch.float32))
+        col_l.append(torch.tensor(tint, dtype=torch.float32).expand(len(points), 3))
+    pts, nrm, col = torch.cat(pts_l), torch.cat(nrm_l), torch.cat(col_l)
     uv, z = camera.project(pts)
     u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
     ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    pix, z, pts, nrm = (v * w + u)[ok], z[ok], pts[ok], nrm[ok]
+    pix, z, pts, nrm, col = (v * w + u)[ok], z[ok], pts[ok], nrm[ok], col[ok]
     nearest = torch.full((h * w,), float("inf")).scatter_reduce(0, pix, z, reduce="amin")
     front = z <= nearest[pix]
     eye = camera.camera_to_worlds[0, :3, 3]
     view = torch.nn.functional.normalize(eye - pts[front], dim=-1)
     shade = (nrm[front] * view).sum(-1).abs()
-    image = torch.ones(h * w)
-    image[pix[front]] = 0.15 + 0.8 * shade
-    out = (image.reshape(h, w).numpy() * 255).round().astype(np.uint8)
+    image = torch.ones(h * w, 3)
+    image[pix[front]] = (0.15 + 0.8 * shade)[:, None] * col[front]
+    out = (image.reshape(h, w, 3).numpy() * 255).round().astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(out).save(path)
+    Image.fromarray(out if len(meshes) > 1 else out[..., 0]).save(path)
     return path

@@ -190,8 +190,9 @@ class NeuSModel(RayModel):
         (the datamanager's ``load_cues``; 0 marks a pixel without a value).
 
         Both apply only to the rays that cross the surface (MonoSDF's depth mask, used for the normals
-        too: a ray that meets no surface yet has a depth and normal of near-zero weight, whose
-        normalisation would blow its gradients up). Relative (monocular) depth: the scale- and
+        too: a ray that meets no surface yet has a depth and normal normalised by a near-zero
+        accumulation; without this mask a 400-step objectsdf run on ground-truth cues collapsed,
+        benchmarks/RESULTS.md). Relative (monocular) depth: the scale- and
         shift-invariant loss per image on MonoSDF's target ``50 D + 0.5`` (so the official weight 0.1
         means the same). Metric depth: half the MSE of the rendered z-depth. Normals: L1 + (1 - cos)
         of the rendered normal against the cue (world frame)."""

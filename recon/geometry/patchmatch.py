@@ -31,12 +31,14 @@ first). Shapes: C cameras, H x W pixels, M pixels being scored, V source views, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from recon.cameras import Cameras
+from recon.geometry.warp_patchmatch import INVALID_COST, view_costs_warp
 
 __all__ = [
     "PatchMatchConfig",
@@ -48,6 +50,7 @@ __all__ = [
     "patch_offsets",
     "warp_patches",
     "ncc",
+    "view_costs",
     "bilateral_weights",
     "plane_depth",
     "patchmatch_view",
@@ -56,10 +59,6 @@ __all__ = [
     "geometric_consistency",
     "fuse_points",
 ]
-
-INVALID_COST = 2.0
-"""Cost of a view that cannot score a hypothesis (off-image, behind the camera, flat patch): 1 - NCC is at most 2."""
-
 
 @dataclass
 class PatchMatchConfig:
@@ -101,6 +100,8 @@ class PatchMatchConfig:
     """Geometric consistency: a pixel is kept when at least this many other views agree."""
     seed: int = 0
     """Random seed of the initialisation and refinement."""
+    backend: Literal["torch", "warp"] = "torch"
+    """Matching-cost implementation: the PyTorch reference or the Warp kernel (CPU and CUDA)."""
 
 
 @dataclass
@@ -265,18 +266,36 @@ class _ViewProblem:
         if config.bilateral_sigma_color > 0:
             self.weights = bilateral_weights(ref_patches, self.offsets, config.bilateral_sigma_color, config.bilateral_sigma_spatial)
         self.ref_patches = ref_patches
+        _, self.ref_std = ncc(ref_patches, ref_patches[:, None], self.weights)
 
     def cost(self, idx: Tensor, depth: Tensor, normal: Tensor) -> Tensor:
         """Multi-view cost [M] of hypotheses (depth [M], normal [M, 3]) at flat pixel indices idx [M]."""
-        offset = depth * (normal * self.rays[idx]).sum(-1)  # n . X with X = depth * ray
-        Hm = plane_homographies(self.K_ref, self.K_src, self.R, self.t, normal, offset)
-        samples, valid = warp_patches(self.src_images, Hm, self.centres[idx], self.offsets)
         weights = None if self.weights is None else self.weights[idx]
-        value, std = ncc(self.ref_patches[idx], samples, weights)
-        per_view = torch.where(valid & (offset[:, None] < 0), 1 - value, torch.full_like(value, INVALID_COST))
+        args = (self.src_images, self.K_ref, self.K_src, self.R, self.t, self.centres[idx], depth, normal, self.offsets, self.ref_patches[idx], weights)
+        per_view = view_costs_warp(*args) if self.config.backend == "warp" else view_costs(*args)
         k = min(self.config.top_k, per_view.shape[1])
         best = torch.topk(per_view, k, dim=1, largest=False).values.mean(1)
-        return torch.where(std < self.config.min_patch_std, torch.full_like(best, INVALID_COST), best)
+        return torch.where(self.ref_std[idx] < self.config.min_patch_std, torch.full_like(best, INVALID_COST), best)
+
+
+def view_costs(src_images: Tensor, K_ref: Tensor, K_src: Tensor, R: Tensor, t: Tensor, centres: Tensor, depth: Tensor, normal: Tensor,
+               offsets: Tensor, ref_patches: Tensor, weights: Tensor | None) -> Tensor:
+    """Per-view matching costs [M, V]: ``1 - NCC`` of each reference patch with its warp into every
+    source view through the pixel's plane, ``INVALID_COST`` where the view cannot score it
+    (:func:`warp_patches`'s validity, or a plane not in front of the camera).
+
+    src_images: [V, H, W] grey; K_ref: [3, 3]; K_src: [V, 3, 3]; R, t: [V, 3, 3], [V, 3]
+    reference-to-source; centres: [M, 2] pixel coordinates; depth: [M] z-depth; normal: [M, 3]
+    reference frame; offsets: [P, 2]; ref_patches: [M, P] grey; weights: [M, P] or None.
+    :func:`recon.geometry.warp_patchmatch.view_costs_warp` is the Warp kernel with this signature.
+    """
+    ones = torch.ones_like(centres[:, :1])
+    rays = torch.cat([centres, ones], -1) @ torch.linalg.inv(K_ref).T
+    offset = depth * (normal * rays).sum(-1)  # n . X with X = depth * ray
+    Hm = plane_homographies(K_ref, K_src, R, t, normal, offset)
+    samples, valid = warp_patches(src_images, Hm, centres, offsets)
+    value, _ = ncc(ref_patches, samples, weights)
+    return torch.where(valid & (offset[:, None] < 0), 1 - value, torch.full_like(value, INVALID_COST))
 
 
 def _random_normals(rays: Tensor, generator: torch.Generator) -> Tensor:

@@ -4,6 +4,7 @@ forms, depth recovered on a textured plane and on the synthetic scene, consisten
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -248,3 +249,72 @@ def test_patchmatch_on_the_synthetic_scene(one_thread):
     distance = torch.tensor(np.stack([distance_transform_edt(b.numpy()) for b in background]))
     fattening = distance[keep & background]
     assert (float(fattening.max()) if len(fattening) else 0.0) <= config.patch_radius + 3
+
+
+# -- the Warp kernel against the PyTorch reference ------------------------------------------------------
+
+
+def _cost_problem(device: str = "cpu", m: int = 1500):
+    """view_costs arguments on the textured plane: pixels with perturbed depths and random normals
+    (some facing away, some planes behind the camera), bilateral weights."""
+    from recon.geometry.patchmatch import _sample, bilateral_weights
+
+    cams = _plane_cameras()
+    images, gt, _ = _render_plane(cams)
+    grey = torch.stack([im[..., 0] for im in images])
+    K, src = cams.intrinsics_matrices(), [1, 2, 3, 4]
+    R, t = relative_poses(cams, 0, src)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, SIZE * SIZE, (m,), generator=g)
+    centres = torch.stack([idx % SIZE, idx // SIZE], -1).float() + 0.5
+    depth = gt[0].reshape(-1)[idx] * (1 + 0.05 * torch.randn(m, generator=g))
+    normal = F.normalize(torch.randn(m, 3, generator=g) * 0.4 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    normal[: m // 10] *= -1  # planes whose offset puts them behind the camera: invalid everywhere
+    offsets = patch_offsets(3, 1)
+    patches = _sample(grey[:1], (centres[:, None] + offsets[None])[None])[0]
+    weights = bilateral_weights(patches, offsets, 0.2, 3.0)
+    args = (grey[src], K[0], K[src], R, t, centres, depth, normal, offsets, patches, weights)
+    return tuple(a.to(device) for a in args)
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_warp_view_costs_match_the_torch_reference(weighted):
+    """Same valid/invalid decisions; costs within 5e-4 (the kernel's one-pass NCC in float32;
+    measured max difference 1e-4)."""
+    from recon.geometry.patchmatch import view_costs
+    from recon.geometry.warp_patchmatch import INVALID_COST, view_costs_warp
+
+    args = list(_cost_problem())
+    if not weighted:
+        args[-1] = None
+    expected, got = view_costs(*args), view_costs_warp(*args)
+    invalid = expected == INVALID_COST
+    assert 0 < int(invalid.sum()) < invalid.numel()
+    assert torch.equal(invalid, got == INVALID_COST)
+    torch.testing.assert_close(got, expected, atol=5e-4, rtol=0)
+
+
+def test_patchmatch_with_the_warp_backend_recovers_the_plane(one_thread):
+    """The whole search with the Warp cost: the same quality bounds as the reference path."""
+    cams = _plane_cameras()
+    images, gt, _ = _render_plane(cams)
+    aabb = torch.tensor([[-1.5, -1.5, -0.6], [1.5, 1.5, 0.6]])
+    config = PatchMatchConfig(num_source_views=4, top_k=2, backend="warp")
+    res = patchmatch(images, cams, config, aabb)
+    keep, _ = geometric_consistency(cams, res.depth, config)
+    err = (res.depth - gt).abs() / gt
+    assert float(keep.float().mean()) > 0.8
+    assert float(err[keep].median()) < 0.004
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_warp_view_costs_on_cuda_match_the_torch_reference():
+    from recon.geometry.patchmatch import view_costs
+    from recon.geometry.warp_patchmatch import INVALID_COST, view_costs_warp
+
+    expected = view_costs(*_cost_problem())
+    got = view_costs_warp(*_cost_problem("cuda"))
+    assert got.is_cuda
+    assert torch.equal(expected == INVALID_COST, got.cpu() == INVALID_COST)
+    torch.testing.assert_close(got.cpu(), expected, atol=5e-4, rtol=0)

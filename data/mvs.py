@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import tyro
 
 from data.datamanager import ImageDataset
@@ -78,7 +79,8 @@ class MvsConfig:
 
         start = time.perf_counter()
         with console.status(f"PatchMatch on {len(images)} views"):
-            result = patchmatch(images, cameras, config, views.scene_box.aabb)
+            points = None if views.points3d is None else torch.as_tensor(views.points3d, dtype=torch.float32)
+            result = patchmatch(images, cameras, config, views.scene_box.aabb, points=points)
         matched = time.perf_counter()
         keep, _ = geometric_consistency(cameras, result.depth, config)
         depth = result.depth * keep

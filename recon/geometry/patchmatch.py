@@ -141,9 +141,22 @@ def select_source_views(cameras: Cameras, ref: int, num: int, min_angle_deg: flo
     return ok[:num]
 
 
-def depth_range(cameras: Cameras, ref: int, aabb: Tensor, min_depth: float = 1e-3) -> tuple[float, float]:
-    """(near, far) z-depths of an axis-aligned box ``aabb`` [2, 3] in view ``ref``: its corners'
-    depths, near clamped to ``min_depth`` when the camera is inside the box."""
+def depth_range(cameras: Cameras, ref: int, aabb: Tensor, points: Tensor | None = None, min_depth: float = 1e-3,
+                min_points: int = 20) -> tuple[float, float]:
+    """(near, far) z-depth search range of view ``ref``.
+
+    With sparse ``points`` [P, 3] (SfM), as gmvs's ``colmap2mvs`` does: the 1st and 99th
+    percentiles of the depths of those that project into the image, times 0.75 and 1.25, when at
+    least ``min_points`` do. Otherwise the depths of the corners of the box ``aabb`` [2, 3], near
+    clamped to ``min_depth`` when the camera is inside the box.
+    """
+    if points is not None and len(points) >= min_points:
+        uv, z = cameras.project(points.to(cameras.device).float(), ref)
+        w, h = float(cameras.width[ref]), float(cameras.height[ref])
+        seen = (z > min_depth) & (uv[:, 0] >= 0) & (uv[:, 0] <= w) & (uv[:, 1] >= 0) & (uv[:, 1] <= h)
+        if int(seen.sum()) >= min_points:
+            lo, hi = torch.quantile(z[seen], torch.tensor([0.01, 0.99], device=z.device)).tolist()
+            return max(0.75 * lo, min_depth), 1.25 * hi
     corners = torch.stack(torch.meshgrid(*(aabb[:, k] for k in range(3)), indexing="ij"), -1).reshape(-1, 3)
     _, z = cameras.project(corners.to(cameras.device).float(), ref)
     return max(float(z.min()), min_depth), max(float(z.max()), 2 * min_depth)
@@ -430,11 +443,13 @@ def _grey(image: Tensor) -> Tensor:
 
 @torch.no_grad()
 def patchmatch(images: list[Tensor], cameras: Cameras, config: PatchMatchConfig, aabb: Tensor, views: list[int] | None = None,
-               init_depths: list[Tensor] | None = None, init_normals: list[Tensor] | None = None) -> PatchMatchResult:
+               init_depths: list[Tensor] | None = None, init_normals: list[Tensor] | None = None,
+               points: Tensor | None = None) -> PatchMatchResult:
     """PatchMatch depth and normal maps for every view in ``views`` (default: all).
 
     images: C float images [H, W, 3] in [0, 1] (one size for all); cameras: C pinhole cameras;
-    aabb: [2, 3] box holding the scene (gives each view's depth range); init_depths /
+    aabb: [2, 3] box holding the scene and points: [P, 3] sparse points or None (each view's depth
+    range, :func:`depth_range`); init_depths /
     init_normals: per view [H, W] / [H, W, 3] in the view's camera frame, or None.
     Pixels with cost above ``config.max_cost`` get depth 0.
     """
@@ -454,7 +469,7 @@ def patchmatch(images: list[Tensor], cameras: Cameras, config: PatchMatchConfig,
             costs.append(torch.full((H, W), INVALID_COST))
             sources.append(src)
             continue
-        near, far = depth_range(cameras, ref, aabb)
+        near, far = depth_range(cameras, ref, aabb, points)
         R, t = relative_poses(cameras, ref, src)
         init_d = None if init_depths is None else init_depths[ref]
         init_n = None if init_normals is None else init_normals[ref]

@@ -12,6 +12,7 @@ from recon.cameras import Cameras, look_at
 from recon.geometry.patchmatch import (
     PatchMatchConfig,
     backproject,
+    depth_range,
     fuse_points,
     geometric_consistency,
     ncc,
@@ -138,6 +139,24 @@ def test_weighted_ncc_matches_numpy():
             a, b = a - (ww * a).sum(), b - (ww * b).sum()
             expected = (ww * a * b).sum() / np.sqrt((ww * a * a).sum() * (ww * b * b).sum())
             assert abs(float(value[m, v]) - expected) < 1e-6
+
+
+def test_depth_range_from_sparse_points_and_from_the_box():
+    """Sparse points give gmvs's range (1st/99th percentile x 0.75 / 1.25), bracketing the true
+    depths and tighter than the box's; without enough points the box's corners decide."""
+    cams = _plane_cameras()
+    _, gt, normal = _render_plane(cams, supersample=1)
+    aabb = torch.tensor([[-3.0, -3.0, -1.0], [3.0, 3.0, 1.0]])
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(500, 2, generator=g) * 2 - 1
+    points = torch.cat([xy, (-(xy @ normal[:2]) / normal[2])[:, None]], -1)  # on the plane
+    near, far = depth_range(cams, 0, aabb, points)
+    box_near, box_far = depth_range(cams, 0, aabb)
+    assert near <= 0.8 * float(gt[0].min()) and far >= 1.2 * float(gt[0].max())
+    assert box_near < near and box_far > far
+    assert depth_range(cams, 0, aabb, points[:5]) == (box_near, box_far)
+    inside = torch.tensor([[-3.0, -3.0, -1.0], [3.0, 3.0, 3.0]])  # holds the cameras
+    assert depth_range(cams, 0, inside)[0] == 1e-3
 
 
 # -- the search ---------------------------------------------------------------------------------

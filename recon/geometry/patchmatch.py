@@ -1,4 +1,5 @@
-"""PatchMatch multi-view stereo with slanted planes, in pure PyTorch (the reference path).
+"""PatchMatch multi-view stereo with slanted planes, in PyTorch (its matching cost also has a Warp
+kernel twin, :mod:`recon.geometry.warp_patchmatch`).
 
 Every pixel of a reference view carries a plane hypothesis: a z-depth ``d`` along its ray and a
 unit normal ``n`` in the reference camera frame (OpenCV: x right, y down, z forward), facing the
@@ -7,21 +8,21 @@ matching with slanted support windows", BMVC), a hypothesis is scored by warping
 the pixel into each source view through the homography its plane induces (Hartley & Zisserman
 2004, "Multiple View Geometry", sec. 13.1), and comparing with normalised cross-correlation
 (NCC), optionally bilaterally weighted (Schönberger, Zheng, Pollefeys & Frahm 2016, "Pixelwise
-view selection for unstructured multi-view stereo", ECCV, sec. 4.3). The multi-view cost is the
+view selection for unstructured multi-view stereo", ECCV). The multi-view cost is the
 mean of the best ``top_k`` per-view costs (Galliani, Lasinger & Schindler 2015, "Massively
-parallel multiview stereopsis by surface normal diffusion", ICCV, sec. 3.2).
+parallel multiview stereopsis by surface normal diffusion", ICCV).
 
-Hypotheses spread by red-black checkerboard propagation (Galliani et al. 2015, sec. 3.1; the
-adaptive variant of Xu & Tao 2019, "Multi-scale geometric consistency guided multi-view stereo",
-CVPR, ACMH/ACMM, which ACMP -- Xu & Tao 2020, "Planar prior assisted PatchMatch multi-view
-stereo", AAAI -- builds on): all pixels of one colour update at once from neighbours of the other
-colour, each neighbour's plane re-intersected with the pixel's ray. Random refinement then tries
-perturbed and fresh depths and normals (Schönberger et al. 2016, sec. 4.4; Xu & Tao 2019,
-sec. 3.1). A hypothesis is replaced only by a cheaper one.
+Hypotheses spread by red-black checkerboard propagation with Galliani et al.'s fixed neighbour
+pattern: all pixels of one colour update at once from neighbours of the other colour,
+each neighbour's plane re-intersected with the pixel's ray. (ACMH's adaptive neighbour choice,
+Xu & Tao 2019, "Multi-scale geometric consistency guided multi-view stereo", CVPR, on which
+ACMP -- Xu & Tao 2020, "Planar prior assisted PatchMatch multi-view stereo", AAAI -- builds, is
+not implemented.) Random refinement then tries perturbed and fresh depths and normals
+(Schönberger et al. 2016; Xu & Tao 2019). A hypothesis is replaced only by a cheaper one.
 
 Depth maps of all views are then filtered by geometric consistency (a pixel is kept when at least
 ``min_views`` other views see the same point: reprojection error and relative depth difference
-below thresholds; Schönberger et al. 2016, sec. 4.5; Xu & Tao 2019, sec. 3.3) and fused into an
+below thresholds; Schönberger et al. 2016; Xu & Tao 2019) and fused into an
 oriented, coloured point cloud in world coordinates.
 
 Pixel centres are at ``+0.5`` (:mod:`recon.cameras`); the cameras must be pinholes (undistort
@@ -60,6 +61,7 @@ __all__ = [
     "fuse_points",
 ]
 
+
 @dataclass
 class PatchMatchConfig:
     """Settings of the PatchMatch search, the consistency filter and the fusion."""
@@ -79,7 +81,7 @@ class PatchMatchConfig:
     refine_candidates: int = 6
     """Perturbed / fresh hypotheses tried per pixel in each refinement."""
     refine_depth_fraction: float = 0.25
-    """Initial depth perturbation as a fraction of the depth range; halves every sweep."""
+    """Initial depth perturbation: up to this fraction of the current depth either way; halves every sweep."""
     refine_normal_scale: float = 0.5
     """Initial normal perturbation (added to the unit normal before renormalising); halves every sweep."""
     bilateral_sigma_color: float = 0.2
@@ -125,9 +127,9 @@ class PatchMatchResult:
 
 def select_source_views(cameras: Cameras, ref: int, num: int, min_angle_deg: float = 3.0, candidates: list[int] | None = None) -> list[int]:
     """The ``num`` views whose optical axes are closest to view ``ref``'s, skipping those within
-    ``min_angle_deg`` (no baseline) and those whose centre is behind the reference camera.
+    ``min_angle_deg`` (no baseline) and those looking 90 degrees or more away.
 
-    A simple stand-in for COLMAP's triangulation-angle score (Schönberger et al. 2016, sec. 4.5),
+    A simple stand-in for COLMAP's triangulation-angle score (Schönberger et al. 2016),
     which needs sparse points the dataset may not have. Returns indices into ``cameras``.
     """
     c2w = cameras.camera_to_worlds
@@ -177,7 +179,7 @@ def plane_homographies(K_ref: Tensor, K_src: Tensor, R: Tensor, t: Tensor, norma
 
     The plane of pixel m is ``{X : n_m . X = offset_m}`` in the reference frame (offset < 0 for a
     camera-facing normal and a plane in front of the camera; any non-zero offset works). For X on it, ``R X + t = (R + t n^T / offset) X``, so
-    ``H = K_src (R + t n^T / offset) K_ref^-1`` (Hartley & Zisserman 2004, eq. 13.2).
+    ``H = K_src (R + t n^T / offset) K_ref^-1`` (Hartley & Zisserman 2004, sec. 13.1).
 
     K_ref: [3, 3]; K_src: [V, 3, 3]; R: [V, 3, 3]; t: [V, 3]; normal: [M, 3]; offset: [M].
     """
@@ -226,7 +228,7 @@ def warp_patches(src_images: Tensor, homographies: Tensor, centres: Tensor, offs
 
 
 def bilateral_weights(ref_patches: Tensor, offsets: Tensor, sigma_color: float, sigma_spatial: float) -> Tensor:
-    """Weights [M, P] of Schönberger et al. 2016 (sec. 4.3): ``exp(-dc^2 / 2 sc^2 - dx^2 / 2 sx^2)``
+    """Weights [M, P] of Schönberger et al. 2016's bilateral NCC: ``exp(-dc^2 / 2 sc^2 - dx^2 / 2 sx^2)``
     with dc the grey difference to the patch centre and dx the offset length. ref_patches: [M, P]."""
     centre = ref_patches[:, offsets.shape[0] // 2 : offsets.shape[0] // 2 + 1]
     dc2 = (ref_patches - centre) ** 2
@@ -336,7 +338,7 @@ def _random_depth(m: int, near: float, far: float, generator: torch.Generator, d
 def _neighbour_offsets() -> list[tuple[int, int]]:
     """(dv, du) of the neighbours a pixel takes hypotheses from, all of the other checkerboard
     colour (odd |dv| + |du|): the four adjacent pixels and four at distance 5, the pattern of
-    Galliani et al. 2015 (sec. 3.1, fig. 2), which spreads a good plane quickly without
+    Galliani et al. 2015, which spreads a good plane quickly without
     scoring every pixel of a large neighbourhood."""
     return [(-1, 0), (1, 0), (0, -1), (0, 1), (-5, 0), (5, 0), (0, -5), (0, 5)]
 
@@ -368,7 +370,7 @@ def _propagate(problem: _ViewProblem, idx: Tensor, depth: Tensor, normal: Tensor
 def _refine(problem: _ViewProblem, idx: Tensor, depth: Tensor, normal: Tensor, cost: Tensor, near: float, far: float,
             depth_scale: float, normal_scale: float, generator: torch.Generator) -> None:
     """Random refinement for the pixels idx [M], in place: perturbed and fresh depths and normals
-    combined with the current ones (Xu & Tao 2019, sec. 3.1), each kept if cheaper."""
+    combined with the current ones (Xu & Tao 2019), each kept if cheaper."""
     rays = problem.rays[idx]
     d0, n0 = depth[idx], normal[idx]
     m = len(idx)
@@ -525,7 +527,7 @@ def _agreement(cameras: Cameras, depths: Tensor, ref: int, src: int, points: Ten
 
 @torch.no_grad()
 def geometric_consistency(cameras: Cameras, depths: Tensor, config: PatchMatchConfig, sources: list[list[int]] | None = None) -> tuple[Tensor, Tensor]:
-    """Count, per pixel, the views whose depth agrees (Schönberger et al. 2016, sec. 4.5: forward-
+    """Count, per pixel, the views whose depth agrees (Schönberger et al. 2016; Xu & Tao 2019: forward-
     backward reprojection error below ``reproj_error_px`` and relative depth difference below
     ``rel_depth_diff``), and keep pixels with at least ``min_views``.
 
@@ -554,7 +556,7 @@ def fuse_points(cameras: Cameras, depths: Tensor, normals: Tensor, images: list[
 
     Views are visited in order; each kept, not yet used pixel is averaged (position, normal,
     colour) with the agreeing pixels of the other views, which are then marked used so that a
-    surface point is written once (the fusion of Xu & Tao 2019, sec. 3.3, in spirit).
+    surface point is written once (ACMP's fusion, in spirit).
     depths: [C, H, W]; normals: [C, H, W, 3] camera frame; images: C [H, W, 3] in [0, 1];
     keep: [C, H, W] bool (:func:`geometric_consistency`).
     Returns points [P, 3], unit normals [P, 3] (world) and colours [P, 3] in [0, 1].

@@ -2,7 +2,7 @@
 :func:`recon.geometry.patchmatch.view_costs`.
 
 One thread scores one (pixel, source view) pair: it forms the homography of the pixel's plane
-(Hartley & Zisserman 2004, eq. 13.2), warps the patch samples through it, reads the source image
+(Hartley & Zisserman 2004, sec. 13.1), warps the patch samples through it, reads the source image
 bilinearly (border clamped, pixel centres at +0.5, like ``grid_sample(align_corners=False,
 padding_mode="border")``) and accumulates the weighted sums of a one-pass normalised cross-
 correlation, so no [M, V, P] tensor of samples is ever made. The PyTorch function is the oracle

@@ -51,7 +51,7 @@ class MvsConfig:
     split: str = "train"
     """Which split's views to match (the others are not used)."""
     image_scale: float = 1.0
-    """Resize the images (and cameras) by this factor first; 0.5 runs about four times faster."""
+    """Resize the images (and cameras) by this factor first; 0.5 runs about five times faster."""
     overwrite: bool = False
     """Replace a non-empty --output-dir."""
     patchmatch: PatchMatchConfig = field(default_factory=PatchMatchConfig)

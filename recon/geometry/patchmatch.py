@@ -108,12 +108,13 @@ class PatchMatchConfig:
 
 @dataclass
 class PatchMatchResult:
-    """Per-view outputs of :func:`patchmatch`.
+    """Per-view outputs of :func:`patchmatch`, one row per matched view in the order of ``views``
+    (C of them; for a subset, give :func:`geometric_consistency` the cameras ``cameras[views]``).
 
     depth: [C, H, W] z-depth in each camera (0: no estimate).
     normal: [C, H, W, 3] unit normals in each camera's frame (OpenCV), zeros where depth is 0.
     cost: [C, H, W] final multi-view cost (1 - NCC, lower is better).
-    source_views: C lists of the source view indices each view was matched against.
+    source_views: C lists of the camera indices (into the cameras given) each view was matched against.
     """
 
     depth: Tensor

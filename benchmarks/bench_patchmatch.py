@@ -26,7 +26,7 @@ from benchmarks.common import append_results
 from data.datamanager import ImageDataset
 from data.parsers import load_dataset
 from data.synthetic import default_scene_path
-from recon.geometry.patchmatch import PatchMatchConfig, backproject, fuse_points, geometric_consistency, patchmatch
+from recon.geometry.patchmatch import PatchMatchConfig, depth_to_points, fuse_points, geometric_consistency, patchmatch
 
 
 def _ground_truth(train, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +66,7 @@ def run(scale: float, backend: str, tau: float) -> dict:
     mesh_points = s * (mesh_points @ R.T + t)
     accuracy, _ = cKDTree(mesh_points.numpy()).query(points.double().numpy())
     full_cams = train.cameras
-    visible = torch.cat([backproject(full_cams, i, full[i])[full[i] > 0] for i in range(len(full_cams))])
+    visible = torch.cat([depth_to_points(full_cams, i, full[i])[full[i] > 0] for i in range(len(full_cams))])
     visible = visible[torch.randperm(len(visible), generator=torch.Generator().manual_seed(0))[:100_000]]
     completeness, _ = cKDTree(points.numpy()).query(visible.numpy()) if len(points) else (np.full(len(visible), np.inf), None)
     return {

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon.cameras import Cameras
+from recon.geometry.warp import backproject
 from recon.geometry.warp_patchmatch import INVALID_COST, view_costs_warp
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
     "plane_depth",
     "patchmatch_view",
     "patchmatch",
-    "backproject",
+    "depth_to_points",
     "geometric_consistency",
     "fuse_points",
 ]
@@ -489,12 +490,11 @@ def patchmatch(images: list[Tensor], cameras: Cameras, config: PatchMatchConfig,
 # -- consistency and fusion ---------------------------------------------------------------------
 
 
-def backproject(cameras: Cameras, index: int, depth: Tensor) -> Tensor:
+def depth_to_points(cameras: Cameras, index: int, depth: Tensor) -> Tensor:
     """World points [H, W, 3] of a z-depth map [H, W] of camera ``index`` (through the engine's rays)."""
     H, W = depth.shape
     rays = cameras.generate_rays(index)
-    t = depth.reshape(-1) / rays.z_scale
-    return (rays.origins + t[:, None] * rays.directions).reshape(H, W, 3)
+    return backproject(rays.origins, rays.directions, depth.reshape(-1) / rays.z_scale).reshape(H, W, 3)
 
 
 def _lookup(depth: Tensor, uv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -516,7 +516,7 @@ def _agreement(cameras: Cameras, depths: Tensor, ref: int, src: int, points: Ten
     d_s, inside, flat = _lookup(depths[src], uv_s)
     ok = inside & (z_s > 0) & (d_s > 0)
     rays = cameras.generate_rays(src)
-    p_s = rays.origins[flat] + (d_s / rays.z_scale[flat])[:, None] * rays.directions[flat]
+    p_s = backproject(rays.origins[flat], rays.directions[flat], d_s / rays.z_scale[flat])
     uv_back, z_back = cameras.project(p_s, ref)
     _, z_ref = cameras.project(points, ref)
     v, u = torch.meshgrid(torch.arange(H, device=depths.device), torch.arange(W, device=depths.device), indexing="ij")
@@ -541,7 +541,7 @@ def geometric_consistency(cameras: Cameras, depths: Tensor, config: PatchMatchCo
         valid = depths[ref].reshape(-1) > 0
         if not bool(valid.any()):
             continue
-        points = backproject(cameras, ref, depths[ref]).reshape(-1, 3)
+        points = depth_to_points(cameras, ref, depths[ref]).reshape(-1, 3)
         others = [s for s in range(C) if s != ref] if sources is None else sources[ref]
         for src in others:
             agree, _, _ = _agreement(cameras, depths, ref, src, points, config)
@@ -571,7 +571,7 @@ def fuse_points(cameras: Cameras, depths: Tensor, normals: Tensor, images: list[
         todo = ~used[ref]
         if not bool(todo.any()):
             continue
-        points = backproject(cameras, ref, depths[ref]).reshape(-1, 3)
+        points = depth_to_points(cameras, ref, depths[ref]).reshape(-1, 3)
         acc_p, acc_n, acc_c = points.clone(), world_normals[ref].clone(), colours[ref].clone()
         count = torch.ones(H * W, device=depths.device)
         for src in range(C):

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from recon.cameras import Cameras, look_at
 from recon.geometry.patchmatch import (
     PatchMatchConfig,
-    backproject,
     depth_range,
+    depth_to_points,
     fuse_points,
     geometric_consistency,
     ncc,
@@ -223,7 +223,7 @@ def test_consistency_filter_removes_a_planted_outlier():
     assert float((normals @ normal).min()) > 0.999
     # each surface point written once: far fewer points than kept pixels
     assert len(points) < 0.5 * int(keep.sum())
-    world = backproject(cams, 0, depths[0])
+    world = depth_to_points(cams, 0, depths[0])
     assert not bool(((points - world[20, 24]).norm(dim=-1) < 1e-4).any())  # the outlier is not in the cloud
 
 

@@ -1,0 +1,101 @@
+"""PatchMatch multi-view stereo (recon.geometry.patchmatch) on the default synthetic scene: accuracy,
+completeness and time, PyTorch reference cost against the Warp kernel.
+
+For each image scale and backend, every training view is matched (default settings; 5 x 5 patches
+below 48 pixels), filtered by geometric consistency and fused. Depth: relative error of the kept
+pixels against the exact depth maps (block means of whole-surface blocks at reduced scale), and
+the fraction of surface pixels kept. Points: accuracy is the median distance of the fused points
+to the true mesh; completeness the fraction of ground-truth surface points (the training views'
+exact depth back-projected, i.e. the visible surface) within ``--tau`` of a fused point.
+
+    python -m benchmarks.bench_patchmatch [--scales 0.5 1.0] [--backends torch warp] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+from scipy.spatial import cKDTree
+
+from benchmarks.common import append_results
+from data.datamanager import ImageDataset
+from data.parsers import load_dataset
+from data.synthetic import default_scene_path
+from recon.geometry.patchmatch import PatchMatchConfig, depth_to_points, fuse_points, geometric_consistency, patchmatch
+
+
+def _ground_truth(train, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(block-mean z-depth [C, H / step, W / step] where the whole block hits, else 0; full-size depth [C, H, W])."""
+    full = torch.tensor(np.stack([np.load(f) for f in train.depth_filenames])) * train.dataparser_scale
+    if step == 1:
+        return full, full
+    hit = F.avg_pool2d((full > 0).float()[:, None], step)[:, 0] == 1.0
+    return torch.where(hit, F.avg_pool2d(full[:, None], step)[:, 0], torch.zeros(())), full
+
+
+def run(scale: float, backend: str, tau: float) -> dict:
+    scene = default_scene_path()
+    outputs = load_dataset(scene)
+    train = outputs.split("train")
+    dataset = ImageDataset(train, image_scale=scale, load_masks=False)
+    images = [dataset.image(i) for i in range(len(dataset))]
+    cameras = dataset.cameras
+    step = int(round(1 / scale))
+    gt, full = _ground_truth(train, step)
+    config = PatchMatchConfig(backend=backend, patch_radius=2 if images[0].shape[0] < 48 else 3)
+
+    t0 = time.perf_counter()
+    result = patchmatch(images, cameras, config, outputs.scene_box.aabb)
+    t1 = time.perf_counter()
+    keep, _ = geometric_consistency(cameras, result.depth, config)
+    points, _, _ = fuse_points(cameras, result.depth * keep, result.normal * keep[..., None], images, keep, config)
+    t2 = time.perf_counter()
+
+    surface = gt > 0
+    kept = keep & surface
+    err = ((result.depth - gt).abs() / gt.clamp_min(1e-6))[kept]
+    # points in the normalised frame; the mesh is in the input frame
+    R, t, s = train.dataparser_transform[:, :3].double(), train.dataparser_transform[:, 3].double(), train.dataparser_scale
+    mesh = trimesh.load(scene / "mesh.ply")
+    mesh_points = torch.tensor(trimesh.sample.sample_surface(mesh, 400_000, seed=0)[0])
+    mesh_points = s * (mesh_points @ R.T + t)
+    accuracy, _ = cKDTree(mesh_points.numpy()).query(points.double().numpy())
+    full_cams = train.cameras
+    visible = torch.cat([depth_to_points(full_cams, i, full[i])[full[i] > 0] for i in range(len(full_cams))])
+    visible = visible[torch.randperm(len(visible), generator=torch.Generator().manual_seed(0))[:100_000]]
+    completeness, _ = cKDTree(points.numpy()).query(visible.numpy()) if len(points) else (np.full(len(visible), np.inf), None)
+    return {
+        "image": f"{images[0].shape[1]}x{images[0].shape[0]}",
+        "views": len(images),
+        "backend": backend,
+        "patchmatch_s": t1 - t0,
+        "filter_fuse_s": t2 - t1,
+        "surface_kept": float(kept.sum() / surface.sum()),
+        "depth_err_median": float(err.median()),
+        "within_1pct": float((err < 0.01).float().mean()),
+        "within_5pct": float((err < 0.05).float().mean()),
+        "points": len(points),
+        "accuracy_median": float(np.median(accuracy)),
+        f"completeness_{tau}": float((completeness < tau).mean()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.5], help="image scales (the scene is 64 x 64)")
+    parser.add_argument("--backends", nargs="+", default=["torch", "warp"], choices=["torch", "warp"])
+    parser.add_argument("--tau", type=float, default=0.05, help="completeness distance, normalised units")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    args = parser.parse_args()
+    rows = [run(scale, backend, args.tau) for scale in args.scales for backend in args.backends]
+    title = f"PatchMatch MVS on the synthetic scene, {torch.get_num_threads()} torch thread(s) (benchmarks/bench_patchmatch.py)"
+    print(append_results(title, list(rows[0]), rows, record=not args.no_record))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,7 @@ one warm-up run (which also compiles the Warp kernels). Convexes (``--primitives
 same centres: K = 6 points on a Fibonacci sphere of radius 2 x the Gaussian's mean scale around
 each centre (3DCS's initialisation), delta = 0.1 / radius x (1000 / width)^2 and sigma = 0.0009
 (the ``3dcs-small`` preset's initial values), the same opacities and colours; their projection and
-binning run in torch for every backend, the compositing by the backend. Backends: torch, warp (when warp-lang
+compositing run by the backend, the tile binning in torch for every backend (as for Gaussians). Backends: torch, warp (when warp-lang
 imports) and gsplat (only on CUDA when gsplat imports). Each backend runs in its own processes, so
 the memory belongs to that backend alone: ``peak_mem_mb`` is the peak resident set size of the
 process (CUDA: peak allocated), ``work_mem_mb`` the peak during one render + backward above the

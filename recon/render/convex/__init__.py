@@ -1,7 +1,8 @@
 """Smooth-convex rasterizer (3D Convex Splatting, Held et al. 2025, "3D Convex Splatting: Radiance
 Field Rendering with 3D Smooth Convexes", CVPR): a pure-PyTorch reference, which is the test oracle
-and the fallback on every device, and Warp compositing kernels with hand-written backward passes
-(``warp_composite.py``), the default on the CPU (``RECON_BACKEND`` as for Gaussians).
+and the fallback on every device, and Warp projection and compositing kernels with hand-written
+backward passes (``warp_projection.py``, ``warp_composite.py``), the default on the CPU
+(``RECON_BACKEND`` as for Gaussians).
 
 Pipeline (conventions of the Gaussian backend, :mod:`recon.render.gaussians`: OpenCV cameras, pixel
 centres at +0.5, images [C, H, W, D]):

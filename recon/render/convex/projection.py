@@ -111,8 +111,10 @@ def project_convexes(
     points [N, K, 3] world space (3 <= K <= 8); delta, sigma [N] activated (> 0); viewmats [C, 4, 4]
     world-to-camera (OpenCV axes); Ks [C, 3, 3]; opacities [N] activated (optional): convexes below
     1/255 are culled and the footprint uses them (without, the bound assumes opacity 1).
-    ``backend`` "torch" (the reference) or "warp": the hull and the footprint box by the Warp
-    kernels of ``warp_projection.py`` (same results; the edge functions stay in torch for autograd).
+    ``backend`` "torch" (the reference) or "warp": the Warp kernels of ``warp_projection.py`` (same
+    results): for float32/float64 points and cameras that need no gradient, everything, the edge
+    functions with a hand-written backward pass; otherwise the hull and the footprint box, with the
+    edge functions in torch so that autograd also reaches the cameras.
     """
     if points.dim() != 3 or points.shape[-1] != 3:
         raise ValueError(f"points must be [N, K, 3], got {tuple(points.shape)}")
@@ -124,6 +126,25 @@ def project_convexes(
     if viewmats.dim() != 3 or viewmats.shape[-2:] != (4, 4) or Ks.shape != (viewmats.shape[0], 3, 3):
         raise ValueError(f"viewmats must be [C, 4, 4] and Ks [C, 3, 3], got {tuple(viewmats.shape)} and {tuple(Ks.shape)}")
     C = viewmats.shape[0]
+    fused = (backend == "warp" and points.dtype in (torch.float32, torch.float64)
+             and not (viewmats.requires_grad or Ks.requires_grad))
+    if fused:
+        from .warp_projection import project_convex_points_warp
+
+        edges, order, n_edges, in_depth, depth, center2d, q = project_convex_points_warp(points, viewmats, Ks, near_plane, far_plane)
+        valid = in_depth & (n_edges >= 3)
+        edge_mask = (torch.arange(K, device=points.device) < n_edges[..., None]) & valid[..., None]
+        safe_depth = torch.where(in_depth, depth, torch.ones_like(depth))
+    else:
+        edges, edge_mask, valid, depth, safe_depth, center2d = _project_torch(points, viewmats, Ks, near_plane, far_plane, backend)
+    return _finish(edges, edge_mask, valid, depth, safe_depth, center2d, delta, sigma, opacities, width, height, scaling_exponent, backend)
+
+
+def _project_torch(
+    points: Tensor, viewmats: Tensor, Ks: Tensor, near_plane: float, far_plane: float, backend: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Items 1-4 of the module docstring by torch autograd (the hull by Warp when ``backend`` is "warp")."""
+    C, (N, K) = viewmats.shape[0], points.shape[:2]
     rot, trans = viewmats[:, :3, :3], viewmats[:, :3, 3]
     cam = torch.einsum("cij,nkj->cnki", rot, points) + trans[:, None, None, :]  # [C, N, K, 3]
     center_cam = cam.mean(2)  # [C, N, 3]
@@ -159,13 +180,21 @@ def project_convexes(
     h = -(nx * qa[..., 0] + ny * qa[..., 1])
     edges = torch.stack([nx, ny, h], -1)
     edges = torch.where(edge_mask[..., None], edges, torch.zeros_like(edges))
+    return edges, edge_mask, valid, depth, safe_depth, center2d
 
+
+def _finish(
+    edges: Tensor, edge_mask: Tensor, valid: Tensor, depth: Tensor, safe_depth: Tensor, center2d: Tensor, delta: Tensor,
+    sigma: Tensor, opacities: Tensor | None, width: int, height: int, scaling_exponent: float, backend: str,
+) -> ConvexProjection:
+    """Items 5-6 of the module docstring: the scaled smoothness / sharpness and the footprint."""
+    C, N = valid.shape
     scale = safe_depth.abs() ** scaling_exponent
-    sharp_delta = scale * delta[None, :].to(points.dtype)
-    sharp_sigma = scale * sigma[None, :].to(points.dtype)
+    sharp_delta = scale * delta[None, :].to(edges.dtype)
+    sharp_sigma = scale * sigma[None, :].to(edges.dtype)
 
     with torch.no_grad():
-        opac = torch.ones(C, N, dtype=points.dtype, device=points.device) if opacities is None else opacities.detach()[None, :].expand(C, N).to(points.dtype)
+        opac = torch.ones(C, N, dtype=edges.dtype, device=edges.device) if opacities is None else opacities.detach()[None, :].expand(C, N).to(edges.dtype)
         valid = valid & (opac >= ALPHA_THRESHOLD)
         # Move every edge outward to L = t (opacity 2/255 or less: t = 0, the hull itself).
         t = torch.log((255.0 * opac - 1.0).clamp_min(1.0)) / (sharp_delta.detach() * sharp_sigma.detach()).clamp_min(1e-30)

@@ -70,8 +70,9 @@ def rasterize_convexes(
     Differentiable w.r.t. points, delta, sigma, opacities, colors / SH and backgrounds.
 
     ``backend``: None reads RECON_BACKEND (default "auto"); "torch" composites with the reference,
-    "warp" with the Warp kernels, "auto" Warp for CPU tensors (:func:`resolve_convex_backend`); the
-    projection, SH and binning run in torch for both. ``meta["backend"]`` names the compositor.
+    "warp" with the Warp kernels, "auto" Warp for CPU tensors (:func:`resolve_convex_backend`); with
+    "warp" the projection is Warp kernels too (the edge functions in torch when the cameras need a
+    gradient); SH and binning run in torch for both. ``meta["backend"]`` names the backend.
     """
     backend_name = resolve_convex_backend(backend, points.device, points.dtype)
     if render_mode not in RENDER_MODES:

@@ -3,6 +3,7 @@ at an equal primitive budget, on NeRF-synthetic lego and on LLFF fern.
 
     python -m benchmarks.bench_3dcs [--scenes lego,fern] [--steps 3000] [--modes steps,budget]
         [--lego-scale 0.5] [--fern-scale 0.5] [--random-points 20000] [--test-every 1] [--time-budget S]
+        [--set 3dcs:optimizers.opacities.lr=0.05 ...]
 
 Data: lego at ``--lego-scale`` of the shared 400x400 copy (0.5: the issue's 200x200; white
 background; every test view); fern with its LLFF hold-out (every 8th of the 20 photos is a test
@@ -27,6 +28,9 @@ Modes:
 - ``budget``: densification, pruning and opacity resets off for both, from the same start: an equal,
   fixed primitive budget, so the comparison is of the primitives themselves.
 
+``--set METHOD:KEY=VALUE`` (repeatable) changes one config value of one method's runs (the value
+read as a Python literal, else a string); such rows name the change in ``method``.
+
 Columns: PSNR / SSIM over the test views, final primitive count, peak resident memory of the
 process (the runs share one process: the peak is the largest so far, so read memory from the
 first row of a scene or run one method per process with ``--methods``), training time.
@@ -35,6 +39,7 @@ first row of a scene or run one method per process with ``--methods``), training
 from __future__ import annotations
 
 import argparse
+import ast
 from pathlib import Path
 
 from benchmarks.common import append_results, machine_description, shared_data, train_and_evaluate
@@ -81,6 +86,22 @@ def schedule(method: str, steps: int, mode: str, interval_floor: float = 0.25) -
     return changes
 
 
+def parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
+    """``METHOD:KEY=VALUE`` strings -> {method: {key: value}} (value a Python literal, else a string)."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        method, sep, rest = item.partition(":")
+        key, eq, text = rest.partition("=")
+        if not (sep and eq and key):
+            raise SystemExit(f"--set {item!r}: expected METHOD:KEY=VALUE, e.g. 3dcs:optimizers.opacities.lr=0.05")
+        try:
+            value: object = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        out.setdefault(method, {})[key] = value
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", default="lego,fern")
@@ -95,10 +116,13 @@ def main() -> None:
                     help="compress the start of refinement and the intervals between events by at most this factor (see Schedules)")
     ap.add_argument("--time-budget", type=float, default=None,
                     help="end a run's training after this many seconds (the row's steps then say how far it got)")
+    ap.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                    help="change one config value of one method's runs (repeatable)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench_3dcs"))
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
+    sets = parse_sets(args.set)
     rows = []
     for scene in args.scenes.split(","):
         if scene not in ("lego", "fern"):
@@ -110,14 +134,16 @@ def main() -> None:
                     "datamanager.image_scale": args.lego_scale if scene == "lego" else args.fern_scale,
                     "model.num_random_points": args.random_points,
                     "timestamp": f"{scene}-{mode}",
+                    **sets.get(method, {}),
                 }
                 trainer, row = train_and_evaluate(
                     method, shared_data() / scene, args.output_dir, args.steps, args.test_every, args.device,
                     time_budget_s=args.time_budget, **changes,
                 )
                 cams = trainer.datamanager.train_dataset.cameras
+                label = ", ".join(f"{k}={v}" for k, v in sets.get(method, {}).items())
                 row.update(
-                    mode=mode, data=f"{scene} {int(cams.width[0])}x{int(cams.height[0])}",
+                    method=f"{method} ({label})" if label else method, mode=mode, data=f"{scene} {int(cams.width[0])}x{int(cams.height[0])}",
                     train_views=len(trainer.datamanager.train_dataset), primitives=trainer.model.num_primitives,
                 )
                 print({k: row[k] for k in ("method", "mode", "data", "psnr", "ssim", "primitives", "train_s")}, flush=True)

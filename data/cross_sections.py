@@ -92,6 +92,7 @@ __all__ = [
     "random_planes",
     "read_csl",
     "slice_mesh",
+    "thin_cylinders",
     "write_csl",
 ]
 
@@ -343,6 +344,33 @@ class CrossSections:
             sections=[sec.transformed(c, s) for sec in self.sections],
             normalization=self.normalization.then(step),
         )
+
+    def plane_iou(self, inside: Any, resolution: int = 256, pad: float = 0.1) -> np.ndarray:
+        """[len(self)] how well a solid reproduces every plane's contours: per plane, the IoU of
+        the cross-section's inside and ``inside`` on a ``resolution`` x ``resolution`` grid of
+        pixel centres over the plane's vertices' 2-D bounding box, padded by ``pad`` of its
+        extent on every side (NaN for a plane where neither is inside anywhere).
+
+        inside: a function of points [P, 3] (these sections' coordinates) -> [P] bool, e.g. a
+        field's ``sdf(x) < 0`` or ``recon.geometry.surface_metrics.points_inside`` of a mesh.
+        The metric of issue 32 ("on-plane IoU"): a reconstruction from these contours should
+        reproduce them, so this is near 1 for a good one, whatever the shape between planes."""
+        out = np.full(len(self.sections), np.nan)
+        ticks = (np.arange(resolution) + 0.5) / resolution
+        for k, sec in enumerate(self.sections):
+            if not len(sec.vertices):
+                continue
+            uv = sec.to_2d(sec.vertices)
+            lo, hi = uv.min(0), uv.max(0)
+            ext = np.maximum(hi - lo, 1e-12)
+            lo, hi = lo - pad * ext, hi + pad * ext
+            grid = np.stack(np.meshgrid(lo[0] + ticks * (hi[0] - lo[0]), lo[1] + ticks * (hi[1] - lo[1]), indexing="ij"), -1).reshape(-1, 2)
+            truth = sec.contains(grid)
+            pred = np.asarray(inside(sec.to_3d(grid)), dtype=bool).reshape(-1)
+            union = int((truth | pred).sum())
+            if union:
+                out[k] = float((truth & pred).sum()) / union
+        return out
 
     def to_input(self, points: Any) -> Any:
         """[..., 3] points in these sections' coordinates -> the input file's units."""
@@ -769,6 +797,23 @@ def random_planes(
                 continue
         planes.append([*n, d])
     return np.array(planes).reshape(-1, 4)
+
+
+def thin_cylinders(radii: Sequence[float] = (0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.035), length: float = 1.0) -> trimesh.Trimesh:
+    """A test shape with many thin parts (issue 32): one closed cylinder (32 sides) per radius,
+    disjoint, each tilted about 14 degrees from z in its own direction, their centres spread
+    along x in [-0.45, 0.45] and in y by 0.3 sin(1.7 i). Slice it with z planes (``axis_planes(mesh,
+    2, n)``) for a multi-component input whose every contour is a small ellipse."""
+    parts = []
+    n = len(radii)
+    for i, r in enumerate(radii):
+        cyl = trimesh.creation.cylinder(radius=float(r), height=length, sections=32)
+        axis = np.array([0.25 * np.cos(i), 0.25 * np.sin(i), 1.0])
+        cyl.apply_transform(trimesh.geometry.align_vectors([0.0, 0.0, 1.0], axis / np.linalg.norm(axis)))
+        x = -0.45 + 0.9 * i / max(n - 1, 1)
+        cyl.apply_translation([x, 0.3 * np.sin(1.7 * i), 0.0])
+        parts.append(cyl)
+    return trimesh.util.concatenate(parts)
 
 
 # -- geometry helpers --------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from data.cross_sections import (
     random_planes,
     read_csl,
     slice_mesh,
+    thin_cylinders,
     write_csl,
 )
 from recon.errors import DataError
@@ -374,3 +375,23 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "5 planes" in capsys.readouterr().out
     main([str(mesh_path), str(out), "--random", "6", "--normalize", "--mesh-out", str(tmp_path / "ref.stl")])
     assert len(read_csl(out)) == 6 and (tmp_path / "ref.stl").is_file()
+
+
+def test_plane_iou_and_thin_cylinders() -> None:
+    """On-plane IoU (issue 32): the sliced mesh itself scores ~1 on every plane; the same mesh moved
+    by half the thinnest radius scores lower on every plane; dropping one cylinder lowers each
+    plane by that cylinder's share; a solid empty everywhere scores 0."""
+    mesh = thin_cylinders()
+    assert mesh.is_watertight and len(mesh.split(only_watertight=False)) == 7
+    sections = slice_mesh(mesh, axis_planes(mesh, 2, 6))
+    assert [len(s.contours) for s in sections.sections] == [7] * 6
+    same = sections.plane_iou(lambda p: points_inside(mesh, p), resolution=200)
+    assert same.shape == (6,) and same.min() > 0.97, same
+    moved = mesh.copy()
+    moved.apply_translation([0.0075, 0.0, 0.0])
+    shifted = sections.plane_iou(lambda p: points_inside(moved, p), resolution=200)
+    assert (shifted < same - 0.1).all(), (shifted, same)
+    six = trimesh.util.concatenate(mesh.split(only_watertight=False)[1:])
+    fewer = sections.plane_iou(lambda p: points_inside(six, p), resolution=200)
+    assert (fewer < same - 0.01).all() and (fewer > 0.5).all(), fewer
+    assert (sections.plane_iou(lambda p: np.zeros(len(p), bool), resolution=50) == 0).all()

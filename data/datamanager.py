@@ -244,7 +244,8 @@ class RayDataManagerConfig(DataManagerConfig):
 class RayDataManager(DataManager):
     """Batches of R random rays: ``{"rays": RayBundle [R], "rgb": [R, 3], "mask": [R] (if any),
     "instance": [R] int64 (with ``load_instances``), "depth": [R] and "normal": [R, 3] (with
-    ``load_cues``, when the dataset has them; 0 where a map has no value)}``."""
+    ``load_cues``, when the dataset has them, or once :meth:`set_cues` has given them; 0 where a
+    map has no value)}``."""
 
     config: RayDataManagerConfig
 
@@ -260,6 +261,48 @@ class RayDataManager(DataManager):
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
         self.widths = ds.cameras.width.clone()
         self.cameras = ds.cameras.to(device)
+        self.cue_version = 0
+        """How many times :meth:`set_cues` replaced the cue buffers (0: the dataset's, if any)."""
+
+    def set_cues(self, depths: list[Tensor], normals: list[Tensor]) -> None:
+        """Replace the per-pixel depth and normal buffers that batches carry (a method that makes its
+        own cues while it trains, e.g. HelixSurf's multi-view stereo rounds): one z-depth map [H, W]
+        (0: none) and one world-frame normal map [H, W, 3] (0: none) per training image, at the
+        training images' size. The replaced buffers and the count of replacements
+        (:attr:`cue_version`) are part of :meth:`state_dict`, so a resumed run trains on the same cues."""
+        ds = self.train_dataset
+        if len(depths) != len(ds) or len(normals) != len(ds):
+            raise ValueError(f"set_cues needs one depth and one normal map per training image ({len(ds)}), got {len(depths)} and {len(normals)}")
+        for img, d, n in zip(ds.images, depths, normals):
+            if tuple(d.shape) != tuple(img.shape[:2]) or tuple(n.shape) != (*img.shape[:2], 3):
+                raise ValueError(f"set_cues: maps {tuple(d.shape)} / {tuple(n.shape)} do not match an image of {tuple(img.shape[:2])}")
+        self.depths = torch.cat([d.reshape(-1) for d in depths]).float().cpu()
+        self.normals = torch.cat([n.reshape(-1, 3) for n in normals]).float().cpu()
+        self.cue_version += 1
+
+    def cue_maps(self) -> tuple[list[Tensor], list[Tensor]] | None:
+        """The current depth [H, W] and normal [H, W, 3] buffers per training image, or None without cues."""
+        if self.depths is None or self.normals is None:
+            return None
+        sizes = [tuple(img.shape[:2]) for img in self.train_dataset.images]
+        counts = (self.offsets[1:] - self.offsets[:-1]).tolist()
+        depths = [d.reshape(size) for d, size in zip(self.depths.split(counts), sizes)]
+        normals = [n.reshape(*size, 3) for n, size in zip(self.normals.split(counts), sizes)]
+        return depths, normals
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().state_dict()
+        if self.cue_version > 0:
+            state.update(cue_version=self.cue_version, cue_depths=self.depths.clone(), cue_normals=self.normals.clone())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "cue_version" in state:
+            if state["cue_depths"].shape != (int(self.offsets[-1]),) or state["cue_normals"].shape != (int(self.offsets[-1]), 3):
+                raise ValueError("the checkpoint's depth/normal buffers do not match the training images")
+            self.depths, self.normals = state["cue_depths"].clone(), state["cue_normals"].clone()
+            self.cue_version = int(state["cue_version"])
 
     def next_train(self, step: int) -> dict[str, Any]:
         n = self.config.train_num_rays_per_batch

@@ -14,6 +14,9 @@ the datamanager's buffers are filled and refreshed by :func:`methods.helixsurf.h
 - MVS normal: ``mean_r c_r |n_hat - n_mvs|_1`` with n_hat the SDF gradient at the rendered surface
   point ``o + t_D d`` (detached point), on rays whose cosine to the MVS normal exceeds
   ``min(0.8, step / normal_gate_steps)``; the weight halves at the first decay step.
+- plane normal (the planar prior): ``mean_r |n_hat - n_plane|_1`` on the rays of planar regions
+  (``batch["plane_normal"]``, :mod:`recon.geometry.planar`) whose cosine exceeds 0.8, pixels
+  without an MVS depth included: textureless planes get a normal.
 """
 
 from __future__ import annotations
@@ -78,15 +81,17 @@ class HelixSurfModel(NeuSModel):
         images = [ds.image(i) for i in range(len(ds))]
         points = None if self.scene.points3d is None else torch.as_tensor(self.scene.points3d, dtype=torch.float32)
         maps = mvs_round(images, ds.cameras, self.scene.aabb, self.config.helix, round_index,
-                         model=self if round_index > 0 else None, points=points)
-        dm.set_cues(maps.depths, maps.normals)
+                         model=self if round_index > 0 else None, points=points, planar=self.config.plane_normal_weight > 0)
+        dm.set_cues(maps.depths, maps.normals, None if maps.plane_normals is None else {"plane_normal": maps.plane_normals})
         valid = torch.cat([d.reshape(-1) for d in maps.depths]) > 0
-        self.helix_log = {"mvs_round": float(round_index), "mvs_kept": maps.kept, "mvs_valid": float(valid.float().mean()),
+        planar = {} if maps.plane_normals is None else {
+            "planar_fraction": float(torch.cat([n.reshape(-1, 3) for n in maps.plane_normals]).norm(dim=-1).gt(0.5).float().mean())}
+        self.helix_log = {"mvs_round": float(round_index), "mvs_kept": maps.kept, "mvs_valid": float(valid.float().mean()), **planar,
                           **{f"mvs_{k}_s": v for k, v in maps.seconds.items()}}
         self.helix_rounds.append(dict(self.helix_log))
 
     def mvs_losses(self, batch: dict[str, Any], outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        """HelixSurf's MVS depth and normal losses (module docstring); none without MVS buffers."""
+        """HelixSurf's MVS depth, MVS normal and plane-normal losses (module docstring); none without MVS buffers."""
         c = self.config
         if "depth" not in batch or "normal" not in batch:
             return {}
@@ -98,20 +103,27 @@ class HelixSurfModel(NeuSModel):
         decay = 1.0 if step < first else 0.5 if step < second else 0.25
         out: dict[str, Tensor] = {}
         valid = target_t > 0
-        m = valid.to(pred_t.dtype)
         if c.mvs_depth_weight > 0:
+            m = valid.to(pred_t.dtype)
             err = (pred_t - target_t).abs()
             if step >= first:
                 err = err.clamp(max=c.depth_clamp)
             out["mvs_depth"] = c.mvs_depth_weight * decay * (m * confidence * err).sum() / m.sum().clamp_min(1.0)
+        planes = batch.get("plane_normal")
+        planar = planes.reshape(-1, 3).norm(dim=-1) > 0.5 if planes is not None and c.plane_normal_weight > 0 else torch.zeros_like(valid)
+        if c.mvs_normal_weight <= 0 and not bool(planar.any()):
+            return out
+        # the SDF's normal at the rendered surface point (detached point), on the rays a normal term uses
+        used = (valid if c.mvs_normal_weight > 0 else torch.zeros_like(valid)) | planar
+        surface = (rays.origins + rays.directions * pred_t[:, None]).detach()
+        n_hat = torch.zeros_like(surface)
+        n_hat[used] = F.normalize(self.field.gradient(surface[used], create_graph=True)[2], dim=-1)
         if c.mvs_normal_weight > 0:
-            surface = (rays.origins + rays.directions * pred_t[:, None]).detach()
-            _, _, grad = self.field.gradient(surface[valid], create_graph=True)
-            n_hat = F.normalize(grad, dim=-1)
-            target_n = batch["normal"].reshape(-1, 3)[valid]
-            gate = ((n_hat * target_n).sum(-1).detach() > min(0.8, step / max(c.normal_gate_steps, 1))).to(n_hat.dtype)
-            per_ray = confidence[valid] * (n_hat - target_n).abs().sum(-1)
-            out["mvs_normal"] = c.mvs_normal_weight * (1.0 if step < first else 0.5) * (gate * per_ray).sum() / gate.sum().clamp_min(1.0)
+            gate = min(0.8, step / max(c.normal_gate_steps, 1))
+            term = _gated_l1(n_hat, batch["normal"].reshape(-1, 3), valid, confidence, gate)
+            out["mvs_normal"] = c.mvs_normal_weight * (1.0 if step < first else 0.5) * term
+        if planes is not None and c.plane_normal_weight > 0:
+            out["plane_normal"] = c.plane_normal_weight * _gated_l1(n_hat, planes.reshape(-1, 3), planar, torch.ones_like(confidence), 0.8)
         return out
 
     def losses(self, batch: dict[str, Any], outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
@@ -136,9 +148,20 @@ class HelixSurfModelConfig(NeuSModelConfig):
     per-ray depth error is clamped at ``depth_clamp`` (HelixSurf: 5000, 7500)."""
     depth_clamp: float = 0.5
     """Largest per-ray depth error after the first decay step (HelixSurf: 0.5)."""
+    plane_normal_weight: float = 0.01
+    """Weight of the planar prior: L1 of the SDF normal against the plane normal of planar regions,
+    where they agree to a cosine of 0.8 (HelixSurf: 0.01); 0 skips the superpixels and plane fitting."""
     normal_gate_steps: int = 12_000
     """The normal loss keeps rays whose cosine to the MVS normal exceeds min(0.8, step / this)
     (HelixSurf: its round length ``n_iters``)."""
 
 
 HelixSurfModelConfig._target = HelixSurfModel
+
+
+def _gated_l1(n_hat: Tensor, target: Tensor, mask: Tensor, weight: Tensor, min_cos: float) -> Tensor:
+    """``sum_r w_r |n_hat_r - target_r|_1 / #rays`` over the rays [R] in ``mask`` whose normals
+    agree to a cosine above ``min_cos`` (HelixSurf's gate: a normal too far off is left alone)."""
+    keep = mask & ((n_hat * target).sum(-1).detach() > min_cos)
+    k = keep.to(n_hat.dtype)
+    return (k * weight * (n_hat - target).abs().sum(-1)).sum() / k.sum().clamp_min(1.0)

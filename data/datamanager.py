@@ -244,7 +244,8 @@ class RayDataManagerConfig(DataManagerConfig):
 class RayDataManager(DataManager):
     """Batches of R random rays: ``{"rays": RayBundle [R], "rgb": [R, 3], "mask": [R] (if any),
     "instance": [R] int64 (with ``load_instances``), "depth": [R] and "normal": [R, 3] (with
-    ``load_cues``, when the dataset has them; 0 where a map has no value)}``."""
+    ``load_cues``, when the dataset has them, or once :meth:`set_cues` has given them; 0 where a
+    map has no value)}``."""
 
     config: RayDataManagerConfig
 
@@ -260,6 +261,60 @@ class RayDataManager(DataManager):
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
         self.widths = ds.cameras.width.clone()
         self.cameras = ds.cameras.to(device)
+        self.cue_version = 0
+        """How many times :meth:`set_cues` replaced the cue buffers (0: the dataset's, if any)."""
+        self.extra_cues: dict[str, Tensor] = {}
+        """Further per-pixel buffers from :meth:`set_cues` (flat, [N, ...]), carried by batches under their names."""
+
+    def set_cues(self, depths: list[Tensor], normals: list[Tensor], extra: dict[str, list[Tensor]] | None = None) -> None:
+        """Replace the per-pixel depth and normal buffers that batches carry (a method that makes its
+        own cues while it trains, e.g. HelixSurf's multi-view stereo rounds): one z-depth map [H, W]
+        (0: none) and one world-frame normal map [H, W, 3] (0: none) per training image, at the
+        training images' size. ``extra`` maps more names to per-image maps [H, W, ...]; batches
+        carry them under those names (e.g. ``plane_normal``), until the next call replaces them. The
+        buffers and the count of replacements (:attr:`cue_version`) are part of :meth:`state_dict`,
+        so a resumed run trains on the same cues."""
+        ds = self.train_dataset
+        maps = {"depth": depths, "normal": normals, **(extra or {})}
+        for name, per_image in maps.items():
+            if len(per_image) != len(ds):
+                raise ValueError(f"set_cues needs one {name} map per training image ({len(ds)}), got {len(per_image)}")
+            for img, m in zip(ds.images, per_image):
+                if tuple(m.shape[:2]) != tuple(img.shape[:2]):
+                    raise ValueError(f"set_cues: a {name} map of {tuple(m.shape[:2])} does not match its image of {tuple(img.shape[:2])}")
+        flat = {name: torch.cat([m.reshape(m.shape[0] * m.shape[1], *m.shape[2:]) for m in per_image]).float().cpu()
+                for name, per_image in maps.items()}
+        if flat["depth"].ndim != 1 or flat["normal"].shape[1:] != (3,):
+            raise ValueError("set_cues: depth maps must be [H, W] and normal maps [H, W, 3]")
+        self.depths, self.normals = flat.pop("depth"), flat.pop("normal")
+        self.extra_cues = flat
+        self.cue_version += 1
+
+    def cue_maps(self) -> tuple[list[Tensor], list[Tensor]] | None:
+        """The current depth [H, W] and normal [H, W, 3] buffers per training image, or None without cues."""
+        if self.depths is None or self.normals is None:
+            return None
+        sizes = [tuple(img.shape[:2]) for img in self.train_dataset.images]
+        counts = (self.offsets[1:] - self.offsets[:-1]).tolist()
+        depths = [d.reshape(size) for d, size in zip(self.depths.split(counts), sizes)]
+        normals = [n.reshape(*size, 3) for n, size in zip(self.normals.split(counts), sizes)]
+        return depths, normals
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().state_dict()
+        if self.cue_version > 0:
+            state.update(cue_version=self.cue_version, cue_depths=self.depths.clone(), cue_normals=self.normals.clone(),
+                         cue_extra={k: v.clone() for k, v in self.extra_cues.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "cue_version" in state:
+            if state["cue_depths"].shape != (int(self.offsets[-1]),) or state["cue_normals"].shape != (int(self.offsets[-1]), 3):
+                raise ValueError("the checkpoint's depth/normal buffers do not match the training images")
+            self.depths, self.normals = state["cue_depths"].clone(), state["cue_normals"].clone()
+            self.extra_cues = {k: v.clone() for k, v in state.get("cue_extra", {}).items()}
+            self.cue_version = int(state["cue_version"])
 
     def next_train(self, step: int) -> dict[str, Any]:
         n = self.config.train_num_rays_per_batch
@@ -280,6 +335,8 @@ class RayDataManager(DataManager):
             batch["depth"] = self.depths[flat].to(self.device)
         if self.normals is not None:
             batch["normal"] = self.normals[flat].to(self.device)
+        for name, values in self.extra_cues.items():
+            batch[name] = values[flat].to(self.device)
         return batch
 
 

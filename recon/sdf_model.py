@@ -227,7 +227,8 @@ class NeuSModel(RayModel):
     def losses(self, batch: dict[str, Any], outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         c = self.config
         out = {
-            "rgb": F.l1_loss(outputs["rgb"], batch["rgb"]),
+            # beta 0 is the plain L1 (torch's smooth_l1_loss takes its L1 path)
+            "rgb": F.smooth_l1_loss(outputs["rgb"], batch["rgb"], beta=c.rgb_smooth_l1_beta),
             "eikonal": c.eikonal_weight * eikonal_loss(outputs["gradients"]),
         }
         if c.mask_weight > 0 and "alpha" in batch:
@@ -306,6 +307,8 @@ class NeuSModelConfig(RayModelConfig):
     """Sample counts and tolerance of the error-bounded sampler (defaults: VolSDF's, 98 samples per ray)."""
     anneal_end: int = 50_000
     """Steps over which the cosine-anneal ratio ramps from 0 to 1 (0: no annealing, ratio 1)."""
+    rgb_smooth_l1_beta: float = 0.0
+    """Colour loss: smooth L1 with this beta (HelixSurf: 0.1); 0 is the plain L1 of NeuS and MonoSDF."""
     eikonal_weight: float = 0.1
     """Weight of the eikonal loss on the gradients at all samples."""
     mask_weight: float = 0.0

@@ -1,0 +1,91 @@
+"""Benchmark: helixsurf-small against neus-small (and volsdf-small) on the synthetic scene at equal
+steps, in one run.
+
+    python -m benchmarks.bench_helixsurf [--steps 3000] [--methods helixsurf-small,neus-small,volsdf-small]
+
+Data: the default synthetic scene (64x64, 32 train / 8 test views). helixsurf-small trains on
+neus-small's networks and sampler, plus PatchMatch MVS depth and normals (round 0 from random
+planes before the first step, later rounds from the SDF); its helix schedule (rounds, loss decay,
+normal gate) is scaled with ``--steps`` the way the optimizer schedules are (the preset's is for
+3000 steps). ``volsdf-small`` is bench_objectsdf's. Columns: Chamfer-L1, F-score at 2 % of the scene
+size and normal consistency of the marching-cubes mesh (128^3) against the reference mesh, the
+visible-surface F-score, test PSNR, training time, and for helixsurf the seconds and kept fraction
+of its PatchMatch rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from benchmarks.bench_neus import export_mesh
+from benchmarks.bench_objectsdf import VOLSDF_SMALL
+from benchmarks.common import append_results, machine_description, train_and_evaluate
+from recon.geometry.surface_metrics import mesh_metrics, visible_surface_fscore
+
+
+def helix_schedule(steps: int) -> dict:
+    """helixsurf-small's round length, loss-decay steps and normal gate for a run of ``steps`` (the
+    preset: rounds every 1000 of 3000 steps, decay at 1250 / 1875)."""
+    from methods.helixsurf import SMALL_ROUND, SMALL_STEPS
+
+    scale = steps / SMALL_STEPS
+    round_steps = max(1, round(SMALL_ROUND * scale))
+    return {"model.helix.refresh_every": round_steps, "model.normal_gate_steps": round_steps,
+            "model.decay_steps": (round(1250 * scale), round(1875 * scale))}
+
+
+def surface_row(trainer, scene: Path) -> dict:
+    mesh, _, _ = export_mesh(trainer, 128)
+    gt = trimesh.load(scene / "mesh.ply")
+    seen = np.asarray(trimesh.load(scene / "sparse_pc.ply").vertices)
+    tau = 0.02 * float(gt.extents.max())
+    full = mesh_metrics(mesh, gt, num_points=100_000, threshold=tau)
+    vis = visible_surface_fscore(mesh, gt, seen, tau, num_points=100_000)
+    return {"chamfer_l1": full["chamfer_l1"], "fscore_2pct": full["fscore"], "normal_consistency": full.get("normal_consistency"),
+            "fscore_visible": vis["fscore"]}
+
+
+def run(method: str, steps: int, out: Path, device: str) -> dict:
+    from data.synthetic import default_scene_path
+
+    scene = default_scene_path()
+    changes = {"volsdf-small": VOLSDF_SMALL}.get(method, {})
+    base = "neus-small" if method == "volsdf-small" else method
+    if base.startswith("helixsurf"):
+        changes = helix_schedule(steps)
+    start = time.perf_counter()
+    trainer, row = train_and_evaluate(base, scene, out, steps, 1, device, timestamp=method, **changes)
+    row["method"] = method
+    row.update(data="synthetic 64x64", **surface_row(trainer, scene))
+    rounds = getattr(trainer.model, "helix_rounds", [])
+    if rounds:
+        row["mvs_rounds"] = len(rounds)
+        row["mvs_s_per_round"] = float(np.mean([r["mvs_patchmatch_s"] + r["mvs_filter_s"] + r["mvs_render_s"] for r in rounds]))
+        row["mvs_kept"] = ", ".join(f"{r['mvs_kept']:.2f}" for r in rounds)
+    row["wall_s"] = time.perf_counter() - start
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--methods", default="helixsurf-small,neus-small,volsdf-small")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench"))
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    args = ap.parse_args()
+    print(machine_description())
+    rows = [run(m, args.steps, args.output_dir, args.device) for m in args.methods.split(",")]
+    columns = ["method", "data", "steps", "train_s", "psnr", "chamfer_l1", "fscore_2pct", "normal_consistency", "fscore_visible",
+               "mvs_rounds", "mvs_s_per_round", "mvs_kept", "device"]
+    print(append_results("helixsurf vs neus / volsdf at equal steps on the synthetic scene (benchmarks/bench_helixsurf.py)", columns, rows,
+                         record=not args.no_record))
+
+
+if __name__ == "__main__":
+    main()

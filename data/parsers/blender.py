@@ -96,7 +96,7 @@ class BlenderParserConfig(ParserConfig):
         fx, fy, cx, cy, w, h = np.array(intr).T
         outputs = raw_outputs(
             paths,
-            make_cameras(c2w, fx, fy, cx, cy, w, h),
+            make_cameras(c2w, fx, fy, cx, cy, w, h, source=data),
             ranges,
             alpha_color=alpha_color(self.background),
             near=self.near,

@@ -142,7 +142,7 @@ class ColmapParserConfig(ParserConfig):
 
         c2w = np.stack(c2ws)
         intr_a, sizes_a = np.array(intr), np.array(sizes)
-        cameras = make_cameras(c2w, *intr_a.T, sizes_a[:, 0], sizes_a[:, 1], distortion=np.stack(dists), camera_model=models)
+        cameras = make_cameras(c2w, *intr_a.T, sizes_a[:, 0], sizes_a[:, 1], distortion=np.stack(dists), camera_model=models, source=model_dir)
         pts = rgb = tracks = keypoints = None
         if points is not None and len(points):
             pts, rgb = points.xyz, points.rgb.astype(np.uint8)  # float64 until normalised

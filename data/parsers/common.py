@@ -30,6 +30,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
+MAX_IMAGE_SIDE = 1 << 16
+"""Largest image width or height a camera may declare (65536, the most common formats allow)."""
+
 
 @dataclass
 class ParserConfig(DataParserConfig):
@@ -40,7 +43,9 @@ class ParserConfig(DataParserConfig):
 
     def load(self, data: Path | None) -> DataparserOutputs:
         """Read the dataset at ``data`` into normalised outputs with train/val/test splits."""
-        outputs = self.parse(check_dataset_path(data))
+        data = check_dataset_path(data)
+        outputs = self.parse(data)
+        check_normalised(outputs, data)
         if self.num_train_views is not None:
             protocol = outputs.metadata.get("few_shot_protocol", "even")
             outputs = apply_few_shot(outputs, self.num_train_views, protocol, self.few_shot_points)
@@ -49,6 +54,23 @@ class ParserConfig(DataParserConfig):
     def parse(self, data: Path) -> DataparserOutputs:
         """Format-specific reading; ``data`` exists. Overridden by every format."""
         raise NotImplementedError
+
+
+def check_normalised(outputs: DataparserOutputs, data: Path) -> None:
+    """DataError when normalising the input overflowed: input coordinates so large (or so spread)
+    that the normalised cameras, points, scene box or the recorded transform are not finite."""
+    values = {
+        "camera poses": outputs.cameras.camera_to_worlds,
+        "normalisation transform": outputs.dataparser_transform,
+        "scene box": outputs.scene_box.aabb,
+        "normalisation scale": torch.tensor(float(outputs.dataparser_scale)),
+        "sparse points": torch.as_tensor(outputs.points3d) if outputs.points3d is not None else torch.zeros(0),
+    }
+    for what, value in values.items():
+        if not torch.isfinite(value).all():
+            raise DataError(f"not finite after normalisation ({what}): input coordinates too large or too far apart", data)
+    if not outputs.dataparser_scale > 0:
+        raise DataError(f"normalisation scale {outputs.dataparser_scale} is not positive: input coordinates too large or too far apart", data)
 
 
 # -- paths ------------------------------------------------------------------------------------
@@ -104,19 +126,35 @@ def read_json(path: Path) -> Any:
         raise DataError(f"cannot read file: {exc}", path) from None
 
 
+def numeric_array(value: Any, path: Path, what: str) -> np.ndarray:
+    """``value`` (nested JSON lists) as a float64 array; DataError naming the file otherwise."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{what} is not a numeric array", path) from None
+
+
+ROTATION_TOLERANCE = 1e-2
+"""Largest |R^T R - I| entry of a pose's rotation part (the files hold rotations, rounded)."""
+
+
+def is_rotation(rot: np.ndarray) -> np.ndarray:
+    """[...] bool: whether each [..., 3, 3] matrix has orthonormal columns, to ``ROTATION_TOLERANCE``."""
+    rot = np.asarray(rot, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = np.abs(np.swapaxes(rot, -1, -2) @ rot - np.eye(3)).max(axis=(-2, -1))
+    return err <= ROTATION_TOLERANCE
+
+
 def check_pose(matrix: Any, path: Path, index: int, key: str = "transform_matrix") -> np.ndarray:
     """A 4x4 or 3x4 pose as float64 [3, 4]; DataError naming file and frame otherwise."""
-    try:
-        arr = np.asarray(matrix, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"frame {index}: {key} is not a numeric matrix", path) from None
+    arr = numeric_array(matrix, path, f"frame {index}: {key}")
     if arr.shape not in ((4, 4), (3, 4)):
         raise DataError(f"frame {index}: {key} must be 4x4 (or 3x4), got shape {'x'.join(map(str, arr.shape)) or 'scalar'}", path)
     if not np.isfinite(arr).all():
         raise DataError(f"frame {index}: {key} contains NaN or Inf", path)
-    rot = arr[:3, :3]
-    if abs(np.linalg.det(rot)) < 1e-8:
-        raise DataError(f"frame {index}: {key} has a singular rotation", path)
+    if not is_rotation(arr[:3, :3]):
+        raise DataError(f"frame {index}: the rotation part of {key} is not a rotation (columns not orthonormal)", path)
     return arr[:3, :4].copy()
 
 
@@ -155,21 +193,42 @@ def make_cameras(
     height: Any,
     distortion: np.ndarray | None = None,
     camera_model: Any = None,
+    *,
+    source: Path,
 ) -> Cameras:
     """Cameras from numpy arrays (c2w [N, 3, 4] OpenCV; the rest [N] or scalars; distortion
-    [N, <= 8] in :class:`~recon.cameras.Cameras`' order; camera_model [N] or a scalar, default perspective)."""
+    [N, <= 8] in :class:`~recon.cameras.Cameras`' order; camera_model [N] or a scalar, default perspective).
+
+    Every value must survive float32 (finite), focal lengths and image sizes must be positive and
+    sizes at most ``MAX_IMAGE_SIDE``; otherwise DataError naming ``source``, the file the cameras came from."""
     n = len(c2w)
-    vec = lambda v: torch.as_tensor(np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)).copy())  # noqa: E731
+    vec = lambda v: np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)).copy()  # noqa: E731
+    arrays = {"pose": np.asarray(c2w, dtype=np.float64), "fx": vec(fx), "fy": vec(fy), "cx": vec(cx), "cy": vec(cy)}
+    if distortion is not None:
+        arrays["distortion"] = np.asarray(distortion, dtype=np.float64).reshape(n, -1)
+    for what, arr in arrays.items():
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(arr.astype(np.float32)).reshape(n, -1).all(1)
+        if bad.any():
+            raise DataError(f"camera {int(np.argmax(bad))}: {what} is not finite (or too large)", source)
+    w, h = np.round(vec(width)), np.round(vec(height))
+    for what, arr in (("focal length", np.minimum(arrays["fx"], arrays["fy"])), ("image width", w), ("image height", h)):
+        bad = ~(arr > 0)
+        if bad.any():
+            raise DataError(f"camera {int(np.argmax(bad))}: {what} must be positive, got {arr[bad][0]}", source)
+    if max(w.max(), h.max()) > MAX_IMAGE_SIDE:
+        raise DataError(f"image size {int(w.max())}x{int(h.max())} is larger than {MAX_IMAGE_SIDE} pixels a side", source)
+    t = lambda arr: torch.from_numpy(arr).float()  # noqa: E731
     return Cameras(
-        camera_to_worlds=torch.as_tensor(np.asarray(c2w, dtype=np.float64)).float(),
-        fx=vec(fx).float(),
-        fy=vec(fy).float(),
-        cx=vec(cx).float(),
-        cy=vec(cy).float(),
-        width=vec(width).round().long(),
-        height=vec(height).round().long(),
-        distortion=None if distortion is None else torch.as_tensor(np.asarray(distortion, dtype=np.float64)).float().reshape(n, -1),
-        camera_model=None if camera_model is None else vec(camera_model).long(),
+        camera_to_worlds=t(arrays["pose"]),
+        fx=t(arrays["fx"]),
+        fy=t(arrays["fy"]),
+        cx=t(arrays["cx"]),
+        cy=t(arrays["cy"]),
+        width=torch.from_numpy(w).long(),
+        height=torch.from_numpy(h).long(),
+        distortion=None if distortion is None else t(arrays["distortion"]),
+        camera_model=None if camera_model is None else torch.from_numpy(vec(camera_model)).long(),
     )
 
 

@@ -23,6 +23,7 @@ from data.parsers.common import (
     make_cameras,
     natural_key,
     number,
+    numeric_array,
     opengl_to_opencv_np,
     raw_outputs,
     read_json,
@@ -31,6 +32,7 @@ from data.parsers.common import (
 from data.splits import interval_splits
 from recon.cameras import FISHEYE, NUM_DISTORTION, PERSPECTIVE
 from recon.errors import DataError
+from recon.export.splat_ply import check_ply_counts
 
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE")
 CUE_KEYS = {
@@ -48,6 +50,7 @@ def load_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     if not path.is_file():
         raise DataError("point cloud file not found", path)
+    check_ply_counts(path, DataError)
     try:
         geom = trimesh.load(path, process=False)
     except Exception as exc:  # trimesh raises many kinds of errors for bad files
@@ -151,7 +154,7 @@ class NerfstudioParserConfig(ParserConfig):
 
         c2w = opengl_to_opencv_np(np.stack(c2ws))
         fx, fy, cx, cy, w, h = np.array(intr).T
-        cameras = make_cameras(c2w, fx, fy, cx, cy, w, h, distortion=np.stack(dists), camera_model=models)
+        cameras = make_cameras(c2w, fx, fy, cx, cy, w, h, distortion=np.stack(dists), camera_model=models, source=jpath)
 
         pts = rgb = None
         if self.load_points and meta.get("ply_file_path"):
@@ -280,10 +283,10 @@ class NerfstudioParserConfig(ParserConfig):
         from dataclasses import replace
 
         applied = meta.get("applied_transform")
-        scale = float(meta.get("applied_scale", 1.0) or 1.0)
+        scale = number(meta.get("applied_scale", 1.0) or 1.0, jpath, "applied_scale")
         T = np.eye(4)[:3]
         if applied is not None:
-            A = np.asarray(applied, dtype=np.float64)
+            A = numeric_array(applied, jpath, "applied_transform")
             if A.shape not in ((3, 4), (4, 4)) or not np.isfinite(A).all():
                 raise DataError("applied_transform must be a finite 3x4 or 4x4 matrix", jpath)
             R = A[:3, :3]

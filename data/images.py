@@ -30,10 +30,19 @@ Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 1 << 30)
 DEPTH_EXTENSIONS = (".npy", ".png", ".tif", ".tiff")
 
 
+def is_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file; False also for a name the system cannot look up (too long, a NUL
+    byte): file names read from a dataset's own files are data and may be anything."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _open(path: str | Path) -> Image.Image:
     """Open and fully decode an image, turning every Pillow failure into a DataError."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise DataError("image file not found", path)
     try:
         # Decoded from the file's bytes in memory: Pillow reads some chunks with the length their
@@ -55,7 +64,7 @@ def _open(path: str | Path) -> Image.Image:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the image header only; pixels are not decoded (cheap at parse time)."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise DataError("image file not found", path)
     try:
         with Image.open(path) as img:
@@ -125,7 +134,7 @@ def _read_npy(f: BinaryIO, available: int, path: Path) -> np.ndarray:
 def load_array(path: str | Path) -> np.ndarray:
     """A .npy array, with a DataError for a missing, unreadable or corrupt file."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise DataError("file not found", path)
     try:
         with open(path, "rb") as f:
@@ -142,7 +151,7 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     """Every array of a .npz archive by name, read like :func:`load_array` (each member's declared
     shape checked against the member's size before allocating); DataError for a damaged archive."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise DataError("file not found", path)
     out: dict[str, np.ndarray] = {}
     try:

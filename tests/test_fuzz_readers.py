@@ -710,12 +710,24 @@ REGRESSIONS = {
     "convex-ply-declares-1e12-convexes": ("convex-ply", "convex.ply", _text_edit("element convex 4", "element convex 1000000000000")),
     "mesh-ascii-ply-declares-1e12-vertices": ("meshes", "mesh_ascii.ply", _text_edit("element vertex 8", "element vertex 1000000000000")),
     "ply-points-declares-1e12-vertices": ("ply-points", "points.ply", _text_edit("element vertex 6", "element vertex 1000000000000")),
+    "nerfstudio-file-path-too-long": ("nerfstudio", "transforms.json", _json_edit(lambda d: d["frames"][0].update(file_path="x" * 5000))),
+    "nerfstudio-file-path-nul": ("nerfstudio", "transforms.json", _json_edit(lambda d: [f.update(file_path="images/a\0b.png") for f in d["frames"]])),
+    "nerfstudio-5000-digit-integer": ("nerfstudio", "transforms.json", _text_edit('"w": 8', '"w": ' + "9" * 5000)),
+    "blender-file-path-too-long": ("blender", "transforms_train.json", _json_edit(lambda d: d["frames"][0].update(file_path="x" * 5000))),
+    "colmap-txt-image-name-too-long": ("colmap-txt", "sparse/0/images.txt", _text_edit("img_0.png", "x" * 5000 + ".png")),
+    "colmap-camera-focal-1e-320": ("colmap-bin", "sparse/0/cameras.bin", _at(8 + 24 + 8, "<d", 1e-320)),
+    "llff-far-bound-1e300": ("llff", "poses_bounds.npy", lambda d: _saved(np.load(__import__("io").BytesIO(d)) * np.r_[np.ones(16), 1e300])),
+    "camera-path-width-1e400": ("camera-path", "camera_path.json", _text_edit('"render_width": 8', '"render_width": 1' + "0" * 400)),
+    "camera-path-width-1e30": ("camera-path", "camera_path.json", _text_edit('"render_width": 8', '"render_width": 1' + "0" * 30)),
+    "camera-path-5000-digit-integer": ("camera-path", "camera_path.json", _text_edit('"render_width": 8', '"render_width": 1' + "0" * 5000)),
+    "crop-nested-too-deeply": ("crop", "viewer_crop.json", lambda d: b"[" * 100000),
     "config-nested-too-deeply": ("config", "config.yml", lambda d: b"_type: " + b"[" * 100000),
 }
 
 
-READ_FINE = {"colmap-points3d-id-above-int64", "mask-png-idat-4gib"}
-"""Examples that now read (the mask's pixels are all there; its IDAT chunk only claims 4 GiB)."""
+READ_FINE = {"colmap-points3d-id-above-int64", "mask-png-idat-4gib", "nerfstudio-file-path-too-long", "colmap-txt-image-name-too-long"}
+"""Examples that now read: the mask's pixels are all there (its IDAT chunk only claims 4 GiB); an
+image whose name is too long for the system is a missing image, skipped like one."""
 
 
 def _saved(arr: np.ndarray) -> bytes:

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from data.base import DataparserOutputs
-from data.images import image_size
+from data.images import image_size, is_file
 from data.normalize import normalize_to_box
 from data.parsers.common import (
     ParserConfig,
@@ -29,7 +29,7 @@ from recon.errors import DataError
 def resolve_frame_image(base: Path, file_path: str) -> Path:
     """NeRF-synthetic ``file_path`` values have no extension (``./train/r_0``): try as is, then .png."""
     path = base / file_path
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg") or path.is_file():
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg") or is_file(path):
         return path
     return path.with_name(path.name + ".png")
 
@@ -75,7 +75,7 @@ class BlenderParserConfig(ParserConfig):
                 if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
                     raise DataError(f"frame {i}: needs 'file_path' and 'transform_matrix'", jpath)
                 path = resolve_frame_image(data, str(frame["file_path"]))
-                if not path.is_file():
+                if not is_file(path):
                     missing.append(path)
                     continue
                 w, h = image_size(path)

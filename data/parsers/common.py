@@ -22,7 +22,7 @@ import torch
 
 from data.base import DataparserOutputs, SceneBox
 from data.splits import apply_few_shot
-from recon.cameras import Cameras
+from recon.cameras import MAX_IMAGE_SIDE, Cameras
 from recon.config import DataParserConfig
 from recon.errors import DataError
 
@@ -30,8 +30,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
-MAX_IMAGE_SIDE = 1 << 16
-"""Largest image width or height a camera may declare (65536, the most common formats allow)."""
 
 
 @dataclass
@@ -124,6 +122,8 @@ def read_json(path: Path) -> Any:
         raise DataError(f"invalid JSON: {exc}", path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read file: {exc}", path) from None
+    except (ValueError, RecursionError) as exc:  # an integer of more than 4300 digits; nesting too deep
+        raise DataError(f"invalid JSON: {str(exc).splitlines()[0][:80]}", path) from None
 
 
 def numeric_array(value: Any, path: Path, what: str) -> np.ndarray:
@@ -162,8 +162,8 @@ def number(value: Any, path: Path, what: str) -> float:
     """A finite float from JSON, else DataError."""
     try:
         out = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{what} must be a number, got {value!r}", path) from None
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{what} must be a number, got {str(value)[:40]!r}", path) from None
     if not math.isfinite(out):
         raise DataError(f"{what} must be finite, got {value!r}", path)
     return out
@@ -206,9 +206,10 @@ def make_cameras(
     arrays = {"pose": np.asarray(c2w, dtype=np.float64), "fx": vec(fx), "fy": vec(fy), "cx": vec(cx), "cy": vec(cy)}
     if distortion is not None:
         arrays["distortion"] = np.asarray(distortion, dtype=np.float64).reshape(n, -1)
+    with np.errstate(over="ignore", under="ignore"):
+        arrays = {what: arr.astype(np.float32) for what, arr in arrays.items()}  # what the Cameras will hold
     for what, arr in arrays.items():
-        with np.errstate(over="ignore"):
-            bad = ~np.isfinite(arr.astype(np.float32)).reshape(n, -1).all(1)
+        bad = ~np.isfinite(arr).reshape(n, -1).all(1)
         if bad.any():
             raise DataError(f"camera {int(np.argmax(bad))}: {what} is not finite (or too large)", source)
     w, h = np.round(vec(width)), np.round(vec(height))
@@ -218,7 +219,7 @@ def make_cameras(
             raise DataError(f"camera {int(np.argmax(bad))}: {what} must be positive, got {arr[bad][0]}", source)
     if max(w.max(), h.max()) > MAX_IMAGE_SIDE:
         raise DataError(f"image size {int(w.max())}x{int(h.max())} is larger than {MAX_IMAGE_SIDE} pixels a side", source)
-    t = lambda arr: torch.from_numpy(arr).float()  # noqa: E731
+    t = torch.from_numpy
     return Cameras(
         camera_to_worlds=t(arrays["pose"]),
         fx=t(arrays["fx"]),

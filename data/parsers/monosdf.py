@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from data.base import DataparserOutputs
-from data.images import image_size, load_npz
+from data.images import image_size, is_file, load_npz
 from data.normalize import normalize_to_box
 from data.parsers.common import (
     ParserConfig,
@@ -164,7 +164,7 @@ class MonoSDFParserConfig(ParserConfig):
         normal_files = _all_or_none(normals, "mono_normal_path", jpath) if (has_prior and self.load_normals) else None
         for group in (depth_files, normal_files):
             for f in group or []:
-                if not f.is_file():
+                if not is_file(f):
                     raise DataError(f"cue file {f.name} not found", jpath)
         fx, fy, cx, cy, w, h = np.array(intr).T
         dtu = self._is_dtu(len(paths), False)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from data.base import DataparserOutputs
-from data.images import image_size
+from data.images import image_size, is_file
 from data.normalize import normalize_points_or_cameras
 from data.parsers.common import (
     ParserConfig,
@@ -48,7 +48,7 @@ def load_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
     point cloud or mesh (its vertices), binary or ASCII."""
     import trimesh
 
-    if not path.is_file():
+    if not is_file(path):
         raise DataError("point cloud file not found", path)
     check_ply_counts(path, DataError)
     try:
@@ -128,7 +128,7 @@ class NerfstudioParserConfig(ParserConfig):
             frame = frames[i]
             rel = str(frame["file_path"])
             path = self._image_path(base, rel)
-            if not path.is_file():
+            if not is_file(path):
                 missing.append(path)
                 continue
             fx, fy, cx, cy, w, h, k, model = self._intrinsics(meta, frame, path, jpath, i)
@@ -136,7 +136,7 @@ class NerfstudioParserConfig(ParserConfig):
                 if frame.get(key) is not None:
                     cue_seen[key] += 1
                     cue = base / str(frame[key])
-                    if not cue.is_file():
+                    if not is_file(cue):
                         raise DataError(f"frame {i}: {key} file {frame[key]!r} not found", jpath)
                     cues[key].append(cue)
             paths.append(path)

@@ -28,7 +28,7 @@ test: install-test
 # `make test` runs the same test with its small fixed budget (RECON_FUZZ_EXAMPLES=100).
 FUZZ_EXAMPLES ?= 3000
 fuzz: install-test
-	RECON_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:xdist tests/test_fuzz_readers.py -k fuzzed_reader $(PYTEST_ARGS)
+	RECON_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:xdist tests/test_fuzz_readers.py -k fuzzed_reader -rP $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks.bench_vanilla_nerf

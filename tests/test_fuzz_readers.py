@@ -606,10 +606,13 @@ def test_fuzzed_reader(name: str, seeds, tmp_path_factory: pytest.TempPathFactor
     reader = READERS[name]
     root = seeds(name)
     work = tmp_path_factory.mktemp(f"fuzz-{name}")
+    cases = 0
 
     @fuzz
     @given(st.data())
     def case(data: st.DataObject) -> None:
+        nonlocal cases
+        cases += 1
         rel = data.draw(st.sampled_from(reader.files), label="file")
         write = data.draw(file_mutation(root / rel), label="mutation")
         shutil.rmtree(work)
@@ -621,6 +624,7 @@ def test_fuzzed_reader(name: str, seeds, tmp_path_factory: pytest.TempPathFactor
             reader.check(result)
 
     case()
+    print(f"fuzzed {name}: {cases} cases")  # shown by make fuzz (-rP): the figure RESULTS.md reports
 
 
 # -- regression examples: what the fuzzing found, each fixed in its reader --------------------------
@@ -713,6 +717,9 @@ REGRESSIONS = {
     "nerfstudio-file-path-too-long": ("nerfstudio", "transforms.json", _json_edit(lambda d: d["frames"][0].update(file_path="x" * 5000))),
     "nerfstudio-file-path-nul": ("nerfstudio", "transforms.json", _json_edit(lambda d: [f.update(file_path="images/a\0b.png") for f in d["frames"]])),
     "nerfstudio-5000-digit-integer": ("nerfstudio", "transforms.json", _text_edit('"w": 8', '"w": ' + "9" * 5000)),
+    "blender-camera-angle-zero": ("blender", "transforms_train.json", _json_edit(lambda d: d.update(camera_angle_x=0))),
+    "blender-w-zero": ("blender", "transforms_train.json", _json_edit(lambda d: d.update(fl_x=9.0, w=0))),
+    "nerfstudio-camera-angle-zero": ("nerfstudio", "transforms.json", _json_edit(lambda d: [d.pop("fl_x"), d.update(camera_angle_x=0.0)])),
     "blender-file-path-too-long": ("blender", "transforms_train.json", _json_edit(lambda d: d["frames"][0].update(file_path="x" * 5000))),
     "colmap-txt-image-name-too-long": ("colmap-txt", "sparse/0/images.txt", _text_edit("img_0.png", "x" * 5000 + ".png")),
     "colmap-camera-focal-1e-320": ("colmap-bin", "sparse/0/cameras.bin", _at(8 + 24 + 8, "<d", 1e-320)),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -16,6 +15,7 @@ from data.parsers.common import (
     ParserConfig,
     alpha_color,
     check_pose,
+    focal_from_fov,
     make_cameras,
     number,
     opengl_to_opencv_np,
@@ -115,19 +115,19 @@ class BlenderParserConfig(ParserConfig):
             fx = number(get("fl_x"), path, f"frame {i}: fl_x")
             # fl_x is in pixels of the stated w; rescale if the image on disk differs.
             if get("w") is not None:
-                fx *= w / number(get("w"), path, "w")
+                fx *= w / number(get("w"), path, "w", positive=True)
         elif get("camera_angle_x") is not None:
-            fx = 0.5 * w / math.tan(0.5 * number(get("camera_angle_x"), path, "camera_angle_x"))
+            fx = focal_from_fov(w, get("camera_angle_x"), path, "camera_angle_x")
         else:
             raise DataError(f"frame {i}: no intrinsics (camera_angle_x or fl_x)", path)
         if get("fl_y") is not None:
-            fy = number(get("fl_y"), path, f"frame {i}: fl_y") * (h / number(get("h"), path, "h") if get("h") is not None else 1.0)
+            fy = number(get("fl_y"), path, f"frame {i}: fl_y") * (h / number(get("h"), path, "h", positive=True) if get("h") is not None else 1.0)
         elif get("camera_angle_y") is not None:
-            fy = 0.5 * h / math.tan(0.5 * number(get("camera_angle_y"), path, "camera_angle_y"))
+            fy = focal_from_fov(h, get("camera_angle_y"), path, "camera_angle_y")
         else:
             fy = fx
-        sx = w / number(get("w"), path, "w") if get("w") is not None else 1.0
-        sy = h / number(get("h"), path, "h") if get("h") is not None else 1.0
+        sx = w / number(get("w"), path, "w", positive=True) if get("w") is not None else 1.0
+        sy = h / number(get("h"), path, "h", positive=True) if get("h") is not None else 1.0
         cx = number(get("cx"), path, "cx") * sx if get("cx") is not None else w / 2.0
         cy = number(get("cy"), path, "cy") * sy if get("cy") is not None else h / 2.0
         if not (fx > 0 and fy > 0):

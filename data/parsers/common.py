@@ -158,15 +158,26 @@ def check_pose(matrix: Any, path: Path, index: int, key: str = "transform_matrix
     return arr[:3, :4].copy()
 
 
-def number(value: Any, path: Path, what: str) -> float:
-    """A finite float from JSON, else DataError."""
+def number(value: Any, path: Path, what: str, positive: bool = False) -> float:
+    """A finite float from JSON (and > 0 with ``positive``), else DataError."""
     try:
         out = float(value)
     except (TypeError, ValueError, OverflowError):
         raise DataError(f"{what} must be a number, got {str(value)[:40]!r}", path) from None
     if not math.isfinite(out):
         raise DataError(f"{what} must be finite, got {value!r}", path)
+    if positive and not out > 0:
+        raise DataError(f"{what} must be positive, got {value!r}", path)
     return out
+
+
+def focal_from_fov(size: float, angle: Any, path: Path, what: str) -> float:
+    """Focal length in pixels of an image ``size`` pixels across whose field of view is ``angle``
+    radians (JSON, 0 < angle < pi), else DataError."""
+    angle = number(angle, path, what)
+    if not 0 < angle < math.pi:
+        raise DataError(f"{what} must be a field of view between 0 and pi radians, got {angle!r}", path)
+    return 0.5 * size / math.tan(0.5 * angle)
 
 
 def opengl_to_opencv_np(c2w: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from data.parsers.common import (
     ParserConfig,
     alpha_color,
     check_pose,
+    focal_from_fov,
     has_alpha,
     make_cameras,
     natural_key,
@@ -219,13 +220,13 @@ class NerfstudioParserConfig(ParserConfig):
         if get("fl_x") is not None:
             fx = number(get("fl_x"), jpath, f"frame {i}: fl_x")
         elif get("camera_angle_x") is not None:
-            fx = 0.5 * w_json / math.tan(0.5 * number(get("camera_angle_x"), jpath, f"frame {i}: camera_angle_x"))
+            fx = focal_from_fov(w_json, get("camera_angle_x"), jpath, f"frame {i}: camera_angle_x")
         else:
             raise DataError(f"frame {i}: missing intrinsics (no fl_x or camera_angle_x, globally or in the frame)", jpath)
         if get("fl_y") is not None:
             fy = number(get("fl_y"), jpath, f"frame {i}: fl_y")
         elif get("camera_angle_y") is not None:
-            fy = 0.5 * h_json / math.tan(0.5 * number(get("camera_angle_y"), jpath, f"frame {i}: camera_angle_y"))
+            fy = focal_from_fov(h_json, get("camera_angle_y"), jpath, f"frame {i}: camera_angle_y")
         else:
             fy = fx
         cx = number(get("cx"), jpath, f"frame {i}: cx") if get("cx") is not None else w_json / 2.0

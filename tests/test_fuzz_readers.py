@@ -720,6 +720,7 @@ REGRESSIONS = {
     "blender-camera-angle-zero": ("blender", "transforms_train.json", _json_edit(lambda d: d.update(camera_angle_x=0))),
     "blender-w-zero": ("blender", "transforms_train.json", _json_edit(lambda d: d.update(fl_x=9.0, w=0))),
     "nerfstudio-camera-angle-zero": ("nerfstudio", "transforms.json", _json_edit(lambda d: [d.pop("fl_x"), d.update(camera_angle_x=0.0)])),
+    "blender-absolute-file-path": ("blender", "transforms_test.json", _json_edit(lambda d: d["frames"][0].update(file_path="/test/r_3"))),
     "blender-file-path-too-long": ("blender", "transforms_train.json", _json_edit(lambda d: d["frames"][0].update(file_path="x" * 5000))),
     "colmap-txt-image-name-too-long": ("colmap-txt", "sparse/0/images.txt", _text_edit("img_0.png", "x" * 5000 + ".png")),
     "colmap-camera-focal-1e-320": ("colmap-bin", "sparse/0/cameras.bin", _at(8 + 24 + 8, "<d", 1e-320)),

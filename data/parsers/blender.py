@@ -85,7 +85,7 @@ class BlenderParserConfig(ParserConfig):
                 paths.append(path)
             ranges[split] = list(range(start, len(paths)))
         if missing:
-            shown = ", ".join(str(p.relative_to(data)) for p in missing[:10])
+            shown = ", ".join(str(p.relative_to(data) if p.is_relative_to(data) else p) for p in missing[:10])  # file_path may be absolute
             raise DataError(f"{len(missing)} image files listed in the transforms files are missing: {shown}", data)
         if not ranges.get("train"):
             raise DataError("transforms_train.json lists no frames", data / "transforms_train.json")

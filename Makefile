@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_RUN := outputs/demo/vanilla-nerf-small/demo
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test bench clean
+.PHONY: install install-test demo test fuzz bench clean
 
 install:
 	bash scripts/install.sh $(VENV)
@@ -23,6 +23,12 @@ demo: install
 
 test: install-test
 	$(BIN)/python -m pytest -n 2 -m "not gpu" $(PYTEST_ARGS)
+
+# The long fuzzing campaign of every file reader (tests/test_fuzz_readers.py), one process;
+# `make test` runs the same test with its small fixed budget (RECON_FUZZ_EXAMPLES=100).
+FUZZ_EXAMPLES ?= 3000
+fuzz: install-test
+	RECON_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:xdist tests/test_fuzz_readers.py -k fuzzed_reader -rP $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks.bench_vanilla_nerf

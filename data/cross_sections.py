@@ -505,7 +505,8 @@ def _read_plane(tok: _Tokens, p: int, n_planes: int) -> CrossSection:
         label, _ = tok.int(f"{what}: label")
         idx_toks, start = tok.take(n, f"{what}: {n} vertex indices")
         try:
-            idx = np.array([int(t) for t in idx_toks], dtype=np.int64)
+            # Out-of-range indices are reported below; clipping keeps a huge one from overflowing int64.
+            idx = np.array([min(max(int(t), -1), n_verts) for t in idx_toks], dtype=np.int64)
         except ValueError:
             bad = next(i for i, t in enumerate(idx_toks) if not _is_int(t))
             raise tok.error(
@@ -514,7 +515,7 @@ def _read_plane(tok: _Tokens, p: int, n_planes: int) -> CrossSection:
         out = np.nonzero((idx < 0) | (idx >= n_verts))[0]
         if len(out):
             raise tok.error(
-                f"vertex index {idx[out[0]]} out of range ({what}; the plane has {n_verts} vertices)",
+                f"vertex index {idx_toks[out[0]][:40]} out of range ({what}; the plane has {n_verts} vertices)",
                 tok.lines[start + out[0]],
             )
         contours.append(Contour(indices=idx, label=label, parent=parent))

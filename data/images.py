@@ -9,14 +9,19 @@ Shapes: H rows, W columns.
 
 from __future__ import annotations
 
+import io
+import math
 import warnings
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from recon.errors import DataError
+from recon.errors import DataError, check_declared_size
 
 # Decompression bombs are not a concern for local datasets, but Pillow's guard would turn a large
 # panorama into a warning-as-error; keep the limit generous rather than off.
@@ -25,20 +30,33 @@ Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 1 << 30)
 DEPTH_EXTENSIONS = (".npy", ".png", ".tif", ".tiff")
 
 
+def is_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file; False also for a name the system cannot look up (too long, a NUL
+    byte): file names read from a dataset's own files are data and may be anything."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _open(path: str | Path) -> Image.Image:
     """Open and fully decode an image, turning every Pillow failure into a DataError."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise DataError("image file not found", path)
     try:
+        # Decoded from the file's bytes in memory: Pillow reads some chunks with the length their
+        # header declares (a PNG IDAT of 4 GiB in a 75-byte file), which from a file object
+        # allocates that much up front; from a bytes buffer a read returns only what is there.
+        data = io.BytesIO(path.read_bytes())
         with warnings.catch_warnings():
             # Pillow warns (DecompressionBombWarning) or errors on odd files; we want one error.
             warnings.simplefilter("ignore")
-            img = Image.open(path)
+            img = Image.open(data)
             img.load()  # Image.open is lazy: truncation only shows when pixels are decoded
     except UnidentifiedImageError:
         raise DataError("cannot read image (not an image file or unsupported format)", path) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image (truncated or corrupt: {exc})", path) from None
     return img
 
@@ -46,12 +64,12 @@ def _open(path: str | Path) -> Image.Image:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the image header only; pixels are not decoded (cheap at parse time)."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise DataError("image file not found", path)
     try:
         with Image.open(path) as img:
             return int(img.size[0]), int(img.size[1])
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         raise DataError("cannot read image header (not an image file or corrupt)", path) from None
 
 
@@ -91,14 +109,60 @@ def load_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=-1))
 
 
-def _load_array(path: Path) -> np.ndarray:
-    """A .npy array, with a DataError for a missing or unreadable file."""
-    if not path.is_file():
-        raise DataError("file not found", path)
+def _read_npy(f: BinaryIO, available: int, path: Path) -> np.ndarray:
+    """The .npy array at the position of ``f``, whose data has ``available`` bytes at most. A bad
+    header, an object (pickled) array or a shape the bytes cannot hold is a DataError, checked
+    before the array is allocated."""
+    start = f.tell()
     try:
-        return np.load(path, allow_pickle=False)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    except Exception as exc:  # numpy raises ValueError, SyntaxError, TokenError, OverflowError... for a bad header
+        raise DataError(f"not a readable .npy array (bad header: {type(exc).__name__})", path) from None
+    if dtype.hasobject:
+        raise DataError("the array holds Python objects (a pickle), which recon does not load", path)
+    header_bytes = f.tell() - start
+    check_declared_size(math.prod(shape) * dtype.itemsize, available - header_bytes, f"an array of shape {shape} and type {dtype}", path)
+    f.seek(start)
+    try:
+        return np.lib.format.read_array(f, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"cannot read .npy array ({exc})", path) from None
+
+
+def load_array(path: str | Path) -> np.ndarray:
+    """A .npy array, with a DataError for a missing, unreadable or corrupt file."""
+    path = Path(path)
+    if not is_file(path):
+        raise DataError("file not found", path)
+    try:
+        with open(path, "rb") as f:
+            return _read_npy(f, path.stat().st_size, path)
+    except OSError as exc:
+        raise DataError(f"cannot read file ({exc})", path) from None
+
+
+# Deflate expands at most about 1032:1, so a member cannot hold more than this many times its compressed size.
+_DEFLATE_MAX_RATIO = 1100
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of a .npz archive by name, read like :func:`load_array` (each member's declared
+    shape checked against the member's size before allocating); DataError for a damaged archive."""
+    path = Path(path)
+    if not is_file(path):
+        raise DataError("file not found", path)
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO
+                with archive.open(info) as member:
+                    out[info.filename.removesuffix(".npy")] = _read_npy(member, min(info.file_size, ratio * info.compress_size), path)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError) as exc:
+        raise DataError(f"cannot read .npz archive ({type(exc).__name__}: {exc})", path) from None
+    return out
 
 
 def _squeeze_hw(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
@@ -120,7 +184,7 @@ def load_depth(path: str | Path, scale: float = 1.0) -> np.ndarray:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        arr = _load_array(path)
+        arr = load_array(path)
     elif suffix in (".png", ".tif", ".tiff"):
         img = _open(path)
         if img.mode not in ("I", "I;16", "I;16B", "I;16L", "F", "L"):
@@ -141,7 +205,7 @@ def load_mask(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        arr = _squeeze_hw(_load_array(path), path, "mask")
+        arr = _squeeze_hw(load_array(path), path, "mask")
         return arr > 0.5 if np.issubdtype(arr.dtype, np.floating) else arr != 0
     img = _open(path)
     if img.mode == "P":
@@ -166,7 +230,7 @@ def load_normal(path: str | Path, zero_to_one: bool | None = None) -> np.ndarray
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        arr = _load_array(path).astype(np.float32)
+        arr = load_array(path).astype(np.float32)
         if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
             arr = np.moveaxis(arr, 0, -1)
         if arr.ndim != 3 or arr.shape[-1] != 3:
@@ -193,7 +257,7 @@ def load_instance(path: str | Path) -> np.ndarray:
     """Instance/segment ids as int32 [H, W] from an 8/16-bit single-channel or palette PNG, or .npy."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        arr = _squeeze_hw(_load_array(path), path, "instance map")
+        arr = _squeeze_hw(load_array(path), path, "instance map")
         if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
             if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
                 raise DataError("instance ids must be integers", path)

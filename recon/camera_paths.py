@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recon.cameras import Cameras, look_at, opengl_to_opencv
+from recon.cameras import MAX_IMAGE_SIDE, Cameras, look_at, opengl_to_opencv
 from recon.errors import ReconError
 from recon.atomic import atomic_write
 from recon.rotations import matrix_to_quaternion, quaternion_slerp, quaternion_to_matrix
@@ -324,8 +325,10 @@ def save_camera_path_json(cameras: Cameras, path: str | Path, fps: float = 30.0)
 
 
 def _num(value, what: str, path: Path, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ReconError(f"malformed camera path: {what} must be a finite number, got {value!r}", path)
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    # compared before float(): a JSON integer beyond the float range is not finite either
+    if not (numeric and abs(value) <= sys.float_info.max and math.isfinite(value)):
+        raise ReconError(f"malformed camera path: {what} must be a finite number, got {repr(value)[:40]}", path)
     if positive and value <= 0:
         raise ReconError(f"malformed camera path: {what} must be positive, got {value!r}", path)
     return float(value)
@@ -346,6 +349,8 @@ def load_camera_path_json(path: str | Path) -> CameraPath:
         raise ReconError(f"cannot read camera path ({e})", path) from None
     except json.JSONDecodeError as e:
         raise ReconError(f"malformed camera path: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", path) from None
+    except (ValueError, RecursionError) as e:  # an integer of more than 4300 digits; nesting too deep
+        raise ReconError(f"malformed camera path: {str(e).splitlines()[0][:80]}", path) from None
     if not isinstance(doc, dict):
         raise ReconError("malformed camera path: top level must be a JSON object", path)
     frames = doc.get("camera_path")
@@ -367,6 +372,8 @@ def load_camera_path_json(path: str | Path) -> CameraPath:
         w = round(h * _num(first["aspect"], "camera_path[0].aspect", path, positive=True))
     if h != int(h) or w != int(w):
         raise ReconError("malformed camera path: render_width/render_height must be integers", path)
+    if max(w, h) > MAX_IMAGE_SIDE:
+        raise ReconError(f"malformed camera path: render size {w:g}x{h:g} is larger than {MAX_IMAGE_SIDE} pixels a side", path)
     w, h = int(w), int(h)
 
     c2ws, intr = [], []

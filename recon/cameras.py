@@ -35,6 +35,8 @@ PERSPECTIVE = 0
 FISHEYE = 1
 CAMERA_MODEL_NAMES = ("perspective", "fisheye")
 """``Cameras.camera_model`` value -> name."""
+MAX_IMAGE_SIDE = 1 << 16
+"""Largest image width or height a file may declare for a camera (65536, the limit of common image formats)."""
 NUM_DISTORTION = 8
 """Coefficients per camera in ``Cameras.distortion``."""
 _FISHEYE_MAX_THETA = 3.1  # radians: the angle a fisheye ray is clamped below (just short of straight back)

@@ -8,7 +8,10 @@ ones too), or through ``RECON_METHODS="name=module:attr,..."``. A variant is mad
 :func:`override` on its base preset, never by copying it.
 
 ``config.yml`` is plain YAML (``yaml.safe_load`` reads it): a nested dataclass is written as a
-mapping with a ``_type: module:QualName`` key, and only dataclasses are ever rebuilt from it.
+mapping with a ``_type: module:QualName`` key, and only dataclasses are ever rebuilt from it. A
+config.yml may come from someone else, so it is data, not code: ``_type`` may only name a module of
+recon's own packages or of a registered plugin (:func:`trusted_packages`), checked before anything
+is imported, since importing a module runs its code.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import dataclasses
 import enum
 import importlib
 import os
+import re
 import types
 import typing
 import warnings
@@ -31,6 +35,9 @@ import yaml
 from recon.errors import ConfigError
 
 ENTRY_POINT_GROUP = "recon.methods"
+DATAPARSER_GROUP = "recon.dataparsers"
+OWN_PACKAGES = ("recon", "data", "methods")
+"""recon's own top-level packages: the engine, the dataset formats and the built-in methods."""
 
 
 class InstantiateConfig:
@@ -131,10 +138,10 @@ def to_plain(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to config.yml")
 
 
-def _coerce(value: Any, hint: Any) -> Any:
+def _coerce(value: Any, hint: Any, packages: frozenset[str]) -> Any:
     """Restore Python types that YAML flattens (Path, tuple, nested configs) from the field's type hint."""
     if isinstance(value, dict) and "_type" in value:
-        return from_plain(value)
+        return from_plain(value, packages)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None:
@@ -143,34 +150,63 @@ def _coerce(value: Any, hint: Any) -> Any:
             return Path(value)
         for arg in args:
             if typing.get_origin(arg) in (tuple, dict) or arg is tuple:
-                return _coerce(value, arg)
+                return _coerce(value, arg, packages)
         return value
     if hint is Path and isinstance(value, str):
         return Path(value)
     if (origin is tuple or hint is tuple) and isinstance(value, list):
         item = args[0] if args else None
-        return tuple(_coerce(v, item) for v in value)
+        return tuple(_coerce(v, item, packages) for v in value)
     if origin is dict and isinstance(value, dict):
-        return {k: _coerce(v, args[1] if len(args) == 2 else None) for k, v in value.items()}
+        return {k: _coerce(v, args[1] if len(args) == 2 else None, packages) for k, v in value.items()}
     return value
 
 
-def from_plain(data: dict[str, Any]) -> Any:
-    """Rebuild a config tree written by :func:`to_plain`."""
-    module, _, qualname = str(data["_type"]).partition(":")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def trusted_packages() -> frozenset[str]:
+    """Top-level packages whose config classes a config.yml may name: recon's own, and those of the
+    plugins registered in the ``recon.methods`` and ``recon.dataparsers`` entry-point groups or in
+    ``RECON_METHODS`` (read from the registrations, without importing them)."""
+    targets = [ep.value for group in (ENTRY_POINT_GROUP, DATAPARSER_GROUP) for ep in entry_points(group=group)]
+    targets += [item.partition("=")[2] for item in os.environ.get("RECON_METHODS", "").split(",")]
+    return frozenset(OWN_PACKAGES) | {t.strip().partition(":")[0].partition(".")[0] for t in targets if t.strip()}
+
+
+def _in_packages(module: str, packages: frozenset[str]) -> bool:
+    return module.partition(".")[0] in packages
+
+
+def from_plain(data: dict[str, Any], packages: frozenset[str] | None = None) -> Any:
+    """Rebuild a config tree written by :func:`to_plain`; ``_type`` must name a config dataclass
+    of ``packages`` (default :func:`trusted_packages`), else ConfigError before any import."""
+    packages = trusted_packages() if packages is None else packages
+    name = data["_type"]
+    module, _, qualname = str(name).partition(":")
+    if not (isinstance(name, str) and _DOTTED.fullmatch(module) and _DOTTED.fullmatch(qualname)):
+        raise ConfigError(f"config names {str(name)[:80]!r}, which is not a 'module:Class' name")
+    if not _in_packages(module, packages):
+        raise ConfigError(
+            f"config names {name[:80]!r}, outside recon's packages and registered plugins ({', '.join(sorted(packages))}); not imported"
+        )
     try:
         cls: Any = importlib.import_module(module)
         for part in qualname.split("."):
             cls = getattr(cls, part)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"config names {data['_type']!r}, which is not importable ({exc})") from None
-    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-        raise ConfigError(f"config names {data['_type']!r}, which is not a config dataclass")
-    obj = cls()
+        raise ConfigError(f"config names {name!r}, which is not importable ({exc})") from None
+    # getattr can reach a class another module imported (recon.x:trimesh.Foo): it must be defined here too.
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and _in_packages(cls.__module__, packages)):
+        raise ConfigError(f"config names {name!r}, which is not a config dataclass of recon or a registered plugin")
+    try:
+        obj = cls()
+    except TypeError as exc:
+        raise ConfigError(f"config names {name!r}, which cannot be built from defaults ({exc})") from None
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in data:
-            setattr(obj, f.name, _coerce(data[f.name], hints.get(f.name)))
+            setattr(obj, f.name, _coerce(data[f.name], hints.get(f.name), packages))
     return obj
 
 
@@ -186,9 +222,13 @@ def load_config(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError("config file not found", path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read file ({exc})", path) from None
+    except RecursionError:
+        raise ConfigError("not a recon config.yml (nested too deeply)", path) from None
     if not isinstance(data, dict) or "_type" not in data:
         raise ConfigError("not a recon config.yml (no _type at the top level)", path)
     try:
@@ -217,8 +257,6 @@ class DataParserConfig(InstantiateConfig):
         """Parse ``data`` into a ``data.base.DataparserOutputs``."""
         raise NotImplementedError
 
-
-DATAPARSER_GROUP = "recon.dataparsers"
 
 
 def discover_dataparsers() -> dict[str, type]:

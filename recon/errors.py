@@ -28,3 +28,11 @@ class CheckpointError(ReconError):
 
 class ConfigError(ReconError):
     """An unknown method, a bad flag value or an inconsistent configuration."""
+
+
+def check_declared_size(needed: int, available: int, what: str, path: str | Path, error: type[ReconError] = DataError) -> None:
+    """Refuse what a file's header declares (a count, a shape) when its data, ``needed`` bytes at
+    the least, cannot fit in the ``available`` bytes that follow: checked before allocating, so a
+    header claiming 10^12 points is a one-line error rather than a huge allocation."""
+    if needed > available:
+        raise error(f"{what} declared, which needs at least {needed} bytes, but the file has {available} (truncated or corrupt)", path)

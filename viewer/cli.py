@@ -108,6 +108,11 @@ def load_mesh(path: Path):
     """A mesh file as a trimesh; a clear error for a file trimesh cannot read as a mesh."""
     import trimesh
 
+    from recon.export.splat_ply import check_ply_counts
+
+    if not Path(path).is_file():
+        raise ReconError("mesh file not found", path)
+    check_ply_counts(path)
     try:
         mesh = trimesh.load(str(path), force="mesh")
     except Exception as exc:  # trimesh raises many types for unreadable files

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -10,12 +9,13 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from data.base import DataparserOutputs
-from data.images import image_size
+from data.images import image_size, is_file
 from data.normalize import normalize_to_box
 from data.parsers.common import (
     ParserConfig,
     alpha_color,
     check_pose,
+    focal_from_fov,
     make_cameras,
     number,
     opengl_to_opencv_np,
@@ -29,7 +29,7 @@ from recon.errors import DataError
 def resolve_frame_image(base: Path, file_path: str) -> Path:
     """NeRF-synthetic ``file_path`` values have no extension (``./train/r_0``): try as is, then .png."""
     path = base / file_path
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg") or path.is_file():
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg") or is_file(path):
         return path
     return path.with_name(path.name + ".png")
 
@@ -75,7 +75,7 @@ class BlenderParserConfig(ParserConfig):
                 if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
                     raise DataError(f"frame {i}: needs 'file_path' and 'transform_matrix'", jpath)
                 path = resolve_frame_image(data, str(frame["file_path"]))
-                if not path.is_file():
+                if not is_file(path):
                     missing.append(path)
                     continue
                 w, h = image_size(path)
@@ -85,7 +85,7 @@ class BlenderParserConfig(ParserConfig):
                 paths.append(path)
             ranges[split] = list(range(start, len(paths)))
         if missing:
-            shown = ", ".join(str(p.relative_to(data)) for p in missing[:10])
+            shown = ", ".join(str(p.relative_to(data) if p.is_relative_to(data) else p) for p in missing[:10])  # file_path may be absolute
             raise DataError(f"{len(missing)} image files listed in the transforms files are missing: {shown}", data)
         if not ranges.get("train"):
             raise DataError("transforms_train.json lists no frames", data / "transforms_train.json")
@@ -96,7 +96,7 @@ class BlenderParserConfig(ParserConfig):
         fx, fy, cx, cy, w, h = np.array(intr).T
         outputs = raw_outputs(
             paths,
-            make_cameras(c2w, fx, fy, cx, cy, w, h),
+            make_cameras(c2w, fx, fy, cx, cy, w, h, source=data),
             ranges,
             alpha_color=alpha_color(self.background),
             near=self.near,
@@ -115,19 +115,19 @@ class BlenderParserConfig(ParserConfig):
             fx = number(get("fl_x"), path, f"frame {i}: fl_x")
             # fl_x is in pixels of the stated w; rescale if the image on disk differs.
             if get("w") is not None:
-                fx *= w / number(get("w"), path, "w")
+                fx *= w / number(get("w"), path, "w", positive=True)
         elif get("camera_angle_x") is not None:
-            fx = 0.5 * w / math.tan(0.5 * number(get("camera_angle_x"), path, "camera_angle_x"))
+            fx = focal_from_fov(w, get("camera_angle_x"), path, "camera_angle_x")
         else:
             raise DataError(f"frame {i}: no intrinsics (camera_angle_x or fl_x)", path)
         if get("fl_y") is not None:
-            fy = number(get("fl_y"), path, f"frame {i}: fl_y") * (h / number(get("h"), path, "h") if get("h") is not None else 1.0)
+            fy = number(get("fl_y"), path, f"frame {i}: fl_y") * (h / number(get("h"), path, "h", positive=True) if get("h") is not None else 1.0)
         elif get("camera_angle_y") is not None:
-            fy = 0.5 * h / math.tan(0.5 * number(get("camera_angle_y"), path, "camera_angle_y"))
+            fy = focal_from_fov(h, get("camera_angle_y"), path, "camera_angle_y")
         else:
             fy = fx
-        sx = w / number(get("w"), path, "w") if get("w") is not None else 1.0
-        sy = h / number(get("h"), path, "h") if get("h") is not None else 1.0
+        sx = w / number(get("w"), path, "w", positive=True) if get("w") is not None else 1.0
+        sy = h / number(get("h"), path, "h", positive=True) if get("h") is not None else 1.0
         cx = number(get("cx"), path, "cx") * sx if get("cx") is not None else w / 2.0
         cy = number(get("cy"), path, "cy") * sy if get("cy") is not None else h / 2.0
         if not (fx > 0 and fy > 0):

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from data.base import DataparserOutputs
-from data.images import image_size
+from data.images import image_size, is_file
 from data.normalize import normalize_points_or_cameras
 from data.parsers.colmap_io import ColmapCamera, read_model, track_observations
 from data.parsers.common import (
@@ -112,7 +112,7 @@ class ColmapParserConfig(ParserConfig):
         paths, missing, c2ws, intr, dists, models, sizes, model_sizes, frame_of_image = [], [], [], [], [], [], [], [], {}
         for im in ordered:
             path = folder / im.name
-            if not path.is_file():
+            if not is_file(path):
                 missing.append(path)
                 continue
             if im.camera_id not in cams:
@@ -142,7 +142,7 @@ class ColmapParserConfig(ParserConfig):
 
         c2w = np.stack(c2ws)
         intr_a, sizes_a = np.array(intr), np.array(sizes)
-        cameras = make_cameras(c2w, *intr_a.T, sizes_a[:, 0], sizes_a[:, 1], distortion=np.stack(dists), camera_model=models)
+        cameras = make_cameras(c2w, *intr_a.T, sizes_a[:, 0], sizes_a[:, 1], distortion=np.stack(dists), camera_model=models, source=model_dir)
         pts = rgb = tracks = keypoints = None
         if points is not None and len(points):
             pts, rgb = points.xyz, points.rgb.astype(np.uint8)  # float64 until normalised

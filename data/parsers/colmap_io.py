@@ -7,7 +7,7 @@ are little-endian:
   float64 params[n] (n fixed by the model);
 * images.bin: uint64 count; per image int32 id, float64 qvec[4] (w, x, y, z), float64 tvec[3],
   int32 camera id, NUL-terminated name, uint64 n, then n x (float64 x, float64 y, int64 point id);
-* points3D.bin: uint64 count; per point uint64 id, float64 xyz[3], uint8 rgb[3], float64 error,
+* points3D.bin: uint64 count; per point uint64 id (read as int64, recon's id type), float64 xyz[3], uint8 rgb[3], float64 error,
   uint64 n, then n x (int32 image id, int32 point2D index).
 
 ``qvec``/``tvec`` are world-to-camera (x_cam = R(q) x_world + t), OpenCV camera axes.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from recon.atomic import atomic_write, atomic_write_bytes
-from recon.errors import DataError
+from recon.errors import DataError, check_declared_size
 from recon.rotations import quaternion_to_matrix
 
 # name -> (model id, number of params), from COLMAP's src/colmap/sensor/models.h
@@ -42,6 +42,7 @@ CAMERA_MODELS: dict[str, tuple[int, int]] = {
     "RAD_TAN_THIN_PRISM_FISHEYE": (11, 16),
 }
 MODEL_BY_ID = {mid: (name, n) for name, (mid, n) in CAMERA_MODELS.items()}
+_INT64, _INT32 = np.iinfo(np.int64), np.iinfo(np.int32)
 
 
 @dataclass
@@ -112,6 +113,13 @@ class _Reader:
         self.pos += size
         return out
 
+    def count(self, record_bytes: int, what: str) -> int:
+        """A uint64 record count, refused when ``count`` records of at least ``record_bytes`` each
+        cannot fit in the rest of the file (before anything is allocated for them)."""
+        (n,) = self.take("Q")
+        check_declared_size(n * record_bytes, len(self.buf) - self.pos, f"{n} {what}", self.path)
+        return n
+
     def cstring(self) -> str:
         end = self.buf.find(b"\x00", self.pos)
         if end < 0:
@@ -123,7 +131,7 @@ class _Reader:
 
 def read_cameras_binary(path: Path) -> dict[int, ColmapCamera]:
     r = _Reader(path)
-    (count,) = r.take("Q")
+    count = r.count(struct.calcsize("<iiQQ"), "cameras")
     cams: dict[int, ColmapCamera] = {}
     for _ in range(count):
         cam_id, model_id, width, height = r.take("iiQQ")
@@ -136,14 +144,14 @@ def read_cameras_binary(path: Path) -> dict[int, ColmapCamera]:
 
 def read_images_binary(path: Path) -> dict[int, ColmapImage]:
     r = _Reader(path)
-    (count,) = r.take("Q")
+    count = r.count(struct.calcsize("<idddddddi") + 1 + 8, "images")
     images: dict[int, ColmapImage] = {}
     rec = np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<i8")])
     for _ in range(count):
         vals = r.take("idddddddi")
         image_id, qvec, tvec, cam_id = vals[0], np.array(vals[1:5]), np.array(vals[5:8]), vals[8]
         name = r.cstring()
-        (n,) = r.take("Q")
+        n = r.count(rec.itemsize, f"keypoints of image {image_id}")
         pts = r.array(rec, n)
         xys = np.stack([pts["x"], pts["y"]], -1) if n else np.zeros((0, 2))
         images[image_id] = ColmapImage(image_id, qvec, tvec, cam_id, name, xys, pts["id"].astype(np.int64).copy())
@@ -152,21 +160,19 @@ def read_images_binary(path: Path) -> dict[int, ColmapImage]:
 
 def read_points3d_binary(path: Path, with_tracks: bool = False) -> ColmapPoints:
     r = _Reader(path)
-    (count,) = r.take("Q")
+    count = r.count(struct.calcsize("<QdddBBBdQ"), "points")
     ids = np.empty(count, dtype=np.int64)
     xyz = np.empty((count, 3))
     rgb = np.empty((count, 3), dtype=np.uint8)
     err = np.empty(count)
     tracks: list[np.ndarray] = []
     for i in range(count):
-        v = r.take("QdddBBBdQ")
+        v = r.take("qdddBBBd")
         ids[i], xyz[i], rgb[i], err[i] = v[0], v[1:4], v[4:7], v[7]
-        n = v[8]
+        n = r.count(8, f"track entries of point {v[0]}")
         if with_tracks:
             tracks.append(r.array(np.int32, 2 * n).reshape(n, 2).copy())
         else:
-            if r.pos + 8 * n > len(r.buf):
-                raise DataError("truncated COLMAP binary file", path)
             r.pos += 8 * n
     return ColmapPoints(ids, xyz, rgb, err, tracks)
 
@@ -239,12 +245,15 @@ def read_points3d_text(path: Path, with_tracks: bool = False) -> ColmapPoints:
             continue
         parts = line.split()
         try:
-            ids.append(int(parts[0]))
+            point_id, colour, track = int(parts[0]), [int(v) for v in parts[4:7]], [int(v) for v in parts[8:]]
+            if not (_INT64.min <= point_id <= _INT64.max and all(0 <= c <= 255 for c in colour) and all(_INT32.min <= v <= _INT32.max for v in track)):
+                raise DataError(f"line {lineno}: point id, colour or track entry out of range", path)
+            ids.append(point_id)
             xyz.append([float(v) for v in parts[1:4]])
-            rgb.append([int(v) for v in parts[4:7]])
+            rgb.append(colour)
             err.append(float(parts[7]))
             if with_tracks:
-                tracks.append(np.array([int(v) for v in parts[8:]], dtype=np.int32).reshape(-1, 2))
+                tracks.append(np.array(track, dtype=np.int32).reshape(-1, 2))
         except (IndexError, ValueError):
             raise DataError(f"line {lineno}: malformed point line", path) from None
     return ColmapPoints(

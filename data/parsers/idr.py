@@ -16,7 +16,7 @@ import numpy as np
 import scipy.linalg
 
 from data.base import DataparserOutputs
-from data.images import image_size
+from data.images import image_size, load_npz
 from data.normalize import apply_normalization
 from data.parsers.common import ParserConfig, list_images, make_cameras, raw_outputs, require_dir
 from data.splits import dtu_splits
@@ -95,14 +95,6 @@ def fit_intrinsics(K: np.ndarray, width: int, height: int, crop: bool | None, pa
     return K, crop
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"cannot read .npz ({exc})", path) from None
-
-
 def frame_id(path: Path, fallback: int) -> int:
     """The view number in a file name (``000025_rgb.png`` -> 25), else ``fallback``."""
     m = re.match(r"(\d+)", path.name)
@@ -123,6 +115,8 @@ def idr_cameras(
         P = np.asarray(npz[key], dtype=np.float64)
         if P.shape not in ((4, 4), (3, 4)) or not np.isfinite(P).all():
             raise DataError(f"{key} must be a finite 4x4 or 3x4 matrix (frame {i})", path)
+        if abs(np.linalg.det(P[:3, :3])) < 1e-12 * max(1.0, np.abs(P[:3, :3]).max()) ** 3:
+            raise DataError(f"{key} is singular (frame {i})", path)
         K, c2w = decompose_projection(P)
         K, did_crop = fit_intrinsics(K, int(sizes[i, 0]), int(sizes[i, 1]), crop, path, i)
         c2ws.append(c2w)
@@ -175,7 +169,7 @@ class IDRParserConfig(ParserConfig):
         if not images:
             raise DataError("no images in image/", data)
         sizes = np.array([image_size(p) for p in images], dtype=np.float64)
-        npz = read_npz(cam_path)
+        npz = load_npz(cam_path)
         c2w, K, scale_mat, cropped = idr_cameras(npz, len(images), sizes, self.center_crop_for_dtu, cam_path)
         masks = None
         if self.load_masks and (data / "mask").is_dir():
@@ -185,7 +179,7 @@ class IDRParserConfig(ParserConfig):
         ids = [frame_id(p, i) for i, p in enumerate(images)]
         outputs = raw_outputs(
             images,
-            make_cameras(c2w, K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], sizes[:, 0], sizes[:, 1]),
+            make_cameras(c2w, K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], sizes[:, 0], sizes[:, 1], source=cam_path),
             dtu_splits(ids),
             mask_filenames=masks,
             metadata=self._metadata(ids, cropped),

@@ -10,10 +10,10 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from data.base import DataparserOutputs
-from data.images import image_size
+from data.images import image_size, load_array
 from data.normalize import auto_orient_and_center, content_box_from_frustums, normalize_to_box
 from data.parsers.colmap_io import read_points3d, track_pairs
-from data.parsers.common import ParserConfig, list_images, make_cameras, raw_outputs, require_dir
+from data.parsers.common import ParserConfig, is_rotation, list_images, make_cameras, raw_outputs, require_dir
 from data.splits import interval_splits
 from recon.errors import DataError
 from recon.render.ndc import ndc_frame
@@ -64,12 +64,9 @@ class LLFFParserConfig(ParserConfig):
         pb_path = data / "poses_bounds.npy"
         if not pb_path.is_file():
             raise DataError("not an LLFF dataset: poses_bounds.npy not found", data)
-        try:
-            arr = np.load(pb_path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise DataError(f"cannot read .npy array ({exc})", pb_path) from None
-        if arr.ndim != 2 or arr.shape[1] != 17 or len(arr) == 0:
-            raise DataError(f"poses_bounds.npy must be [N, 17], got shape {tuple(arr.shape)}", pb_path)
+        arr = load_array(pb_path)
+        if arr.dtype.kind not in "fiu" or arr.ndim != 2 or arr.shape[1] != 17 or len(arr) == 0:
+            raise DataError(f"poses_bounds.npy must be [N, 17], got shape {tuple(arr.shape)} of {arr.dtype}", pb_path)
         arr = arr.astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(arr).all(1))
         if len(bad):
@@ -88,12 +85,13 @@ class LLFFParserConfig(ParserConfig):
         if (bounds <= 0).any() or (bounds[:, 1] < bounds[:, 0]).any():
             raise DataError("near/far bounds must be positive with near <= far", pb_path)
         c2w = llff_to_opencv(poses[:, :, :4])
-        if (np.abs(np.linalg.det(c2w[:, :, :3])) < 1e-8).any():
-            raise DataError("singular rotation in a pose", pb_path)
+        bad = np.flatnonzero(~is_rotation(c2w[:, :, :3]))
+        if len(bad):
+            raise DataError(f"row {bad[0]}: the rotation part of the pose is not a rotation (columns not orthonormal)", pb_path)
 
         sizes = np.array([image_size(p) for p in images], dtype=np.float64)  # (w, h), headers only
         sx, sy = sizes[:, 0] / W, sizes[:, 1] / H
-        cameras = make_cameras(c2w, focal * sx, focal * sy, sizes[:, 0] / 2, sizes[:, 1] / 2, sizes[:, 0], sizes[:, 1])
+        cameras = make_cameras(c2w, focal * sx, focal * sy, sizes[:, 0] / 2, sizes[:, 1] / 2, sizes[:, 0], sizes[:, 1], source=pb_path)
 
         pts = rgb = tracks = None
         if self.load_points:

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from data.base import DataparserOutputs
-from data.images import image_size
+from data.images import image_size, is_file, load_npz
 from data.normalize import normalize_to_box
 from data.parsers.common import (
     ParserConfig,
@@ -19,11 +19,12 @@ from data.parsers.common import (
     make_cameras,
     natural_key,
     number,
+    numeric_array,
     raw_outputs,
     read_json,
     require_dir,
 )
-from data.parsers.idr import CAMERA_FILES, frame_id, idr_cameras, normalize_unit_sphere, read_npz
+from data.parsers.idr import CAMERA_FILES, frame_id, idr_cameras, normalize_unit_sphere
 from data.splits import dtu_splits, interval_splits
 from recon.errors import DataError
 
@@ -101,7 +102,7 @@ class MonoSDFParserConfig(ParserConfig):
         if not images:
             raise DataError("no *_rgb.png images", data)
         sizes = np.array([image_size(p) for p in images], dtype=np.float64)
-        c2w, K, scale_mat, cropped = idr_cameras(read_npz(cam_path), len(images), sizes, self.center_crop_for_dtu, cam_path)
+        c2w, K, scale_mat, cropped = idr_cameras(load_npz(cam_path), len(images), sizes, self.center_crop_for_dtu, cam_path)
         depths = _all_or_none([_cue(p, ("_depth.npy",)) for p in images], "depth", data) if self.load_depth else None
         normals = _all_or_none([_cue(p, ("_normal.npy",)) for p in images], "normal", data) if self.load_normals else None
         masks = _all_or_none([_cue(p, ("_mask.npy", "_mask.png")) for p in images], "mask", data)
@@ -110,7 +111,7 @@ class MonoSDFParserConfig(ParserConfig):
         dtu = self._is_dtu(len(images), cropped)
         outputs = raw_outputs(
             images,
-            make_cameras(c2w, K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], sizes[:, 0], sizes[:, 1]),
+            make_cameras(c2w, K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], sizes[:, 0], sizes[:, 1], source=cam_path),
             dtu_splits(ids) if dtu else interval_splits(len(images)),
             mask_filenames=masks,
             depth_filenames=depths,
@@ -148,33 +149,35 @@ class MonoSDFParserConfig(ParserConfig):
             path = base / str(frame["rgb_path"])
             w, h = image_size(path)
             c2ws.append(check_pose(frame["camtoworld"], jpath, i, key="camtoworld"))
-            K = np.asarray(frame["intrinsics"], dtype=np.float64)
+            K = numeric_array(frame["intrinsics"], jpath, f"frame {i}: intrinsics")
             if K.shape not in ((4, 4), (3, 3)) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
                 raise DataError(f"frame {i}: intrinsics must be a finite 3x3 or 4x4 K matrix", jpath)
             intr.append((K[0, 0], K[1, 1], K[0, 2], K[1, 2], w, h))
             paths.append(path)
-            depths.append(base / frame["mono_depth_path"] if frame.get("mono_depth_path") else None)
-            normals.append(base / frame["mono_normal_path"] if frame.get("mono_normal_path") else None)
+            depths.append(base / str(frame["mono_depth_path"]) if frame.get("mono_depth_path") else None)
+            normals.append(base / str(frame["mono_normal_path"]) if frame.get("mono_normal_path") else None)
             mask = frame.get("foreground_mask") or frame.get("mask_path")
-            masks.append(base / mask if mask else None)
-            instances.append(base / frame["instance_path"] if frame.get("instance_path") else None)
+            masks.append(base / str(mask) if mask else None)
+            instances.append(base / str(frame["instance_path"]) if frame.get("instance_path") else None)
         has_prior = bool(meta.get("has_mono_prior", True))
         depth_files = _all_or_none(depths, "mono_depth_path", jpath) if (has_prior and self.load_depth) else None
         normal_files = _all_or_none(normals, "mono_normal_path", jpath) if (has_prior and self.load_normals) else None
         for group in (depth_files, normal_files):
             for f in group or []:
-                if not f.is_file():
+                if not is_file(f):
                     raise DataError(f"cue file {f.name} not found", jpath)
         fx, fy, cx, cy, w, h = np.array(intr).T
         dtu = self._is_dtu(len(paths), False)
         ids = [frame_id(p, i) for i, p in enumerate(paths)]
         sb = meta.get("scene_box") or {}
-        aabb = np.asarray(sb.get("aabb", [[-1, -1, -1], [1, 1, 1]]), dtype=np.float64)
+        if not isinstance(sb, dict):
+            raise DataError("scene_box must be an object", jpath)
+        aabb = numeric_array(sb.get("aabb", [[-1, -1, -1], [1, 1, 1]]), jpath, "scene_box.aabb")
         if aabb.shape != (2, 3) or not np.isfinite(aabb).all() or (aabb[1] <= aabb[0]).any():
             raise DataError("scene_box.aabb must be [[xmin, ymin, zmin], [xmax, ymax, zmax]]", jpath)
         outputs = raw_outputs(
             paths,
-            make_cameras(np.stack(c2ws), fx, fy, cx, cy, w, h),
+            make_cameras(np.stack(c2ws), fx, fy, cx, cy, w, h, source=jpath),
             dtu_splits(ids) if dtu else interval_splits(len(paths)),
             mask_filenames=_all_or_none(masks, "mask", jpath),
             instance_filenames=_all_or_none(instances, "instance_path", jpath),

@@ -13,16 +13,18 @@ import numpy as np
 import torch
 
 from data.base import DataparserOutputs
-from data.images import image_size
+from data.images import image_size, is_file
 from data.normalize import normalize_points_or_cameras
 from data.parsers.common import (
     ParserConfig,
     alpha_color,
     check_pose,
+    focal_from_fov,
     has_alpha,
     make_cameras,
     natural_key,
     number,
+    numeric_array,
     opengl_to_opencv_np,
     raw_outputs,
     read_json,
@@ -31,6 +33,7 @@ from data.parsers.common import (
 from data.splits import interval_splits
 from recon.cameras import FISHEYE, NUM_DISTORTION, PERSPECTIVE
 from recon.errors import DataError
+from recon.export.splat_ply import check_ply_counts
 
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE")
 CUE_KEYS = {
@@ -46,8 +49,9 @@ def load_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
     point cloud or mesh (its vertices), binary or ASCII."""
     import trimesh
 
-    if not path.is_file():
+    if not is_file(path):
         raise DataError("point cloud file not found", path)
+    check_ply_counts(path, DataError)
     try:
         geom = trimesh.load(path, process=False)
     except Exception as exc:  # trimesh raises many kinds of errors for bad files
@@ -125,7 +129,7 @@ class NerfstudioParserConfig(ParserConfig):
             frame = frames[i]
             rel = str(frame["file_path"])
             path = self._image_path(base, rel)
-            if not path.is_file():
+            if not is_file(path):
                 missing.append(path)
                 continue
             fx, fy, cx, cy, w, h, k, model = self._intrinsics(meta, frame, path, jpath, i)
@@ -133,7 +137,7 @@ class NerfstudioParserConfig(ParserConfig):
                 if frame.get(key) is not None:
                     cue_seen[key] += 1
                     cue = base / str(frame[key])
-                    if not cue.is_file():
+                    if not is_file(cue):
                         raise DataError(f"frame {i}: {key} file {frame[key]!r} not found", jpath)
                     cues[key].append(cue)
             paths.append(path)
@@ -151,7 +155,7 @@ class NerfstudioParserConfig(ParserConfig):
 
         c2w = opengl_to_opencv_np(np.stack(c2ws))
         fx, fy, cx, cy, w, h = np.array(intr).T
-        cameras = make_cameras(c2w, fx, fy, cx, cy, w, h, distortion=np.stack(dists), camera_model=models)
+        cameras = make_cameras(c2w, fx, fy, cx, cy, w, h, distortion=np.stack(dists), camera_model=models, source=jpath)
 
         pts = rgb = None
         if self.load_points and meta.get("ply_file_path"):
@@ -216,13 +220,13 @@ class NerfstudioParserConfig(ParserConfig):
         if get("fl_x") is not None:
             fx = number(get("fl_x"), jpath, f"frame {i}: fl_x")
         elif get("camera_angle_x") is not None:
-            fx = 0.5 * w_json / math.tan(0.5 * number(get("camera_angle_x"), jpath, f"frame {i}: camera_angle_x"))
+            fx = focal_from_fov(w_json, get("camera_angle_x"), jpath, f"frame {i}: camera_angle_x")
         else:
             raise DataError(f"frame {i}: missing intrinsics (no fl_x or camera_angle_x, globally or in the frame)", jpath)
         if get("fl_y") is not None:
             fy = number(get("fl_y"), jpath, f"frame {i}: fl_y")
         elif get("camera_angle_y") is not None:
-            fy = 0.5 * h_json / math.tan(0.5 * number(get("camera_angle_y"), jpath, f"frame {i}: camera_angle_y"))
+            fy = focal_from_fov(h_json, get("camera_angle_y"), jpath, f"frame {i}: camera_angle_y")
         else:
             fy = fx
         cx = number(get("cx"), jpath, f"frame {i}: cx") if get("cx") is not None else w_json / 2.0
@@ -280,10 +284,10 @@ class NerfstudioParserConfig(ParserConfig):
         from dataclasses import replace
 
         applied = meta.get("applied_transform")
-        scale = float(meta.get("applied_scale", 1.0) or 1.0)
+        scale = number(meta.get("applied_scale", 1.0) or 1.0, jpath, "applied_scale")
         T = np.eye(4)[:3]
         if applied is not None:
-            A = np.asarray(applied, dtype=np.float64)
+            A = numeric_array(applied, jpath, "applied_transform")
             if A.shape not in ((3, 4), (4, 4)) or not np.isfinite(A).all():
                 raise DataError("applied_transform must be a finite 3x4 or 4x4 matrix", jpath)
             R = A[:3, :3]

@@ -91,7 +91,10 @@ def load_model_state(model_path: Path, method: str | None = None) -> tuple[dict[
         raise CheckpointError("not a recon checkpoint (missing format metadata)", model_path)
     if method is not None and meta.get("method") != method:
         raise CheckpointError(f"checkpoint is for method {meta.get('method')!r}, not {method!r}", model_path)
-    return state, int(meta["step"])
+    step = meta.get("step", "")
+    if not step.isdecimal():
+        raise CheckpointError(f"checkpoint metadata has no valid step (got {step[:40]!r})", model_path)
+    return state, int(step)
 
 def load_train_state(state_path: Path) -> dict[str, Any]:
     if not state_path.is_file():

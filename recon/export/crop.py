@@ -39,8 +39,8 @@ def read_viewer_crop(run_dir: Path) -> tuple[Tensor, Tensor]:
     try:
         doc = json.loads(path.read_text())
         lo, hi = torch.tensor(doc["min"], dtype=torch.float32), torch.tensor(doc["max"], dtype=torch.float32)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ReconError(f"malformed crop file ({type(exc).__name__}: {exc})", path) from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise ReconError(f"malformed crop file ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})", path) from None
     if not doc.get("enabled"):
         raise ConfigError("the viewer's crop box is switched off ('Crop viewport' is not ticked)", path)
     if lo.shape != (3,) or hi.shape != (3,) or bool((hi <= lo).any()):

@@ -31,6 +31,7 @@ Writing then reading float32 parameters gives them back bit for bit.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,13 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon.errors import ReconError
+from recon.errors import ReconError, check_declared_size
 from recon.atomic import atomic_write
 
 __all__ = [
     "MIN_VISIBLE_ALPHA",
     "SPLAT_PARAM_KEYS",
     "SplatPlyError",
+    "check_ply_counts",
     "read_splat_ply",
     "splat_ply_properties",
     "write_splat_ply",
@@ -206,6 +208,28 @@ def _parse_header(
     return fmt, elements
 
 
+def check_ply_counts(path: str | Path, error: type[ReconError] = ReconError) -> None:
+    """Refuse a PLY file (any PLY: meshes and point clouds too, before another library reads it)
+    whose header declares more records than its body can hold: each record takes at least its
+    fixed-size properties (binary) or two characters a property (ascii). A file that does not
+    start with ``ply`` is left to its reader."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        if f.read(3) != b"ply":
+            return
+        f.seek(0)
+        fmt, elements = _parse_header(f, path, error)
+        available = os.fstat(f.fileno()).st_size - f.tell()
+    needed = 0
+    for name, count, props in elements:
+        if fmt == "ascii":
+            record = 2 * len(props)
+        else:  # a list property takes at least its count
+            record = sum(np.dtype(t if list_type is None else _PLY_TYPES.get(list_type, "u1")).itemsize for _, t, list_type in props)
+        needed += count * max(record, 1)
+        check_declared_size(needed, available, f"{count} {_plural(name)}", path, error)
+
+
 def _plural(element: str) -> str:
     return "vertices" if element == "vertex" else f"{element} records"
 
@@ -221,11 +245,10 @@ def _read_binary(
             raise error(f"cannot skip element '{name}' with list properties before '{target}'", path)
         offset += count * sum(np.dtype(t).itemsize for _, t, _ in before)
     dtype = np.dtype([(p, endian + t) for p, t, _ in props])
+    here, size = f.tell(), os.fstat(f.fileno()).st_size
+    check_declared_size(offset + n * max(dtype.itemsize, 1), size - here, f"{n} {_plural(target)}", path, error)
     f.seek(offset, 1)
-    data = f.read(n * dtype.itemsize)
-    if len(data) < n * dtype.itemsize:
-        raise error(f"truncated: {n} {_plural(target)} need {n * dtype.itemsize} bytes of data, the file has {len(data)}", path)
-    return np.frombuffer(data, dtype=dtype, count=n)
+    return np.frombuffer(f.read(n * dtype.itemsize), dtype=dtype, count=n)
 
 
 def _read_ascii(f, path: Path, elements, vertex_index: int, error: type[SplatPlyError] = SplatPlyError) -> Mapping[str, np.ndarray]:

@@ -156,7 +156,7 @@ def _edited(tmp_path: Path, name: str, old: bytes, new: bytes) -> Path:
         (lambda d: _edited(d, "nosigma.ply", b"property float sigma\n", b""), "missing convex properties sigma"),
         (lambda d: _edited(d, "nok.ply", b"K=6 ", b""), "lacks K"),
         (lambda d: _edited(d, "badp.ply", b"scaling_exponent=1.0", b"scaling_exponent=abc"), "scaling_exponent='abc'"),
-        (lambda d: _file(d / "cut.ply", _edited(d, "whole.ply", b"K=6", b"K=6").read_bytes()[:-10]), "truncated: 4 convex records need"),
+        (lambda d: _file(d / "cut.ply", _edited(d, "whole.ply", b"K=6", b"K=6").read_bytes()[:-10]), "4 convex records declared, which needs at least 544 bytes, but the file has 534"),
     ],
     ids=["text", "splat", "mesh", "k9", "k2", "k-mismatch", "no-marker", "missing-property", "no-k", "bad-number", "truncated"],
 )

@@ -1,6 +1,7 @@
 """Config trees: plain YAML round trip, overrides, the method registry."""
 
 import dataclasses
+import sys
 import warnings
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_override_does_not_touch_the_preset():
     assert changed.optimizers["fields"].lr == 1.0 and base.optimizers["fields"].lr != 1.0
 
 
-@pytest.mark.parametrize("text,match", [("a: [", "not valid YAML"), ("- 1\n- 2\n", "not a recon config"), ("_type: os:system\n", "not a config dataclass")])
+@pytest.mark.parametrize("text,match", [("a: [", "not valid YAML"), ("- 1\n- 2\n", "not a recon config"), ("_type: os:system\n", "outside recon's packages"), ("_type: recon.config:Path\n", "not a config dataclass")])
 def test_bad_config_files(tmp_path: Path, text, match):
     p = tmp_path / "config.yml"
     p.write_text(text)
@@ -93,3 +94,70 @@ def test_every_config_field_is_documented():
                 walk(v, seen)
 
     walk(get_method("vanilla-nerf").config, set())
+
+
+# -- config.yml is data, not code --------------------------------------------------------------
+SIDE_EFFECT_MODULE = """
+from dataclasses import dataclass
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+
+@dataclass
+class Cfg:
+    x: int = 1
+"""
+
+
+def _plain_config(tmp_path: Path) -> dict:
+    cfg = override(get_method("vanilla-nerf").config, data=tmp_path)
+    save_config(cfg, tmp_path / "good.yml")
+    return yaml.safe_load((tmp_path / "good.yml").read_text())
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_config_naming_another_module_is_refused_before_import(tmp_path: Path, monkeypatch, nested: bool):
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "recon_fuzz_side_effect.py").write_text(SIDE_EFFECT_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = {"_type": "recon_fuzz_side_effect:Cfg", "x": 2}
+    if nested:  # a foreign class anywhere in the tree, not only at the top
+        top = _plain_config(tmp_path)
+        top["model"] = doc
+        doc = top
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="outside recon's packages and registered plugins") as err:
+        load_config(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+    assert not marker.exists() and "recon_fuzz_side_effect" not in sys.modules
+
+
+@pytest.mark.parametrize("name", ["os:system", "subprocess:Popen", "builtins:eval", "recon..config:X", "recon.config:os.system", "recon/../x:Y", "", "recon.config"])
+def test_config_names_that_are_not_recon_dataclasses(tmp_path: Path, name: str):
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump({"_type": name}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_registered_plugin_configs_load_and_what_they_import_does_not(tmp_path: Path, monkeypatch):
+    """A plugin registered through RECON_METHODS may name its own config classes; a foreign class
+    reached through one of its modules (``plugin.m:Foreign``) is still refused."""
+    pkg = tmp_path / "recon_fuzz_plugin"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "m.py").write_text("from dataclasses import dataclass\nfrom recon_fuzz_foreign import Foreign\n\n@dataclass\nclass Cfg:\n    x: int = 1\n")
+    (tmp_path / "recon_fuzz_foreign.py").write_text("from dataclasses import dataclass\n\n@dataclass\nclass Foreign:\n    y: int = 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("RECON_METHODS", "fuzz=recon_fuzz_plugin.m:spec")
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump({"_type": "recon_fuzz_plugin.m:Cfg", "x": 5}))
+    assert load_config(path).x == 5
+    path.write_text(yaml.safe_dump({"_type": "recon_fuzz_plugin.m:Foreign"}))
+    with pytest.raises(ConfigError, match="not a config dataclass of recon or a registered plugin"):
+        load_config(path)
+    monkeypatch.delenv("RECON_METHODS")
+    path.write_text(yaml.safe_dump({"_type": "recon_fuzz_plugin.m:Cfg"}))
+    with pytest.raises(ConfigError, match="outside recon's packages"):
+        load_config(path)

@@ -92,3 +92,25 @@ def test_cyclic_schedule_matches_torch_cyclic_lr_triangular2():
         assert abs(sched.lr_at(1e-4, step) - opt.param_groups[0]["lr"]) < 1e-12, step
         opt.step()
         ref.step()
+
+
+class _Payload:
+    """Unpickling this runs ``exec`` (writes a marker file): what a hostile checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_checkpoint_with_a_pickled_object_is_refused_without_running_it(tmp_path):
+    from recon.engine.checkpoint import FORMAT
+
+    marker = tmp_path / "ran.txt"
+    state_path = tmp_path / "step-000000001.state.pt"
+    torch.save({"format": FORMAT, "step": 1, "optimizers": {}, "extra": _Payload(marker)}, state_path)
+    with pytest.raises(CheckpointError, match="training state is corrupt or not a recon file") as err:
+        load_train_state(state_path)
+    assert str(err.value).startswith(str(state_path)) and "\n" not in str(err.value)
+    assert not marker.exists()

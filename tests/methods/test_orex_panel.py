@@ -151,6 +151,23 @@ def test_panel_draws_contours_planes_and_slice(orex_run, stand_in_widget, one_th
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the panel changed no parameter
 
+    # While training, frames keep coming: the slice is re-evaluated only when an optimizer step (or
+    # a control) changed something.
+    widgets["Show slice"].value = True
+    widgets["Show slice"].fire()
+    frame_outputs(model, camera, [panel])
+    drawn = objects["/orex/slice"]
+    frame_outputs(model, camera, [panel])
+    assert objects["/orex/slice"] is drawn
+    with torch.no_grad():
+        model.z0.add_(10.0)  # a stand-in for a training step
+    try:
+        frame_outputs(model, camera, [panel])
+        assert objects["/orex/slice"] is not drawn and not np.allclose(panel.last_slice[1], logits.reshape(32, 32))
+    finally:
+        with torch.no_grad():
+            model.z0.sub_(10.0)
+
 
 def test_panel_of_a_finished_run(orex_run, stand_in_widget, one_thread):
     """``ns-viewer --load-config``'s path: the loaded run's panel draws the same contours, and its

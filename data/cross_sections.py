@@ -241,6 +241,16 @@ class CrossSection:
         """[n, 2] the i-th contour's vertices in the plane's 2-D frame, in contour order."""
         return self.to_2d(self.vertices[self.contours[i].indices])
 
+    def uv_bounds(self, pad: float = 0.0) -> np.ndarray:
+        """[2, 2] (min row, max row) of the vertices' 2-D bounding box, padded by ``pad`` of its
+        extent on every side; raises ValueError for a plane without vertices."""
+        if not len(self.vertices):
+            raise ValueError("a plane without vertices has no bounds")
+        uv = self.to_2d(self.vertices)
+        lo, hi = uv.min(0), uv.max(0)
+        ext = np.maximum(hi - lo, 1e-12)
+        return np.stack([lo - pad * ext, hi + pad * ext])
+
     def edges(self) -> np.ndarray:
         """[E, 2] int64 vertex-index pairs of every contour edge (closing edges included)."""
         if not self.contours:
@@ -360,10 +370,7 @@ class CrossSections:
         for k, sec in enumerate(self.sections):
             if not len(sec.vertices):
                 continue
-            uv = sec.to_2d(sec.vertices)
-            lo, hi = uv.min(0), uv.max(0)
-            ext = np.maximum(hi - lo, 1e-12)
-            lo, hi = lo - pad * ext, hi + pad * ext
+            lo, hi = sec.uv_bounds(pad)
             grid = np.stack(np.meshgrid(lo[0] + ticks * (hi[0] - lo[0]), lo[1] + ticks * (hi[1] - lo[1]), indexing="ij"), -1).reshape(-1, 2)
             truth = sec.contains(grid)
             pred = np.asarray(inside(sec.to_3d(grid)), dtype=bool).reshape(-1)

@@ -58,7 +58,8 @@ class CSLParserConfig(ParserConfig):
             splits={"train": list(range(len(sections)))},
             dataparser_transform=transform,
             dataparser_scale=1.0 / float(norm.scale),
-            metadata={"format": self.name, "source": str(path), "num_vertices": int(len(sections.all_vertices()))},
+            # The normalised sections themselves: a model sees the metadata (SceneInfo), e.g. OReX's viewer panel draws them.
+            metadata={"format": self.name, "source": str(path), "num_vertices": int(len(sections.all_vertices())), "cross_sections": sections},
         )
 
     def parse(self, data: Path) -> Any:  # load() is overridden: cross-sections are not DataparserOutputs

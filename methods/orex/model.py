@@ -113,6 +113,13 @@ class OReXModel(Model):
         pred = (outputs["logits"][-1].detach() > 0).to(labels.dtype)
         return {"accuracy": float((pred[decided] == labels[decided]).float().mean())} if decided.any() else {}
 
+    def viewer_panels(self) -> list[Any]:
+        """"Cross-sections" (``methods/orex/panels.py``): the input contours and planes, a slice
+        through the field, and the empty frame the viewer draws them over (OReX renders no image)."""
+        from methods.orex.panels import CrossSectionPanel
+
+        return [CrossSectionPanel(self.scene.metadata.get("cross_sections"), self.scene.aabb)]
+
     @torch.no_grad()
     def sdf(self, points: Tensor) -> Tensor:
         """The final logit: negative inside, positive outside (chunked)."""

@@ -455,6 +455,36 @@ def test_run_without_cameras_opens_framing_its_scene_box(viser_client, free_port
     assert np.linalg.norm(start["position"] - corners.mean(0)) > np.linalg.norm(corners[0] - corners.mean(0))
 
 
+def test_ns_viewer_orex_run_draws_contours_and_slice(tmp_path, viser_client, free_port, one_thread):
+    """``ns-viewer --load-config`` of an OReX run (cross-sections, no images): its "Cross-sections"
+    panel sends the contours, frames arrive (the background: OReX renders no image, the panel's 3D
+    objects are drawn over it) and "Show slice" sends the field's slice."""
+    import trimesh
+
+    from data.cross_sections import axis_planes, slice_mesh, write_csl
+    from viewer.cli import ViewerCommand
+
+    torus = trimesh.creation.torus(major_radius=0.5, minor_radius=0.2, major_sections=32, minor_sections=16)
+    path = tmp_path / "torus.csl"
+    write_csl(slice_mesh(torus, axis_planes(torus, axis=2, count=4)), path)
+    run_dir = Trainer(tiny_config(path, tmp_path, 20, method="orex-small")).train()
+    viewer = ViewerCommand(load_config=run_dir / "config.yml", viewer_port=free_port, max_res=48, device="cpu").open()
+    try:
+        client = viser_client(free_port)
+        contours = client.wait_for(lambda m: m["type"] == "LineSegmentsMessage" and m["name"] == "/orex/contours", timeout=20)
+        assert np.asarray(contours["props"]["points"]).size > 0
+        start = initial_camera(client)
+        client.send_camera(matrix_to_quaternion(torch.from_numpy(look_at_rotation(start["position"], start["look_at"], start["up"]))).tolist(),
+                           start["position"].tolist(), 64, 48, float(start["fov"]))
+        frame = next_frame(client, (48, 36), after=0)
+        assert frame.std() < 3.0  # the background colour, no error
+        n = len(client.drain())
+        set_value(client, "Show slice", True)
+        client.wait_for(lambda m: m["type"] == "PointCloudMessage" and m["name"] == "/orex/slice", timeout=20, after=n)
+    finally:
+        viewer.stop()
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [([], "nothing to show"), (["--mesh", "missing.ply"], "file not found"), (["--splat", "bad.ply"], "bad.ply"), (["--splat", "empty.ply"], "no Gaussians"),

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_RUN := outputs/demo/vanilla-nerf-small/demo
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test fuzz bench clean
+.PHONY: install install-test demo test fuzz faults bench clean
 
 install:
 	bash scripts/install.sh $(VENV)
@@ -29,6 +29,13 @@ test: install-test
 FUZZ_EXAMPLES ?= 3000
 fuzz: install-test
 	RECON_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:xdist tests/test_fuzz_readers.py -k fuzzed_reader -rP $(PYTEST_ARGS)
+
+# Training under faults (tests/methods/test_faults.py): kill -9 a run KILLS times at random
+# moments and during checkpoint writes, resume each time, compare with an uninterrupted run.
+# `make test` runs the same test with 2 kills.
+KILLS ?= 25
+faults: install-test
+	RECON_KILLS=$(KILLS) $(BIN)/python -m pytest -p no:xdist tests/methods/test_faults.py -rP $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks.bench_vanilla_nerf

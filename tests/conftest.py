@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,34 @@ class StandInWidget:
 def stand_in_widget():
     """:class:`StandInWidget`, for tests of viewer panels against stand-in widgets."""
     return StandInWidget
+
+
+class SmallDisk:
+    """A 64 MiB tmpfs at ``path`` that :meth:`fill` leaves without a free block."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fill(self) -> None:
+        with open(self.path / "filler", "wb", buffering=0) as f:
+            for chunk in (1 << 20, 4096):
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError:
+                    pass
+
+    def free(self) -> None:
+        (self.path / "filler").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A small file system to run out of space on: a tmpfs, mounted for the test (root only;
+    skipped elsewhere) and unmounted after it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield SmallDisk(mount)
+    subprocess.run(["umount", "-l", str(mount)], check=False)

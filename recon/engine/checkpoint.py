@@ -7,7 +7,8 @@ A checkpoint at step s is two files in ``checkpoints/``:
   a dict of tensors and plain Python values that ``torch.load(..., weights_only=True)`` reads.
 
 Both are written atomically, the state first: a ``.safetensors`` file exists only once its
-checkpoint is complete, so a crash mid-save leaves the previous checkpoint as the latest.
+checkpoint is complete, so a crash mid-save (even ``kill -9``) leaves the previous checkpoint as
+the latest; :func:`remove_incomplete` deletes what such a crash left when the run resumes.
 Step s means s optimizer steps have been taken; training resumes at step s.
 """
 
@@ -56,6 +57,25 @@ def list_checkpoints(ckpt_dir: Path) -> list[int]:
     if not ckpt_dir.is_dir():
         return []
     return sorted(int(m.group(1)) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name)))
+
+_INCOMPLETE = re.compile(r"^(\.step-\d{9}(\.state)?\.[0-9a-f]{8}\.tmp\.(pt|safetensors)|step-(\d{9})\.state\.pt)$")
+
+
+def remove_incomplete(ckpt_dir: Path) -> list[Path]:
+    """Delete what a killed checkpoint write left: temporary files and a training-state file whose
+    weights file was never completed. Returns the removed paths. Complete checkpoints are untouched."""
+    if not ckpt_dir.is_dir():
+        return []
+    complete = set(list_checkpoints(ckpt_dir))
+    removed = []
+    for p in sorted(ckpt_dir.iterdir()):
+        m = _INCOMPLETE.match(p.name)
+        if m is None or (m.group(4) is not None and int(m.group(4)) in complete):
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
 
 def find_checkpoint(path: Path, step: int | None = None) -> tuple[Path, Path]:
     """Resolve a run folder, a ``checkpoints/`` folder or a ``.safetensors`` file to a checkpoint pair."""

@@ -29,12 +29,12 @@ import tyro
 from recon.atomic import atomic_write_bytes
 from recon.config import DataParserConfig, InstantiateConfig, save_config
 from recon.engine.callbacks import Callback, Where, run_callbacks
-from recon.engine.checkpoint import find_checkpoint, load_into_model, load_model_state, load_train_state, save_checkpoint
+from recon.engine.checkpoint import find_checkpoint, list_checkpoints, load_into_model, remove_incomplete, load_model_state, load_train_state, save_checkpoint
 from recon.engine.evaluate import evaluate_images
 from recon.engine.host_memory import cache_freed_host_memory
 from recon.engine.logging import console, make_progress, Writer
 from recon.engine.optim import OptimizerConfig, Optimizers
-from recon.errors import ConfigError
+from recon.errors import ConfigError, TrainingError, WriteError
 from recon.model import Model, ModelConfig, SceneInfo
 
 
@@ -92,6 +92,12 @@ class TrainerConfig:
     """Step of the checkpoint to resume from; the latest when unset."""
     seed: int = 42
     """Seed of every random generator."""
+    on_nonfinite: Literal["skip", "stop"] = "skip"
+    """A step whose loss or gradient is NaN or infinite is never applied. "skip": report it and go
+    on (training stops anyway after ``max_nonfinite_steps`` such steps in a row); "stop": write a
+    checkpoint of the last good state and stop with an error naming the step and the loss term."""
+    max_nonfinite_steps: int = 10
+    """With ``on_nonfinite skip``: stop after this many non-finite steps in a row."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: CUDA when available with auto."""
     host_memory: Literal["cache", "system"] = "cache"
@@ -180,7 +186,10 @@ def load_dataset(config: TrainerConfig) -> Any:
 def train_step(model: Model, datamanager: Any, optimizers: Optimizers, callbacks: list[Callback], step: int) -> dict[str, Any]:
     """One training step: hooks before, a batch, the model's losses, backward, hooks after the
     backward (gradient statistics, densification), the optimizers, hooks after the step. Returns
-    the summed ``loss``, each named term (detached) and the step's ``_batch`` and ``_outputs``."""
+    the summed ``loss``, each named term (detached), the step's ``_batch`` and ``_outputs``, and
+    ``_nonfinite``: None, or what went non-finite. A step whose loss or gradient is not finite
+    changes nothing (no hook after the backward runs, no optimizer steps); only the step count
+    and the random draws move on."""
     run_callbacks(callbacks, Where.BEFORE_STEP, step)
     batch = datamanager.next_train(step)
     outputs = model(batch)
@@ -188,10 +197,34 @@ def train_step(model: Model, datamanager: Any, optimizers: Optimizers, callbacks
     loss = sum(losses.values())
     optimizers.zero_grad()
     loss.backward()
-    run_callbacks(callbacks, Where.AFTER_BACKWARD, step, batch=batch, outputs=outputs, optimizers=optimizers)
-    optimizers.step(step)
-    run_callbacks(callbacks, Where.AFTER_STEP, step, batch=batch, outputs=outputs, optimizers=optimizers)
-    return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}, "_batch": batch, "_outputs": outputs}
+    problem = nonfinite_problem(loss, losses, optimizers, step)
+    if problem is None:
+        run_callbacks(callbacks, Where.AFTER_BACKWARD, step, batch=batch, outputs=outputs, optimizers=optimizers)
+        optimizers.step(step)
+        run_callbacks(callbacks, Where.AFTER_STEP, step, batch=batch, outputs=outputs, optimizers=optimizers)
+    else:
+        optimizers.zero_grad()
+    values = {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}, "_batch": batch, "_outputs": outputs}
+    return {**values, "_nonfinite": problem}
+
+
+def nonfinite_problem(loss: torch.Tensor, losses: dict[str, torch.Tensor], optimizers: Optimizers, step: int) -> str | None:
+    """None when the loss and every gradient are finite, else a sentence naming the step, the loss
+    terms and the parameter groups that are not. One fused check (a single device sync) on the
+    common path; the per-term diagnosis runs only when something is wrong."""
+    grads = {name: [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None] for name, opt in optimizers.optimizers.items()}
+    flat = [g for gs in grads.values() for g in gs]
+    probe = loss.detach().float().sum()
+    if flat:
+        probe = probe + torch.stack([n.float() for n in torch._foreach_norm(flat)]).sum() * 0  # nan/inf survive * 0
+    if bool(torch.isfinite(probe)):
+        return None
+    terms = [f"{k} = {float(v.detach().float().sum())}" for k, v in losses.items() if not bool(torch.isfinite(v.detach()).all())]
+    groups = [name for name, gs in grads.items() if any(not bool(torch.isfinite(g).all()) for g in gs)]
+    parts = [f"loss term {', '.join(terms)}"] if terms else []
+    if groups:
+        parts.append(f"gradient of parameter group {', '.join(groups)}")
+    return f"step {step}: non-finite " + (" and ".join(parts) or "loss")
 
 
 def fit(config: TrainerConfig, outputs: Any, device: torch.device, steps: int) -> Model:
@@ -209,8 +242,12 @@ def fit(config: TrainerConfig, outputs: Any, device: torch.device, steps: int) -
             optimizers = Optimizers(config.optimizers, model.param_groups(), model.lr_multipliers())
             callbacks = getattr(datamanager, "callbacks", lambda: [])() + model.callbacks()
             model.train()
+            consecutive = 0
             for step in range(steps):
-                train_step(model, datamanager, optimizers, callbacks, step)
+                problem = train_step(model, datamanager, optimizers, callbacks, step)["_nonfinite"]
+                consecutive = consecutive + 1 if problem else 0
+                if consecutive > config.max_nonfinite_steps:
+                    raise TrainingError(f"{problem}; {consecutive} steps in a row went non-finite")
     finally:
         torch.set_rng_state(rng)
     return model.eval()
@@ -236,10 +273,15 @@ class Trainer:
         self.start_step = 0
         self.step = 0
         self.history: list[tuple[int, float]] = []
+        self.nonfinite_steps = 0
+        self.nonfinite_in_a_row = 0
         self.run_dir = self._run_dir()
         resume = None
         if config.load_dir is not None:
             resume = find_checkpoint(config.load_dir, config.load_step)
+            removed = remove_incomplete(resume[0].parent)
+            if removed:
+                console.print(f"removed {len(removed)} file(s) of an interrupted checkpoint write: {', '.join(p.name for p in removed)}")
             self._load(*resume)
         datamanager_hooks = getattr(self.datamanager, "callbacks", lambda: [])()
         self.callbacks: list[Callback] = datamanager_hooks + self.model.callbacks() + self._own_callbacks()
@@ -283,7 +325,32 @@ class Trainer:
             torch.cuda.set_rng_state_all(train_state["rng_cuda"])
         self.start_step = self.step = step
 
+    def _nonfinite(self, problem: str, step: int) -> None:
+        """A step that went non-finite (and was not applied): report it; stop when asked to, or
+        when too many came in a row, with a checkpoint of the last good state."""
+        c = self.config
+        self.nonfinite_steps += 1
+        self.nonfinite_in_a_row += 1
+        if self.writer is not None:
+            self.writer.scalars({"nonfinite_steps": self.nonfinite_steps}, step + 1, prefix="train/")
+        if c.on_nonfinite == "skip" and self.nonfinite_in_a_row <= c.max_nonfinite_steps:
+            console.print(f"warning: {problem}; the step was skipped ({self.nonfinite_steps} so far)")
+            return
+        path = self.save_checkpoint(step)
+        why = "--on-nonfinite stop" if c.on_nonfinite == "stop" else f"{self.nonfinite_in_a_row} steps in a row (--max-nonfinite-steps {c.max_nonfinite_steps})"
+        raise TrainingError(f"{problem}; training stopped ({why}); the last good state is checkpoint {path.name}: resume with --load-dir {self.run_dir}")
+
     def save_checkpoint(self, step: int) -> Path:
+        """Write the checkpoint for ``step``; a destination that cannot take it (a full disk) stops
+        training with a :class:`TrainingError` naming the last complete checkpoint, which stays intact."""
+        try:
+            return self._save_checkpoint(step)
+        except WriteError as exc:
+            steps = list_checkpoints(self.checkpoint_dir)
+            last = f"the last complete checkpoint, step {steps[-1]}, is intact" if steps else "no earlier checkpoint exists"
+            raise TrainingError(f"{exc}; training stopped at step {step}; {last}: free space and resume with --load-dir {self.run_dir}") from None
+
+    def _save_checkpoint(self, step: int) -> Path:
         train_state: dict[str, Any] = {
             "optimizers": self.optimizers.state_dict(),
             "datamanager": self.datamanager.state_dict(),
@@ -357,6 +424,8 @@ class Trainer:
         c = self.config
         self.setup_run_dir()
         console.print(f"[bold]recon[/bold] {c.method_name}: {self.datamanager.describe()} on {self.device}; run folder {self.run_dir}")
+        if c.load_dir is not None:
+            console.print(f"resuming at step {self.start_step} of {c.max_num_iterations}")
         self._stop_requested = False
         handler_installed = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self.request_stop) if handler_installed else None
@@ -370,6 +439,10 @@ class Trainer:
                     with self.lock:
                         values = self.train_step(step)
                     self.history.append((step, float(values["loss"])))
+                    if values["_nonfinite"] is not None:
+                        self._nonfinite(values["_nonfinite"], step)
+                    else:
+                        self.nonfinite_in_a_row = 0
                     step += 1
                     self.step = step
                     for fn in self.between_steps:

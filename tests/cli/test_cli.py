@@ -86,6 +86,17 @@ def test_train_eval_render_export(trained, tmp_path):
     assert (tmp_path / "exp" / "mesh.glb").stat().st_size > 0
 
 
+def test_export_to_a_full_disk_is_one_line_and_leaves_nothing(trained, small_disk):
+    """Issue "Reliability": a full disk during an export gives a clear error; no partial file."""
+    out = small_disk.path / "exp"
+    out.mkdir()
+    (out / "mesh.ply").write_bytes(b"the previous export")
+    small_disk.fill()
+    proc = run("export", "tsdf", "--load-config", trained, "--output-dir", out, "--resolution", "24", "--filename", "mesh.ply", "--accumulation-threshold", "0.1")
+    assert_one_line_error(proc, "mesh.ply", "no space left on device", "unchanged")
+    assert sorted(p.name for p in out.iterdir()) == ["mesh.ply"] and (out / "mesh.ply").read_bytes() == b"the previous export"
+
+
 @pytest.mark.parametrize(
     "args,needles",
     [

@@ -26,8 +26,7 @@ def quiet_config():
 
 def make_quiet_config(method: str, scene: Path, out: Path, steps: int, **changes):
     """The method's preset on ``scene`` with logging off and no periodic work, plus ``changes``."""
-    return override(
-        get_method(method).config,
+    defaults = dict(
         data=scene,
         output_dir=out,
         max_num_iterations=steps,
@@ -37,5 +36,5 @@ def make_quiet_config(method: str, scene: Path, out: Path, steps: int, **changes
         device="cpu",
         timestamp="run",
         **{"logging.tensorboard": False, "logging.progress_bar": False},
-        **changes,
     )
+    return override(get_method(method).config, **{**defaults, **changes})

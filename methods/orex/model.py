@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -69,6 +70,21 @@ class OReXModel(Model):
         self.h0 = nn.Parameter(torch.rand(c.hidden_state_dim))
         if c.float64:
             self.double()
+        # Face planes [F, 4] (unit outward normal, offset) of the outside hull, for clip_to_hull;
+        # derived from the data at every construction, so not part of the checkpoint.
+        self.register_buffer("hull_planes", self._hull_planes(scene) if c.clip_to_hull else torch.zeros(0, 4), persistent=False)
+
+    @staticmethod
+    def _hull_planes(scene: SceneInfo) -> Tensor:
+        from methods.orex.sampling import outside_hull
+
+        sections = scene.metadata.get("cross_sections")
+        hull = outside_hull(sections) if sections is not None else None
+        if hull is None:
+            return torch.zeros(0, 4)
+        normals = np.asarray(hull.face_normals)
+        offsets = -(normals * np.asarray(hull.vertices)[hull.faces[:, 0]]).sum(-1)
+        return torch.from_numpy(np.concatenate([normals, offsets[:, None]], 1)).float()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -122,9 +138,15 @@ class OReXModel(Model):
 
     @torch.no_grad()
     def sdf(self, points: Tensor) -> Tensor:
-        """The final logit: negative inside, positive outside (chunked)."""
+        """The final logit: negative inside, positive outside (chunked); with ``clip_to_hull``,
+        outside wherever the point lies outside OReX's outside hull."""
         chunks = [self.logits(p)[-1] for p in points.split(self.config.eval_chunk)]
-        return torch.cat(chunks).to(points.dtype)
+        logit = torch.cat(chunks).to(points.dtype)
+        if len(self.hull_planes):
+            planes = self.hull_planes.to(points)
+            beyond = (points @ planes[:, :3].T + planes[:, 3]).amax(-1)  # > 0 outside the hull
+            logit = torch.where(beyond > 0, torch.maximum(logit, beyond * self.config.hull_clip_sharpness), logit)  # inside: unchanged
+        return logit
 
 
 @dataclass
@@ -149,6 +171,12 @@ class OReXModelConfig(ModelConfig):
     """Run the network in double precision, as the official code does."""
     eval_chunk: int = 65536
     """Points per chunk when evaluating the field for meshing."""
+    clip_to_hull: bool = True
+    """[ours] Mesh (and slice) the field intersected with the outside hull: training labels that
+    hull (all contour vertices' convex hull scaled by 1.05) outside but says nothing beyond it, where
+    an unclipped field may run on to the scene box (seen on thin parts crossing the outermost planes)."""
+    hull_clip_sharpness: float = 100.0
+    """Logit per unit of distance beyond a hull face, where the clip takes over."""
 
 
 OReXModelConfig._target = OReXModel

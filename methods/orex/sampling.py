@@ -58,14 +58,27 @@ def plane_samples(section: CrossSection, radius: float, count: int, noise_points
     return section.to_3d(uv), np.concatenate(label_parts)
 
 
-def hull_samples(sections: CrossSections, count: int, seed: int) -> np.ndarray:
-    """``count`` points on the convex hull of all vertices scaled by 1.05 about the origin (all outside)."""
-    vertices = sections.all_vertices() * 1.05
+HULL_SCALE = 1.05
+"""OReX labels the convex hull of all contour vertices, scaled by this about the origin, outside."""
+
+
+def outside_hull(sections: CrossSections) -> trimesh.Trimesh | None:
+    """The convex hull of all vertices scaled by :data:`HULL_SCALE` about the origin, or None when
+    it is flat (a single plane) or empty."""
+    vertices = sections.all_vertices() * HULL_SCALE
+    if len(vertices) < 4:
+        return None
     try:
         hull = trimesh.convex.convex_hull(vertices)
-    except Exception:  # a single plane (flat hull): no hull samples
-        return np.zeros((0, 3))
-    if hull.area <= 0:
+    except Exception:  # a single plane (flat hull): qhull refuses it
+        return None
+    return hull if hull.area > 0 and hull.volume > 0 else None
+
+
+def hull_samples(sections: CrossSections, count: int, seed: int) -> np.ndarray:
+    """``count`` points on :func:`outside_hull` (all outside)."""
+    hull = outside_hull(sections)
+    if hull is None:
         return np.zeros((0, 3))
     points, _ = trimesh.sample.sample_surface(hull, count, seed=seed)
     return np.asarray(points)

@@ -42,6 +42,29 @@ def test_batches_and_levels(torus_csl, tmp_path, quiet_config):
     assert len(dm.points) > n0 and dm.state_dict()["level"] == 3
 
 
+def test_field_is_clipped_to_the_outside_hull(torus_csl, tmp_path, quiet_config):
+    """Training labels the 1.05x convex hull of the contours outside and says nothing beyond it:
+    the meshed field is clipped there (an untrained field inside everywhere becomes the hull)."""
+    from methods.orex.sampling import HULL_SCALE, outside_hull
+
+    path, _ = torus_csl
+    trainer = Trainer(quiet_config("orex-small", path, tmp_path, 1))
+    model = trainer.model
+    model.logits = lambda p: [torch.full(p.shape[:1], -5.0, dtype=p.dtype)]  # inside everywhere
+    hull = outside_hull(trainer.datamanager.sections)
+    box = torch.rand(20_000, 3, dtype=torch.float64) * 2 - 1
+    from scipy.spatial import Delaunay
+
+    inside_hull = torch.from_numpy(Delaunay(hull.vertices).find_simplex(box.numpy()) >= 0)
+    assert 0.05 < inside_hull.float().mean() < 0.95
+    assert ((model.sdf(box) < 0) == inside_hull).float().mean() > 0.999
+    mesh = extract_mesh(model.sdf, trainer.outputs.scene_box.aabb, 48)
+    assert abs(mesh.volume - hull.volume) < 0.03 * hull.volume
+    unclipped = Trainer(quiet_config("orex-small", path, tmp_path / "b", 1, **{"model.clip_to_hull": False})).model
+    unclipped.logits = model.logits
+    assert (unclipped.sdf(box) < 0).all() and HULL_SCALE == 1.05
+
+
 @pytest.mark.slow
 def test_small_preset_recovers_the_torus(torus_csl, tmp_path, quiet_config):
     """IoU against the true shape, orex-small's levels cut to 600 steps. Measured: 0.98

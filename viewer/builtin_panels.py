@@ -21,7 +21,7 @@ from torch import Tensor
 from recon.cameras import Cameras
 from recon.export.crop import write_viewer_crop
 from recon.panel_api import Panel, PanelContext
-from viewer.render import ViewCamera, to_cameras
+from viewer.render import ViewCamera, bounded, to_cameras
 
 
 def builtin_panels(run_dir: Path | None) -> list[Panel]:
@@ -172,7 +172,8 @@ class CameraPathPanel(Panel):
             target = folder / Path(str(name.value) or "camera_path.json").name
             if target.suffix != ".json":
                 target = target.with_suffix(".json")
-            self.save(target, float(duration.value), float(fps.value), float(smooth.value), int(height.value))
+            self.save(target, bounded(duration.value, 0.1, 600.0, 4.0), bounded(fps.value, 1.0, 120.0, 24.0), bounded(smooth.value, 0.0, 1.0, 1.0),
+                      int(bounded(height.value, 16, 4320, 480)))
             cmd = f"ns-render camera-path --load-config {shlex.quote(str(Path(self.run_dir) / 'config.yml'))} " if self.run_dir else "ns-render camera-path --load-config CONFIG "
             command.content = f"Saved `{target}`. Render it with:\n\n```\n{cmd}--camera-path-filename {shlex.quote(str(target))} --output-path renders/path.mp4\n```"
 

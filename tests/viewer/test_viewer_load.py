@@ -12,10 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+import viser
 
 from recon.engine.trainer import Trainer
 from viewer.load_clients import camera_message
@@ -143,3 +145,63 @@ def test_twenty_clients_drops_malformed_and_oversized(scene, tiny_config, tmp_pa
             viewer.stop()
     assert not thread.is_alive()
     wait_until(lambda: not (set(threading.enumerate()) - threads_before), timeout=10)
+
+
+def test_access_token_off_loopback(free_port):
+    """Off loopback a random token is required on every request, the websocket upgrade included:
+    401 without it, 403 with a wrong one; the URL carries it, and the page request that carries it
+    sets the cookie that the page's own websocket (opened without the query string) presents."""
+    import torch
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from viewer.access import cookie_name
+    from viewer.server import Viewer
+
+    viewer = Viewer(ViewerSettings(host="0.0.0.0", port=free_port), aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])).start()
+    try:
+        token = viewer.token
+        assert token and len(token) >= 32 and viewer.url.endswith(f":{free_port}/?token={token}")
+        base = f"http://127.0.0.1:{free_port}/"
+        for url, code in ((base, 401), (base + "?token=wrong-token", 403), (base + "?token=" + token[:-1], 403)):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(url, timeout=10)
+            assert err.value.code == code
+        with urllib.request.urlopen(base + "?token=" + token, timeout=10) as page:
+            assert page.status == 200 and b"<html" in page.read(4096).lower()
+            cookie = page.headers["Set-Cookie"]
+        assert cookie.startswith(f"{cookie_name(free_port)}={token};") and "HttpOnly" in cookie
+        for bad in (None, "wrong-token"):
+            with pytest.raises(InvalidStatus) as err:
+                ViserClient(free_port, token=bad)
+            assert err.value.response.status_code == (401 if bad is None else 403)
+        assert not viewer.server._websock_server._live_connections
+        ViserClient(free_port, token=token).wait_for(lambda m: m["type"] == "FrameMessage", timeout=10)
+        with connect(f"ws://127.0.0.1:{free_port}", subprotocols=[f"viser-v{viser.__version__}"],
+                     additional_headers={"Cookie": cookie.split(";")[0]}, open_timeout=10) as ws:  # fmt: skip
+            assert ws.recv(timeout=10)
+    finally:
+        viewer.stop()
+
+
+@pytest.mark.parametrize(
+    "host,setting,required",
+    [("127.0.0.1", "auto", False), ("localhost", "auto", False), ("::1", "auto", False), ("127.0.0.5", "auto", False),
+     ("0.0.0.0", "auto", True), ("192.168.1.20", "auto", True), ("my-host", "auto", True), ("0.0.0.0", "none", False),
+     ("127.0.0.1", "my-own-token", True)],
+)  # fmt: skip
+def test_when_a_token_is_required(host, setting, required):
+    from viewer.access import resolve_token
+
+    token = resolve_token(setting, host)
+    assert (token is not None) == required
+    if setting not in ("auto", "none"):
+        assert token == setting
+
+
+@pytest.mark.parametrize("bad", ["short", "has space1", "semi;colon", "x" * 257, ""])
+def test_bad_token_is_one_line(bad):
+    from recon.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="viewer token must be 8 to 256"):
+        ViewerSettings(token=bad).check()

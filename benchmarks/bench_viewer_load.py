@@ -57,14 +57,15 @@ def main() -> None:
     alone, _ = rate(trainer, 5.0)
     viewer = attach_viewer(trainer, ViewerSettings(port=0, max_res=64, moving_res=32, rest_delay=0.15, refresh_interval=0.5))
     time.sleep(1.0)
-    rss0, threads0 = _proc_status_mb("VmRSS"), threading.active_count()
+    rss0, threads0 = _proc_status_mb("VmRSS"), set(threading.enumerate())
     load = subprocess.Popen([sys.executable, "-m", "viewer.load_clients", "--port", str(viewer.port), "--seconds", str(args.seconds), "--clients", str(args.clients)],
                             stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
     assert load.stdout.readline().strip() == "connected"
     loaded, held = rate(trainer, args.seconds - 1.0, lambda: len(viewer.server._websock_server._live_connections))
     result = json.loads(load.communicate(timeout=120)[0].strip().splitlines()[-1])
     time.sleep(2.0)
-    rss1, threads1 = _proc_status_mb("VmRSS"), threading.active_count()
+    rss1, threads1 = _proc_status_mb("VmRSS"), set(threading.enumerate())
+    new_threads = sorted({t.name.split("_")[0] for t in threads1 - threads0})
     frames_sent, render_ms = viewer.frames_sent, 1000 * viewer.render_seconds / max(viewer.frames_sent, 1)
     viewer.stop()
     trainer.between_steps.clear()
@@ -77,7 +78,7 @@ def main() -> None:
         "clients": args.clients, "seconds": args.seconds, "connections held at once (max)": held,
         "connections opened": sum(result["connections"].values()), "steps/s alone": reference, "steps/s with clients": loaded,
         "step-rate share": loaded / reference, "frames per viewer (min-max)": f"{frames[0]}-{frames[-1]}", "frames sent": frames_sent,
-        "ms/frame": render_ms, "RSS growth MB": rss1 - rss0, "threads before/after": f"{threads0}/{threads1}",
+        "ms/frame": render_ms, "RSS growth MB": rss1 - rss0, "threads before/after": f"{len(threads0)}/{len(threads1)}", "new threads": " ".join(new_threads) or "-",
         "oversized closes (1009)": sum(c == 1009 for c in result["close_codes"]), "client errors": len(result["errors"]),
     }  # fmt: skip
     print(append_results("Reliability: the viewer under load (benchmarks/bench_viewer_load.py)", list(row), [row], record=not args.no_record))

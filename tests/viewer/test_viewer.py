@@ -588,7 +588,8 @@ def test_3dcs_live_and_ns_viewer_with_the_convex_panel(scene, tiny_config, tmp_p
     assert port_is_free(free_port)
 
 
-@pytest.mark.parametrize("flag,value,needle", [("--viewer-port", "70000", "not a port number"), ("--viewer-host", "203.0.113.7", "cannot serve the viewer")])
+@pytest.mark.parametrize("flag,value,needle", [("--viewer-port", "70000", "not a port number"), ("--viewer-host", "203.0.113.7", "cannot serve the viewer"),
+                                               ("--viewer-token", "short", "viewer token must be 8 to 256")])
 def test_ns_train_bad_viewer_flags_one_line(scene, tmp_path, flag, value, needle):
     proc = subprocess.run([sys.executable, "-m", "recon.cli.train", "vanilla-nerf", "--data", str(scene), "--output-dir", str(tmp_path),
                            "--device", "cpu", "--viewer", flag, value], capture_output=True, text=True, timeout=120)

@@ -28,10 +28,13 @@ from viewer.training import attach_viewer
 REPO = str(Path(__file__).resolve().parents[2])
 CLIENTS = 20
 LOAD_SECONDS = 6.0
-MIN_STEP_RATE_SHARE = 0.35
-"""Training steps/s with 20 clients over steps/s without the viewer. The render thread takes at most
-1 / (1 + ratio) = 25 % of the time (ratio 3); the websocket traffic of 20 clients costs some more
-on two cores. Measured on the 2-core CI machine: 0.6 to 0.8 (benchmarks/RESULTS.md, 'Reliability')."""
+MIN_STEP_RATE_SHARE = 0.4
+"""Training steps/s with 20 clients over steps/s without the viewer (the mean of before and after).
+The render thread takes at most 1 / (1 + ratio) = 25 % of the time (ratio 3); the websocket traffic
+and the load generator (another process, on the same 2 cores) cost some more. Measured on the
+2-core machine, shared with other work: 0.49 to 0.84 with ratio 3 (the rate alone drifts by up to
+25 % within one run); 0.35 with ratio 0, a viewer that renders without pause, just under this
+threshold; a viewer that holds the training lock for long frames falls far below it."""
 MAX_RSS_GROWTH_MB = 150
 """Process memory after the load over before it (after warm-up). Each connection may hold up to
 websockets' queue of 16 incoming messages of at most MAX_MESSAGE_BYTES (1 MiB): 20 x 16 MiB
@@ -78,7 +81,7 @@ def test_twenty_clients_drops_malformed_and_oversized(scene, tiny_config, tmp_pa
         wait_until(lambda: trainer.step >= 5)
         alone, _ = step_rate(trainer, 2.5)
         viewer = attach_viewer(trainer, ViewerSettings(port=free_port, max_res=64, moving_res=32, rest_delay=0.15, refresh_interval=0.5))
-        port = viewer.port
+        port, ratio = viewer.port, viewer.settings.train_render_ratio
 
         # Warm-up: one browser gets its frames (lazy imports, buffers), the baselines after it.
         warm = ViserClient(port)
@@ -112,7 +115,7 @@ def test_twenty_clients_drops_malformed_and_oversized(scene, tiny_config, tmp_pa
         assert all(result["connections"][kind] >= 10 for kind in ("dropper", "malformed", "oversized")), result["connections"]
         assert result["close_codes"] and set(result["close_codes"]) == {1009}, result["close_codes"]
         # What a forged GUI message sent is kept within the widget's range.
-        assert viewer._max_res() == 2048 and viewer.settings.train_render_ratio == 3.0
+        assert viewer._max_res() == 2048 and viewer.settings.train_render_ratio == ratio
 
         # Everything per connection is gone: clients, event-loop tasks, threads; memory is bounded.
         wait_until(lambda: not viewer._clients and not viewer.server.get_clients() and not viewer.server._websock_server._live_connections)

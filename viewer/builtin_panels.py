@@ -21,7 +21,7 @@ from torch import Tensor
 from recon.cameras import Cameras
 from recon.export.crop import write_viewer_crop
 from recon.panel_api import Panel, PanelContext
-from viewer.render import ViewCamera, to_cameras
+from viewer.render import ViewCamera, bounded, to_cameras
 
 
 def builtin_panels(run_dir: Path | None) -> list[Panel]:
@@ -121,6 +121,30 @@ class CropBoxPanel(Panel):
         return out
 
 
+MAX_NAME_CHARS = 120
+
+
+def camera_path_file(run_dir: Path | None, name: Any) -> Path:
+    """``<run>/camera_paths/<name>.json`` for the "File name" field (``camera_path.json`` if empty);
+    a ValueError, one line for the GUI, for a name that is a path or could leave that folder
+    (separators, ``..``, a leading dot, NUL or other control characters, over 120 characters).
+    Whatever the field holds, the file is inside the folder."""
+    text = str(name).strip() or "camera_path.json"
+    if any(ch in text for ch in "/\\") or any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise ValueError("the file name must be a plain name (no '/', '\\' or control characters); it is saved in the run's camera_paths folder")
+    if text.startswith("."):
+        raise ValueError(f"the file name {text[:40]!r} starts with a dot; give a plain name such as orbit.json")
+    if len(text) > MAX_NAME_CHARS:
+        raise ValueError(f"the file name is {len(text)} characters long (at most {MAX_NAME_CHARS})")
+    if not text.lower().endswith(".json"):
+        text += ".json"
+    folder = (Path(run_dir) if run_dir is not None else Path.cwd()) / "camera_paths"
+    target = folder / text
+    if target.resolve().parent != folder.resolve():  # a symlink planted in the folder, or what the checks above missed
+        raise ValueError(f"{text!r} would be written outside {folder}")
+    return target
+
+
 class CameraPathPanel(Panel):
     """Record a camera path: keyframes from the browser camera, then a JSON for ``ns-render camera-path``."""
 
@@ -168,11 +192,13 @@ class CameraPathPanel(Panel):
             if not self.keyframes:
                 command.content = "Add at least one keyframe first."
                 return
-            folder = Path(self.run_dir) / "camera_paths" if self.run_dir is not None else Path("camera_paths")
-            target = folder / Path(str(name.value) or "camera_path.json").name
-            if target.suffix != ".json":
-                target = target.with_suffix(".json")
-            self.save(target, float(duration.value), float(fps.value), float(smooth.value), int(height.value))
+            try:
+                target = camera_path_file(self.run_dir, name.value)
+            except ValueError as exc:
+                command.content = f"Not saved: {exc}"
+                return
+            self.save(target, bounded(duration.value, 0.1, 600.0, 4.0), bounded(fps.value, 1.0, 120.0, 24.0), bounded(smooth.value, 0.0, 1.0, 1.0),
+                      int(bounded(height.value, 16, 4320, 480)))
             cmd = f"ns-render camera-path --load-config {shlex.quote(str(Path(self.run_dir) / 'config.yml'))} " if self.run_dir else "ns-render camera-path --load-config CONFIG "
             command.content = f"Saved `{target}`. Render it with:\n\n```\n{cmd}--camera-path-filename {shlex.quote(str(target))} --output-path renders/path.mp4\n```"
 

@@ -45,6 +45,8 @@ class ViewerCommand:
     """Address to bind; 0.0.0.0 makes the viewer reachable from other machines."""
     viewer_port: int = 7007
     """Port (0 picks a free one)."""
+    viewer_token: str = "auto"
+    """Access token: auto (a random one, in the printed URL, unless the host is loopback), none (disable), or your own."""
     max_res: int = 512
     """Longest side, in pixels, of rendered frames when the camera rests."""
 
@@ -60,7 +62,8 @@ class ViewerCommand:
         for path in given:
             if not Path(path).is_file():
                 raise ReconError("file not found", Path(path))
-        settings = ViewerSettings(host=self.viewer_host, port=self.viewer_port, max_res=self.max_res)
+        settings = ViewerSettings(host=self.viewer_host, port=self.viewer_port, max_res=self.max_res, token=self.viewer_token)
+        settings.check()  # a bad flag fails before any file is read
         # Read every file before the server starts, so a bad one fails with nothing served.
         mesh = load_mesh(self.mesh) if self.mesh is not None else None
         splats = load_splats(self.splat) if self.splat is not None else None

@@ -34,14 +34,16 @@ class ViserClient:
     (each starting at a multiple of 8 bytes) that stand for numpy arrays in the messages; the
     messages hold ``{"__binary_index": i, "dtype": "<f4"}`` in their place, which this client turns
     back into 1-D numpy arrays. Client -> server: one msgpack message per frame. The subprotocol
-    ``viser-v<version>`` must match the server's version.
+    ``viser-v<version>`` must match the server's version. ``token``: the viewer's access token
+    (``?token=`` in the websocket URL), where it requires one.
     """
 
-    def __init__(self, port: int, host: str = "127.0.0.1"):
+    def __init__(self, port: int, host: str = "127.0.0.1", token: str | None = None):
         import viser
         from websockets.sync.client import connect
 
-        self.ws = connect(f"ws://{host}:{port}", subprotocols=[f"viser-v{viser.__version__}"], max_size=None, open_timeout=10)
+        query = f"/?token={token}" if token else ""
+        self.ws = connect(f"ws://{host}:{port}{query}", subprotocols=[f"viser-v{viser.__version__}"], max_size=None, open_timeout=10)
         self.messages: list[dict[str, Any]] = []
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._receive, daemon=True)

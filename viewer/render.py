@@ -36,6 +36,17 @@ class ViewCamera:
     height: int
 
 
+def bounded(value: Any, lo: float, hi: float, default: float) -> float:
+    """A GUI number as the server may use it: viser casts a browser's update to the widget's type
+    but leaves its min and max to the browser, so a forged message can send anything (a 10^9-pixel
+    frame size would stall rendering under the trainer's lock). ``default`` for NaN or a non-number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return default if math.isnan(number) else min(max(number, lo), hi)
+
+
 def frame_size(width: int, height: int, max_res: int) -> tuple[int, int]:
     """Canvas size scaled down (never up) so that its longest side is at most ``max_res``."""
     width, height = max(int(width), 1), max(int(height), 1)

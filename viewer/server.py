@@ -33,7 +33,8 @@ from recon.cameras import Cameras
 from recon.engine.logging import console
 from recon.errors import ConfigError
 from recon.panel_api import Panel
-from viewer.render import COLORMAPS, ViewCamera, frame_outputs, output_image, to_cameras
+from viewer.access import TOKEN_NONE, hardened_server, is_loopback, resolve_token
+from viewer.render import COLORMAPS, ViewCamera, bounded, frame_outputs, output_image, to_cameras
 
 
 @dataclass
@@ -56,6 +57,9 @@ class ViewerSettings:
     frustum_scale: float = 0.1
     max_frustum_images: int = 100
     """Training cameras shown with their image (the others as plain frustums)."""
+    token: str = "auto"
+    """Access token: ``auto`` (a random one when ``host`` is not loopback), ``none`` (no token,
+    explicitly), or the token to require (8 to 256 letters, digits, ``-``, ``_``)."""
 
     def check(self) -> None:
         """A one-line :class:`ConfigError` for values the viewer cannot use (before anything starts)."""
@@ -65,6 +69,7 @@ class ViewerSettings:
             raise ConfigError(f"viewer max resolution {self.max_res} is too small (at least 16 pixels)")
         if not self.train_render_ratio >= 0:
             raise ConfigError(f"viewer train/render ratio {self.train_render_ratio} must be 0 or more")
+        resolve_token(self.token, self.host)
         # viser retries a failing bind on the next port a thousand times: check the address first.
         try:
             family, _, _, _, address = socket.getaddrinfo(self.host, 0, type=socket.SOCK_STREAM)[0]
@@ -145,6 +150,9 @@ class Viewer:
         self.render_seconds = 0.0
         self.output_names: list[str] = ["rgb"]
         self.server: viser.ViserServer | None = None
+        self.token: str | None = None
+        """The access token browsers must present (None: none required)."""
+        self.guards: list[Any] = []
         self._thread: threading.Thread | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -155,12 +163,16 @@ class Viewer:
 
     @property
     def url(self) -> str:
+        """The address to open, with the access token if one is required."""
         host = self.settings.host
-        return f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0', '::') else host}:{self.port}"
+        name = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+        return f"http://{name}:{self.port}" + (f"/?token={self.token}" if self.token else "")
 
     def start(self) -> "Viewer":
         self.settings.check()
-        self.server = viser.ViserServer(host=self.settings.host, port=self.settings.port, verbose=False)
+        self.token = resolve_token(self.settings.token, self.settings.host)
+        with hardened_server(self.token) as self.guards:
+            self.server = viser.ViserServer(host=self.settings.host, port=self.settings.port, verbose=False)
         self.server.gui.configure_theme(control_width="medium", show_share_button=False)
         self._build_scene()
         tab_group = self.server.gui.add_tab_group()
@@ -178,6 +190,8 @@ class Viewer:
             self._thread = threading.Thread(target=self._render_loop, name="recon-viewer-render", daemon=True)
             self._thread.start()
         console.print(f"[bold]viewer[/bold] at {self.url}")
+        if self.token is None and self.settings.token == TOKEN_NONE and not is_loopback(self.settings.host):
+            console.print(f"[yellow]viewer: no access token (token 'none'): whoever reaches {self.settings.host} port {self.port} controls this viewer[/yellow]")
         return self
 
     def stop(self) -> None:
@@ -263,7 +277,7 @@ class Viewer:
 
             ratio = gui.add_number("Train/render time", initial_value=self.settings.train_render_ratio, min=0.0, max=100.0, step=0.5,
                                    hint="Seconds of training per second of rendering while training runs.")
-            ratio.on_update(lambda _: setattr(self.settings, "train_render_ratio", float(ratio.value)))
+            ratio.on_update(lambda _: setattr(self.settings, "train_render_ratio", bounded(ratio.value, 0.0, 100.0, self.settings.train_render_ratio)))
         if self.model is None:
             return  # files only: nothing is rendered
         self.output_dropdown = gui.add_dropdown("Output", options=tuple(self.output_names), initial_value="rgb")
@@ -304,20 +318,23 @@ class Viewer:
         self._wake.set()
 
     # -- clients ----------------------------------------------------------------------------
-    def _on_connect(self, client: Any) -> None:
-        state = _Client(client, moved_at=time.perf_counter())
+    # Coroutines, so that viser runs them on its event loop: they only record what changed, and a
+    # plain function would cost a pool-thread hand-off per camera update of every browser.
+    async def _on_connect(self, client: Any) -> None:
+        now = time.perf_counter()
+        state = _Client(client, moved_at=now, rendered_at=now)  # queued behind the browsers served before it came
         with self._clients_lock:
             self._clients[client.client_id] = state
 
         @client.camera.on_update
-        def _(_: Any) -> None:
+        async def _(_: Any) -> None:
             state.version += 1
             state.moved_at = time.perf_counter()
             self._wake.set()
 
         self._wake.set()
 
-    def _on_disconnect(self, client: Any) -> None:
+    async def _on_disconnect(self, client: Any) -> None:
         with self._clients_lock:
             self._clients.pop(client.client_id, None)
 
@@ -329,7 +346,7 @@ class Viewer:
     def _job(self, c: _Client, now: float) -> int | None:
         """The resolution of the frame this client needs now, or None."""
         resting = now - c.moved_at >= self.settings.rest_delay
-        full = int(self.max_res_slider.value)
+        full = self._max_res()
         if c.rendered_version != c.version:
             return full if resting else min(self.settings.moving_res, full)
         if resting and not c.rendered_full:
@@ -339,6 +356,9 @@ class Viewer:
             return full
         return None
 
+    def _max_res(self) -> int:
+        return int(bounded(self.max_res_slider.value, 32, 2048, min(max(self.settings.max_res, 32), 2048)))
+
     def _render_loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(timeout=0.05)
@@ -346,17 +366,17 @@ class Viewer:
             now = time.perf_counter()
             if self._training_active() and now < self._next_allowed:
                 continue
-            with self._clients_lock:
-                clients = list(self._clients.values())
+            with self._clients_lock:  # served (or connected) longest ago first: a browser that moves all the time, or connects anew, starves no other
+                clients = sorted(self._clients.values(), key=lambda c: c.rendered_at)
             for c in clients:
-                res = self._job(c, time.perf_counter())
-                if res is None or self._stop.is_set():
-                    continue
-                try:
+                try:  # whatever a browser sent, a failed frame must not end the viewer
+                    res = self._job(c, time.perf_counter())
+                    if res is None or self._stop.is_set():
+                        continue
                     self._render_client(c, res)
-                except Exception as exc:  # a failed frame must not end the viewer
+                except Exception as exc:
                     console.print(f"[red]viewer: rendering failed: {type(exc).__name__}: {exc}[/red]")
-                    c.rendered_version, c.rendered_full = c.version, True
+                    c.rendered_version, c.rendered_full, c.rendered_at = c.version, True, time.perf_counter()
                 break  # one frame per round: fairness between clients and training
 
     def _render_client(self, c: _Client, res: int) -> None:
@@ -380,7 +400,7 @@ class Viewer:
         self.frames_sent += 1
         self.last_frame = image
         self.render_seconds += elapsed
-        c.rendered_version, c.rendered_full, c.rendered_at, c.rendered_step = version, res >= int(self.max_res_slider.value), time.perf_counter(), step
+        c.rendered_version, c.rendered_full, c.rendered_at, c.rendered_step = version, res >= self._max_res(), time.perf_counter(), step
         self._next_allowed = time.perf_counter() + self.settings.train_render_ratio * elapsed
 
 

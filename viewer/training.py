@@ -18,7 +18,8 @@ from viewer.server import TrainingState, Viewer, ViewerSettings, training_views
 def settings_from(config: Any) -> ViewerSettings:
     """Viewer settings from the ``viewer_*`` fields of a TrainerConfig."""
     return ViewerSettings(
-        host=config.viewer_host, port=config.viewer_port, max_res=config.viewer_max_res, train_render_ratio=config.viewer_train_render_ratio
+        host=config.viewer_host, port=config.viewer_port, max_res=config.viewer_max_res, train_render_ratio=config.viewer_train_render_ratio,
+        token=getattr(config, "viewer_token", "auto"),
     )
 
 

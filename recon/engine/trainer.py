@@ -112,6 +112,8 @@ class TrainerConfig:
     """Address the viewer binds; 0.0.0.0 makes it reachable from other machines."""
     viewer_port: int = 7007
     """Port of the viewer (0 picks a free one)."""
+    viewer_token: str = "auto"
+    """Viewer access token: auto (a random one, in the printed URL, unless the host is loopback), none (disable), or your own."""
     viewer_train_render_ratio: float = 3.0
     """Seconds of training per second of viewer rendering while training runs (3 = 75 % training)."""
     viewer_max_res: int = 512

@@ -1,12 +1,38 @@
-"""Fixtures for viewer tests: a browser stand-in that speaks viser's websocket protocol."""
+"""Fixtures for viewer tests: a browser stand-in that speaks viser's websocket protocol, a tiny
+synthetic scene and the configs that train on it in seconds."""
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
+from data.synthetic import SyntheticSceneConfig, generate_scene
+from recon.config import get_method, override
+
 from viewer.protocol import ViserClient
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    cfg = SyntheticSceneConfig(width=32, height=32, num_train_views=8, num_test_views=2, supersample=1, num_points=500)
+    return generate_scene(tmp_path_factory.mktemp("viewer") / "scene", cfg)
+
+
+def _tiny_config(scene: Path, out: Path, steps: int, method: str = "vanilla-nerf", **changes):
+    spec = get_method(method)
+    return override(
+        spec.config, data=scene, output_dir=out, max_num_iterations=steps, steps_per_save=0, steps_per_eval_image=0, eval_at_end=False,
+        device="cpu", timestamp="run", **{"logging.tensorboard": False, "logging.progress_bar": False}, **spec.test_overrides, **changes,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """``tiny_config(scene, out, steps, method="vanilla-nerf", **changes)``: the method's preset with
+    its test overrides, on CPU, without logging, saves or evaluation."""
+    return _tiny_config
 
 
 @pytest.fixture

@@ -24,6 +24,27 @@ from recon.engine.trainer import Trainer
 from viewer.cli import ViewerCommand
 
 
+def start_chromium(chromium: str, profile: Path):
+    """Headless Chromium (software WebGL) on about:blank, and a DevTools client for its page.
+    The caller ends it: ``os.killpg(browser.pid, signal.SIGTERM)``."""
+    args = [
+        chromium, "--headless=new", "--no-sandbox", "--no-first-run", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+        "--window-size=800,600", f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank",
+    ]  # fmt: skip
+    browser = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (profile / "DevToolsActivePort").is_file():
+            assert time.monotonic() < deadline and browser.poll() is None, "chromium did not start"
+            time.sleep(0.1)
+        time.sleep(0.2)
+        return browser, DevTools(int((profile / "DevToolsActivePort").read_text().split()[0]))
+    except BaseException:
+        os.killpg(browser.pid, signal.SIGTERM)
+        browser.wait(timeout=30)
+        raise
+
+
 class DevTools:
     """A minimal Chrome DevTools Protocol client for one page."""
 
@@ -57,19 +78,9 @@ def test_viewer_page_in_headless_chromium(chromium, tmp_path, free_port, one_thr
     )  # fmt: skip
     run_dir = Trainer(config).train()
     viewer = ViewerCommand(load_config=run_dir / "config.yml", viewer_port=free_port, max_res=1024, device="cpu").open()
-    profile = tmp_path / "chromium-profile"
-    args = [
-        chromium, "--headless=new", "--no-sandbox", "--no-first-run", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-        "--window-size=800,600", f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank",
-    ]  # fmt: skip
-    browser = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    browser, devtools = start_chromium(chromium, tmp_path / "chromium-profile")
     try:
         deadline = time.monotonic() + 60
-        while not (profile / "DevToolsActivePort").is_file():
-            assert time.monotonic() < deadline and browser.poll() is None, "chromium did not start"
-            time.sleep(0.1)
-        time.sleep(0.2)
-        devtools = DevTools(int((profile / "DevToolsActivePort").read_text().split()[0]))
         devtools.call("Page.navigate", url=f"http://127.0.0.1:{free_port}/")
         # The browser's camera reached the server and the full-resolution frame went back.
         while not (viewer._clients and all(c.rendered_full for c in viewer._clients.values())):
@@ -122,3 +133,26 @@ def viewer_background(run_dir: Path) -> np.ndarray:
     """The colour the synthetic scene's renders fall back to (its RGBA background), 0-255."""
     bg = load_run(run_dir / "config.yml", "cpu").model.background
     return (bg.float() * 255).numpy()
+
+
+def test_token_reaches_the_websocket_in_a_real_browser(chromium, tmp_path, free_port):
+    """The page opened without the token gets 401 and no websocket; opened with ``?token=``, the
+    page's own websocket (viser opens it without the query string) gets in with the cookie."""
+    from viewer.server import Viewer, ViewerSettings
+
+    viewer = Viewer(ViewerSettings(port=free_port, token="browser-test-token"), aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])).start()
+    browser, devtools = start_chromium(chromium, tmp_path / "chromium-profile")
+    try:
+        devtools.call("Page.navigate", url=f"http://127.0.0.1:{free_port}/")
+        time.sleep(2.0)
+        assert viewer.guards[-1].rejected >= 1 and not viewer.server._websock_server._live_connections
+        devtools.call("Page.navigate", url=f"http://127.0.0.1:{free_port}/?token=browser-test-token")
+        deadline = time.monotonic() + 60
+        while not viewer.server.get_clients():  # the page's camera reached the server over its websocket
+            assert time.monotonic() < deadline, "the page's websocket never got in"
+            time.sleep(0.1)
+        devtools.close()
+    finally:
+        os.killpg(browser.pid, signal.SIGTERM)
+        browser.wait(timeout=30)
+        viewer.stop()

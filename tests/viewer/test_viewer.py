@@ -21,9 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.synthetic import SyntheticSceneConfig, generate_scene
 from recon.camera_paths import load_camera_path_json
-from recon.config import get_method, override
 from recon.engine.trainer import Trainer
 from recon.rotations import matrix_to_quaternion
 from viewer.render import output_image
@@ -32,21 +30,7 @@ from viewer.training import attach_viewer
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory) -> Path:
-    cfg = SyntheticSceneConfig(width=32, height=32, num_train_views=8, num_test_views=2, supersample=1, num_points=500)
-    return generate_scene(tmp_path_factory.mktemp("viewer") / "scene", cfg)
-
-
-def tiny_config(scene: Path, out: Path, steps: int, method: str = "vanilla-nerf", **changes):
-    spec = get_method(method)
-    return override(
-        spec.config, data=scene, output_dir=out, max_num_iterations=steps, steps_per_save=0, steps_per_eval_image=0, eval_at_end=False,
-        device="cpu", timestamp="run", **{"logging.tensorboard": False, "logging.progress_bar": False}, **spec.test_overrides, **changes,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained_run(scene, tmp_path_factory) -> Path:
+def trained_run(scene, tiny_config, tmp_path_factory) -> Path:
     """config.yml of a tiny vanilla-nerf run trained for 60 steps."""
     torch.set_num_threads(1)
     return Trainer(tiny_config(scene, tmp_path_factory.mktemp("runs"), 60)).train() / "config.yml"
@@ -120,7 +104,7 @@ def set_value(client, label: str, value) -> None:
     client.send({"type": "GuiUpdateMessage", "uuid": client.gui_uuid(label), "updates": {"value": value}})
 
 
-def test_live_viewer_beside_training(scene, tmp_path, viser_client, free_port, one_thread):
+def test_live_viewer_beside_training(scene, tiny_config, tmp_path, viser_client, free_port, one_thread):
     threads_before = set(threading.enumerate())
     trainer = Trainer(tiny_config(scene, tmp_path, 10**7))
     viewer = attach_viewer(trainer, ViewerSettings(port=free_port, max_res=64, moving_res=16, rest_delay=0.15, refresh_interval=0.3))
@@ -455,7 +439,7 @@ def test_run_without_cameras_opens_framing_its_scene_box(viser_client, free_port
     assert np.linalg.norm(start["position"] - corners.mean(0)) > np.linalg.norm(corners[0] - corners.mean(0))
 
 
-def test_ns_viewer_orex_run_draws_contours_and_slice(tmp_path, viser_client, free_port, one_thread):
+def test_ns_viewer_orex_run_draws_contours_and_slice(tiny_config, tmp_path, viser_client, free_port, one_thread):
     """``ns-viewer --load-config`` of an OReX run (cross-sections, no images): its "Cross-sections"
     panel sends the contours, frames arrive (the background: OReX renders no image, the panel's 3D
     objects are drawn over it) and "Show slice" sends the field's slice."""
@@ -503,7 +487,7 @@ def test_ns_viewer_bad_input_one_line(tmp_path, args, needle):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
 
 
-def test_method_panel_api(scene, tmp_path, viser_client, free_port, one_thread):
+def test_method_panel_api(scene, tiny_config, tmp_path, viser_client, free_port, one_thread):
     """A method's panel (``Model.viewer_panels``) adds a control to the viewer and changes the frames."""
     from recon.panel_api import Panel
 
@@ -540,7 +524,7 @@ def test_method_panel_api(scene, tmp_path, viser_client, free_port, one_thread):
     assert np.abs(inverted.astype(float) - (255.0 - plain.astype(float))).mean() < 6.0
 
 
-def test_3dcs_live_and_ns_viewer_with_the_convex_panel(scene, tmp_path, viser_client, free_port, one_thread):
+def test_3dcs_live_and_ns_viewer_with_the_convex_panel(scene, tiny_config, tmp_path, viser_client, free_port, one_thread):
     """3dcs in the viewer: the frame of a paused live training and of the finished run
     (``ns-viewer --load-config``) is the model's render; the "3D convexes" panel's controls
     (``ConvexSplatModel.viewer_panels``) change the frames and leave the model alone."""
@@ -604,7 +588,8 @@ def test_3dcs_live_and_ns_viewer_with_the_convex_panel(scene, tmp_path, viser_cl
     assert port_is_free(free_port)
 
 
-@pytest.mark.parametrize("flag,value,needle", [("--viewer-port", "70000", "not a port number"), ("--viewer-host", "203.0.113.7", "cannot serve the viewer")])
+@pytest.mark.parametrize("flag,value,needle", [("--viewer-port", "70000", "not a port number"), ("--viewer-host", "203.0.113.7", "cannot serve the viewer"),
+                                               ("--viewer-token", "short", "viewer token must be 8 to 256")])
 def test_ns_train_bad_viewer_flags_one_line(scene, tmp_path, flag, value, needle):
     proc = subprocess.run([sys.executable, "-m", "recon.cli.train", "vanilla-nerf", "--data", str(scene), "--output-dir", str(tmp_path),
                            "--device", "cpu", "--viewer", flag, value], capture_output=True, text=True, timeout=120)

@@ -145,7 +145,7 @@ class OReXModel(Model):
         if len(self.hull_planes):
             planes = self.hull_planes.to(points)
             beyond = (points @ planes[:, :3].T + planes[:, 3]).amax(-1)  # > 0 outside the hull
-            logit = torch.where(beyond > 0, torch.maximum(logit, beyond * self.config.hull_clip_sharpness), logit)  # inside: unchanged
+            logit = torch.maximum(logit, beyond * self.config.hull_clip_sharpness)  # CSG intersection
         return logit
 
 
@@ -175,8 +175,10 @@ class OReXModelConfig(ModelConfig):
     """[ours] Mesh (and slice) the field intersected with the outside hull: training labels that
     hull (all contour vertices' convex hull scaled by 1.05) outside but says nothing beyond it, where
     an unclipped field may run on to the scene box (seen on thin parts crossing the outermost planes)."""
-    hull_clip_sharpness: float = 100.0
-    """Logit per unit of distance beyond a hull face, where the clip takes over."""
+    hull_clip_sharpness: float = 1000.0
+    """Logit per unit of signed distance to the hull's faces in the intersection max(field, this x
+    distance): steep, so inside the hull the field's values change only within |logit| / 1000 of a
+    face, and marching cubes places the clipped surface on the hull."""
 
 
 OReXModelConfig._target = OReXModel

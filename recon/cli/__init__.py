@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from typing import Callable, NoReturn, TypeVar
 
@@ -14,7 +15,8 @@ T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # data-parallel processes make the same mistake: say it once
+        print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
 
 

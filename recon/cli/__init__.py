@@ -27,7 +27,8 @@ def run_main(main: Callable[[], object]) -> None:
     except ReconError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
 
 

@@ -27,6 +27,7 @@ The backend is gloo on CPU and NCCL on CUDA (device ``cuda:LOCAL_RANK``). Outsid
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import sys
 from collections.abc import Iterable
@@ -307,6 +308,7 @@ def launch(machine: MachineConfig, argv: list[str], module: str) -> None:
     script that is running (the ``ns-train`` console script), or ``python -m module`` when it was
     started that way (or cannot be found)."""
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     m = machine
@@ -324,11 +326,19 @@ def launch(machine: MachineConfig, argv: list[str], module: str) -> None:
         host, port = m.dist_url[6:].rsplit(":", 1)
         rendezvous = [f"--nnodes={m.num_machines}", f"--node-rank={m.machine_rank}", f"--master-addr={host}", f"--master-port={port}"]
     sys.stdout.flush()
+    # torchrun's agent logs every ended process; the processes report their own errors (a user
+    # mistake once, as one line, from rank 0), so only a failure they could not report is added.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         torchrun.main([f"--nproc-per-node={m.num_devices}", *rendezvous, *_this_program(module), *argv])
     except ChildFailedError as exc:
-        codes = sorted({f.exitcode for f in exc.failures.values()})
-        raise SystemExit(codes[0] if len(codes) == 1 and codes[0] > 0 else 1) from None
+        first_rank, first = exc.get_first_failure()
+        code = first.exitcode
+        if code not in (2, 130):  # neither a reported mistake (recon.cli.fail) nor Ctrl-C
+            print(f"error: data-parallel process {first_rank} ended with exit status {code}", file=sys.stderr)
+        raise SystemExit(code if 0 < code < 256 else 1) from None
+    except SignalException:  # Ctrl-C: torchrun has passed it on and waited for the processes (checkpoint written)
+        raise SystemExit(130) from None
 
 
 def _this_program(module: str) -> list[str]:

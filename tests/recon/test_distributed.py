@@ -265,3 +265,17 @@ def test_splat_distributed_resume_equals_uninterrupted(splat_two, scene, tmp_pat
     single = one_process("splat", scene, tmp_path / "single", load_dir=tmp_path / "copy", **SPLAT)
     assert single.start_step == 7
     assert_close_states({k: v.cpu() for k, v in single.model.state_dict().items()}, checkpoint(full_run, STEPS), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_batch_the_processes_cannot_share_is_one_line(scene, tmp_path):
+    environment = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "recon.cli.train", "nerf-hash-small", "--data", str(scene), "--output-dir", str(tmp_path / "out"),
+         "--datamanager.train-num-rays-per-batch", "127", "--machine.num-devices", "2"],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2
+    error = "error: --datamanager.train-num-rays-per-batch 127 (the global batch) is not divisible by the 2 data-parallel processes"
+    assert done.stderr.splitlines().count(error) == 1 and "Traceback" not in done.stderr, done.stderr  # once, not per process
+    assert not (tmp_path / "out").exists()

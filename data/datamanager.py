@@ -24,7 +24,7 @@ from data.images import load_depth, load_image, load_instance, load_mask, load_n
 from data.instances import InstanceLabels, dataset_instance_labels
 from data.undistort import undistort_outputs
 from recon.config import InstantiateConfig
-from recon.errors import DataError
+from recon.errors import ConfigError, DataError
 
 
 def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -219,6 +219,14 @@ class DataManager:
         eval_split = config.eval_split if outputs.splits.get(config.eval_split) else "train"
         self.eval_dataset = ImageDataset(outputs.split(eval_split), config.image_scale, labels=self.labels)
         self.generator = torch.Generator().manual_seed(seed)
+        self.shard = (0, 1)
+        """(rank, world size) of data-parallel training: every rank draws the same global batch from
+        :attr:`generator` and keeps its own slice (:meth:`set_shard`); (0, 1) in one process."""
+
+    def set_shard(self, rank: int, world_size: int) -> None:
+        """Data-parallel training (:mod:`recon.engine.distributed`): keep slice ``rank`` of
+        ``world_size`` equal slices of every global batch. Subclasses check that their batch divides."""
+        self.shard = (rank, world_size)
 
     def next_train(self, step: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -316,9 +324,18 @@ class RayDataManager(DataManager):
             self.extra_cues = {k: v.clone() for k, v in state.get("cue_extra", {}).items()}
             self.cue_version = int(state["cue_version"])
 
+    def set_shard(self, rank: int, world_size: int) -> None:
+        n = self.config.train_num_rays_per_batch
+        if n % world_size:
+            raise ConfigError(f"--datamanager.train-num-rays-per-batch {n} (the global batch) is not divisible by the {world_size} data-parallel processes")
+        super().set_shard(rank, world_size)
+
     def next_train(self, step: int) -> dict[str, Any]:
         n = self.config.train_num_rays_per_batch
         flat = torch.randint(int(self.offsets[-1]), (n,), generator=self.generator)
+        rank, world = self.shard
+        if world > 1:  # the same global draw on every rank, each keeps its slice
+            flat = flat[rank * n // world : (rank + 1) * n // world]
         cam = torch.searchsorted(self.offsets, flat, right=True) - 1
         local = flat - self.offsets[cam]
         v = torch.div(local, self.widths[cam], rounding_mode="floor")
@@ -348,6 +365,11 @@ class ImageDataManagerConfig(DataManagerConfig):
     """Whole training images, one camera per step, in epochs of random order (3DGS's sampling);
     distorted cameras are undistorted to pinhole ones once, at load time (cached on disk)."""
 
+    images_per_batch: int = 1
+    """Training images per step (the global batch: data-parallel processes split it, so it must be a
+    multiple of their number). Above one per process the model gets a batch of several cameras,
+    which only some models take (splat)."""
+
     def prepare_data(self, outputs: Any) -> Any:
         """Undistorted to pinhole cameras (:func:`data.undistort.undistort_outputs`): the models that
         take whole images rasterize through a pinhole."""
@@ -356,10 +378,13 @@ class ImageDataManagerConfig(DataManagerConfig):
 
 class ImageDataManager(DataManager):
     """Batches of one whole image: ``{"camera": Cameras [1], "image": [H, W, 3] composited RGB,
-    "alpha": [H, W, 1] (RGBA datasets), "mask": [H, W] (if any), "index": int}``.
+    "alpha": [H, W, 1] (RGBA datasets), "mask": [H, W] (if any), "index": int}``; with
+    ``images_per_batch`` B > 1 per process the same entries stacked (``camera`` [B], ``image``
+    [B, H, W, 3], ``index`` a list).
 
     Every training image is used once per epoch, in an order drawn from the datamanager's generator
-    (so a resumed run draws the same images as an uninterrupted one).
+    (so a resumed run draws the same images as an uninterrupted one). Data-parallel processes draw
+    the same B images and each keeps its share (:meth:`set_shard`).
     """
 
     config: ImageDataManagerConfig
@@ -368,11 +393,50 @@ class ImageDataManager(DataManager):
         super().__init__(config, outputs, device, seed)
         self.cameras = self.train_dataset.cameras.to(device)
         self._order: list[int] = []
+        if config.images_per_batch < 1:
+            raise ConfigError(f"--datamanager.images-per-batch must be at least 1, got {config.images_per_batch}")
+        if config.images_per_batch > 1:
+            self.train_dataset.require_single_size("a batch of several images (--datamanager.images-per-batch)")
 
-    def next_train(self, step: int) -> dict[str, Any]:
+    @property
+    def images_per_rank(self) -> int:
+        """Images this process renders per step (the global batch over the data-parallel processes)."""
+        return self.config.images_per_batch // self.shard[1]
+
+    def set_shard(self, rank: int, world_size: int) -> None:
+        b = self.config.images_per_batch
+        if b % world_size:
+            raise ConfigError(
+                f"--datamanager.images-per-batch {b} (the global batch) is not a multiple of the {world_size} data-parallel processes;"
+                f" use --datamanager.images-per-batch {world_size} for one image per process"
+            )
+        super().set_shard(rank, world_size)
+
+    def describe(self) -> str:
+        b = self.config.images_per_batch
+        return super().describe() + ("" if b == 1 else f", {b} per step")
+
+    def _draw(self) -> int:
         if not self._order:
             self._order = torch.randperm(len(self.train_dataset), generator=self.generator).tolist()
-        i = self._order.pop()
+        return self._order.pop()
+
+    def next_train(self, step: int) -> dict[str, Any]:
+        rank, world = self.shard
+        indices = [self._draw() for _ in range(self.config.images_per_batch)]  # the global batch, in epoch order
+        mine = indices[rank * len(indices) // world : (rank + 1) * len(indices) // world]
+        return self._image_batch(mine[0]) if len(mine) == 1 else self._stacked_batch(mine)
+
+    def _stacked_batch(self, indices: list[int]) -> dict[str, Any]:
+        """Several images: the one-image batch's entries stacked ([B, ...]; ``camera`` [B]), ``index`` a list."""
+        parts = [self._image_batch(i) for i in indices]
+        batch: dict[str, Any] = {"camera": self.cameras[indices], "index": indices}
+        for key in parts[0]:
+            if key not in batch:
+                batch[key] = torch.stack([p[key] for p in parts])
+        return batch
+
+    def _image_batch(self, i: int) -> dict[str, Any]:
         ds = self.train_dataset
         pixels = ds.images[i]
         batch: dict[str, Any] = {"camera": self.cameras[i : i + 1], "image": ds.composite(pixels).to(self.device), "index": i}

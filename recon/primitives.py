@@ -164,11 +164,23 @@ class PrimitiveModel(Model):
         """The method's own hooks, run after the base's (SH schedule, densification)."""
         return []
 
+    multi_image_batches: bool = False
+    """Whether the model trains on batches of several images (``camera`` [B], ``image`` [B, H, W, 3]:
+    :meth:`rasterize` and :meth:`losses` of the base take them; a method whose own losses or hooks
+    read one image leaves this False)."""
+
     def check_datamanager(self, datamanager: Any) -> None:
         """Before anything is written: lens-distorted training cameras, which every primitive
-        rasterizer (it projects through a pinhole) cannot render, and :meth:`check_rasterizer`."""
+        rasterizer (it projects through a pinhole) cannot render, :meth:`check_rasterizer`, and
+        batches of several images per process for a model that takes one (:attr:`multi_image_batches`)."""
         require_pinhole(datamanager, type(self).__name__)
         self.check_rasterizer()
+        per_rank = getattr(datamanager, "images_per_rank", 1)
+        if per_rank > 1 and not self.multi_image_batches:
+            raise ConfigError(
+                f"{type(self).__name__} trains on one image per step and process, not {per_rank}:"
+                " set --datamanager.images-per-batch to the number of data-parallel processes"
+            )
 
     #: (backend, device, dtype) -> backend name; raises ImportError / ValueError when unusable.
     resolve_rasterizer_backend = staticmethod(resolve_backend)
@@ -261,7 +273,7 @@ class PrimitiveModel(Model):
         pred, gt = outputs["rgb"], batch["image"]
         out = {"l1": (1.0 - lam) * self.l1(pred, gt)}
         if lam > 0:
-            out["ssim"] = lam * (1.0 - ssim(pred, gt))
+            out["ssim"] = lam * (1.0 - ssim(pred, gt).mean())  # mean over a batch of images
         return out
 
     def l1(self, pred: Tensor, gt: Tensor) -> Tensor:
@@ -280,16 +292,19 @@ class PrimitiveModel(Model):
 
     def rasterize(self, camera: Cameras, prims: dict[str, Tensor], supersample: int = 1) -> dict[str, Any]:
         """One camera -> rgb [H, W, 3], depth [H, W, 1] (expected z-depth, 0 where nothing was hit),
-        accumulation [H, W, 1], ``meta`` (the rasterizer's info) and ``primitives`` (``prims``).
+        accumulation [H, W, 1], ``meta`` (the rasterizer's info) and ``primitives`` (``prims``);
+        B > 1 cameras (of one size) -> the same with a leading [B].
 
         With ``supersample`` k the image is rendered at k x the size (same field of view), then
         colour, accumulated depth and alpha are average-pooled before the depth is normalised."""
         cam = camera.scaled(supersample) if supersample > 1 else camera
         viewmats, Ks = camera_matrices(cam)
         colors, alphas, meta = self.rasterize_primitives(prims, self.sh_coefficients(), viewmats, Ks, int(cam.width[0]), int(cam.height[0]))
-        image = torch.cat([colors[0], alphas[0]], -1)
+        image = torch.cat([colors, alphas], -1)  # [B, H, W, 5]
         if supersample > 1:
-            image = F.avg_pool2d(image.permute(2, 0, 1)[None], supersample)[0].permute(1, 2, 0)
+            image = F.avg_pool2d(image.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
+        if len(camera) == 1:
+            image = image[0]
         rgb, acc_depth, alpha = image[..., :3], image[..., 3:4], image[..., 4:5]
         return {"rgb": rgb, "depth": acc_depth / alpha.clamp_min(1e-10), "accumulation": alpha, "meta": meta, "primitives": prims}
 

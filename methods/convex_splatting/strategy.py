@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from recon.engine import distributed
 from recon.render.gaussians.strategy import Optimizers, Params, remove, replace_rows, replace_with_children
 
 _STATS = ("grad_sigma", "count")
@@ -91,8 +92,10 @@ class ConvexStrategy:
                 state["grad_sigma"] = torch.zeros(n, device=sigma.device, dtype=sigma.dtype)
                 state["count"] = torch.zeros(n, device=sigma.device, dtype=sigma.dtype)
             visible = (info["radii"] > 0).all(-1).any(0)
-            state["grad_sigma"] += torch.where(visible, sigma.grad, torch.zeros_like(sigma.grad))
-            state["count"] += visible.to(sigma.dtype)
+            grad, count = torch.where(visible, sigma.grad, torch.zeros_like(sigma.grad)), visible.to(sigma.dtype)
+            distributed.all_reduce_(grad, count)  # summed over data-parallel processes: the same splits on each
+            state["grad_sigma"] += grad
+            state["count"] += count
         if self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0:
             n_split = self._split(params, optimizers, state)
             n_pruned = self._prune(params, optimizers, state, step, by_size=True)

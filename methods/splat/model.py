@@ -28,6 +28,7 @@ class SplatModel(PrimitiveModel):
     """See :class:`SplatModelConfig` and the module docstring."""
 
     config: "SplatModelConfig"
+    multi_image_batches = True  # the base's rasterize and losses take B images (data-parallel global batches)
 
     def __init__(self, config: "SplatModelConfig", scene: SceneInfo):
         if not config.global_scale > 0:

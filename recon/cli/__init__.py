@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from typing import Callable, NoReturn, TypeVar
 
@@ -14,7 +15,8 @@ T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # data-parallel processes make the same mistake: say it once
+        print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -25,7 +27,8 @@ def run_main(main: Callable[[], object]) -> None:
     except ReconError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import sys
 from importlib.metadata import entry_points
 from typing import Annotated, Any, Callable, Union
@@ -17,6 +18,7 @@ import tyro
 
 from recon.cli import parse_cli, run_main
 from recon.config import discover_dataparsers, discover_methods
+from recon.engine import distributed
 from recon.engine.trainer import Trainer, TrainerConfig
 from recon.errors import ConfigError
 
@@ -95,12 +97,19 @@ def load_viewer(name: str = VIEWER) -> Callable[[Trainer], None]:
 
 def main(args: list[str]) -> None:
     config = parse_args(args)
-    train_with_viewer = load_viewer() if config.viewer else None
+    if config.machine.world_size > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: start it
+        distributed.launch(config.machine, args, module="recon.cli.train")
+        return
+    # data-parallel: the viewer runs on rank 0 only (it reads the model under the trainer's lock)
+    train_with_viewer = load_viewer() if config.viewer and distributed.env_rank() == 0 else None
     trainer = Trainer(config)
-    if train_with_viewer is None:
-        trainer.train()
-    else:
-        train_with_viewer(trainer)
+    try:
+        if train_with_viewer is None:
+            trainer.train()
+        else:
+            train_with_viewer(trainer)
+    finally:
+        distributed.shutdown()
 
 
 def entrypoint() -> None:

@@ -106,6 +106,10 @@ class Optimizers:
         self.configs = {name: configs[name] for name in groups}
         self.optimizers = {name: cfg.build(groups[name]) for name, cfg in self.configs.items() if groups[name]}
 
+    def parameters(self) -> list[nn.Parameter]:
+        """Every parameter the optimizers step, group by group."""
+        return [p for opt in self.optimizers.values() for group in opt.param_groups for p in group["params"]]
+
     def zero_grad(self) -> None:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)

@@ -28,8 +28,9 @@ import tyro
 
 from recon.atomic import atomic_write_bytes
 from recon.config import DataParserConfig, InstantiateConfig, save_config
+from recon.engine import distributed
 from recon.engine.callbacks import Callback, Where, run_callbacks
-from recon.engine.checkpoint import find_checkpoint, list_checkpoints, load_into_model, remove_incomplete, load_model_state, load_train_state, save_checkpoint
+from recon.engine.checkpoint import checkpoint_paths, find_checkpoint, list_checkpoints, load_into_model, load_model_state, load_train_state, remove_incomplete, save_checkpoint
 from recon.engine.evaluate import evaluate_images
 from recon.engine.host_memory import cache_freed_host_memory
 from recon.engine.logging import console, make_progress, Writer
@@ -106,6 +107,9 @@ class TrainerConfig:
     leaves the C library's allocator as it is."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Progress and TensorBoard options."""
+    machine: distributed.MachineConfig = field(default_factory=distributed.MachineConfig)
+    """Data-parallel training: processes to start on this machine and the machines taking part
+    (or start ns-train with torchrun; see README "Data-parallel training")."""
     viewer: bool = False
     """Serve the live web viewer while training (its URL is printed)."""
     viewer_host: str = "127.0.0.1"
@@ -199,6 +203,7 @@ def train_step(model: Model, datamanager: Any, optimizers: Optimizers, callbacks
     loss = sum(losses.values())
     optimizers.zero_grad()
     loss.backward()
+    distributed.average_gradients(optimizers.parameters())  # data-parallel: mean over processes; no-op in one
     problem = nonfinite_problem(loss, losses, optimizers, step)
     if problem is None:
         run_callbacks(callbacks, Where.AFTER_BACKWARD, step, batch=batch, outputs=outputs, optimizers=optimizers)
@@ -219,6 +224,8 @@ def nonfinite_problem(loss: torch.Tensor, losses: dict[str, torch.Tensor], optim
     probe = loss.detach().float().sum()
     if flat:
         probe = probe + torch.stack([n.float() for n in torch._foreach_norm(flat)]).sum() * 0  # nan/inf survive * 0
+    if distributed.is_initialized():  # every process takes the same decision
+        distributed.all_reduce_(probe)
     if bool(torch.isfinite(probe)):
         return None
     terms = [f"{k} = {float(v.detach().float().sum())}" for k, v in losses.items() if not bool(torch.isfinite(v.detach()).all())]
@@ -262,22 +269,28 @@ class Trainer:
         self.config = config
         if config.data is not None:  # config.yml must find the data again from any working directory
             config.data = Path(config.data).expanduser().resolve()
-        self.device = config.resolve_device()
+        self.device = distributed.setup(config.resolve_device())  # data-parallel under torchrun: cuda:LOCAL_RANK
+        if not distributed.is_main():  # rank 0 alone reports and writes
+            console.quiet = True
+            config.logging.progress_bar = False
         if self.device.type == "cpu" and config.host_memory == "cache":
             cache_freed_host_memory()
         seed_everything(config.seed)
         self.outputs = load_dataset(config)
         self.datamanager = config.datamanager.setup(outputs=self.outputs, device=self.device, seed=config.seed)
+        distributed.shard_datamanager(self.datamanager)
         self.model: Model = config.model.setup(scene=scene_info(self.outputs)).to(self.device)
         self.model.check_datamanager(self.datamanager)
         self.model.initialize_from_data(self.datamanager)
+        distributed.broadcast_model(self.model)
         self.optimizers = Optimizers(config.optimizers, self.model.param_groups(), self.model.lr_multipliers())
         self.start_step = 0
         self.step = 0
         self.history: list[tuple[int, float]] = []
         self.nonfinite_steps = 0
         self.nonfinite_in_a_row = 0
-        self.run_dir = self._run_dir()
+        self.run_dir = distributed.broadcast_object(self._run_dir())  # rank 0's timestamp
+        self._stop_signalled = 0.0
         resume = None
         if config.load_dir is not None:
             resume = find_checkpoint(config.load_dir, config.load_step)
@@ -360,6 +373,8 @@ class Trainer:
         }
         if torch.cuda.is_available():
             train_state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        if not distributed.is_main():  # the ranks' states are identical; rank 0 alone writes
+            return checkpoint_paths(self.checkpoint_dir, step)[0]
         return save_checkpoint(
             self.checkpoint_dir, step, self.model.state_dict(), train_state, self.config.method_name, self.config.save_only_latest_checkpoint
         )
@@ -370,13 +385,14 @@ class Trainer:
         # These run after step s completes, i.e. with s + 1 steps done: shift by one.
         hooks = [(c.steps_per_save, lambda s, **_: self.save_checkpoint(s + 1))]
         if self.eval_images is not None:
-            hooks += [(c.steps_per_eval_image, self._eval_image), (c.steps_per_eval_all_images, self._eval_all)]
+            hooks += [(c.steps_per_eval_image, distributed.keep_rng(self._eval_image)), (c.steps_per_eval_all_images, distributed.keep_rng(self._eval_all))]
         return [Callback(fn, every=every, start=every - 1) for every, fn in hooks if every > 0]
 
     @property
     def eval_images(self) -> Any:
-        """The datamanager's evaluation images, or None for image-free inputs (or an empty split)."""
-        ds = getattr(self.datamanager, "eval_dataset", None)
+        """The datamanager's evaluation images, or None for image-free inputs (or an empty split), and
+        on every data-parallel rank but 0 (rank 0 alone evaluates)."""
+        ds = getattr(self.datamanager, "eval_dataset", None) if distributed.is_main() else None
         return ds if ds is not None and len(ds) > 0 else None
 
     def _eval_image(self, step: int, **_: Any) -> None:
@@ -401,9 +417,16 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
-        return train_step(self.model, self.datamanager, self.optimizers, self.callbacks, step)
+        values = train_step(self.model, self.datamanager, self.optimizers, self.callbacks, step)
+        # Data-parallel: losses averaged over the processes (the global batch's), and a stop request
+        # (Ctrl-C) acted on by every process after the same step.
+        values, (stop,) = distributed.average_scalars(values, [bool(self._stop_signalled)])
+        self._stop_requested = getattr(self, "_stop_requested", False) or stop
+        return values
 
     def setup_run_dir(self) -> None:
+        if not distributed.is_main():
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.run_dir / "config.yml")
         self.outputs.save_transforms(self.run_dir / "dataparser_transforms.json")
@@ -412,6 +435,11 @@ class Trainer:
 
     def request_stop(self, *_: Any) -> None:
         """Ctrl-C: finish the current step, write a checkpoint, then stop (a second Ctrl-C aborts)."""
+        if distributed.world_size() > 1:  # Ctrl-C reaches each process twice (terminal, torchrun): abort on one 2 s later
+            if self._stop_signalled and time.monotonic() - self._stop_signalled > 2.0:
+                raise KeyboardInterrupt
+            self._stop_signalled = self._stop_signalled or time.monotonic()
+            return
         if self._stop_requested:
             raise KeyboardInterrupt
         self._stop_requested = True

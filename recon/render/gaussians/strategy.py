@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recon.engine import distributed
 from recon.rotations import quaternion_to_matrix
 
 __all__ = [
@@ -232,9 +233,16 @@ class DefaultStrategy:
             ids = torch.nonzero(visible, as_tuple=True)[1]
             grads = grads[visible]
             radii = radii[visible].amax(dim=-1)
-        state["grad2d"].index_add_(0, ids, grads.norm(dim=-1))
-        state["count"].index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
-        state["radii"].scatter_reduce_(0, ids, radii.float() / float(max(width, height)), reduce="amax")
+        # This step's increments, summed (radii: maximum) over data-parallel processes before they
+        # count, so that every process refines the same Gaussians (a no-op in one process).
+        grad2d = torch.zeros_like(state["grad2d"]).index_add_(0, ids, grads.norm(dim=-1))
+        count = torch.zeros_like(state["count"]).index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
+        radii = torch.zeros_like(state["radii"]).scatter_reduce_(0, ids, radii.float() / float(max(width, height)), reduce="amax")
+        distributed.all_reduce_(grad2d, count)
+        distributed.all_reduce_(radii, op="max")
+        state["grad2d"] += grad2d
+        state["count"] += count
+        torch.maximum(state["radii"], radii, out=state["radii"])
 
     @torch.no_grad()
     def _grow(self, params: Params, optimizers: Optimizers, state: dict, step: int) -> tuple[int, int]:

@@ -77,9 +77,10 @@ def train_block(payload: dict[str, Any]) -> dict[str, Any]:
     from recon.engine.trainer import Trainer
 
     index, config = int(payload["index"]), from_plain(payload["config"])
-    run_dir = Path(config.output_dir) / config.experiment_name / config.method_name / config.timestamp
-    if list_checkpoints(run_dir / "checkpoints"):
-        config.load_dir = run_dir
+    if config.experiment_name and "{" not in config.timestamp:  # a fixed run folder: resume what it holds
+        run_dir = Path(config.output_dir) / config.experiment_name / config.method_name / config.timestamp
+        if list_checkpoints(run_dir / "checkpoints"):
+            config.load_dir = run_dir
     name, total = block_name(index), config.max_num_iterations
     trainer = Trainer(config)
     every = max(total // 10, 1)

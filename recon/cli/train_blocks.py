@@ -167,6 +167,8 @@ def train_blocks(config: TrainerConfig, options: BlocksOptions, log: Callable[[s
     if config.load_dir is not None:
         parent = Path(config.load_dir)
         state = read_state(parent)
+        if state.get("method") != config.method_name:
+            raise ConfigError(f"--load-dir: this block run trains {state.get('method')!r}, not {config.method_name!r}", parent)
         base = from_plain(state["config"])
         kept = BlocksOptions(**state["options"])
         options = dataclasses.replace(options, **{k: getattr(kept, k) for k in ("blocks", "overlap", "up", "balance", "visibility")})

@@ -246,6 +246,9 @@ def test_rerun_skips_finished_blocks_and_only_block_trains_one(pool_run):
     config, options = parse_args(["splat", "--load-dir", str(pool_run), "--only-block", "2"])
     with pytest.raises(ConfigError, match=r"--only-block 2 is out of range: this run has blocks 0 to 1"):
         train_blocks(config, options, log=lambda line: None)
+    config, options = parse_args(["3dcs-small", "--load-dir", str(pool_run)])
+    with pytest.raises(ConfigError, match="this block run trains 'splat', not '3dcs-small'"):
+        train_blocks(config, options, log=lambda line: None)
 
 
 def test_command_line_errors(city, tmp_path):

@@ -135,7 +135,10 @@ class RaySession:
         self.started = not ray.is_initialized()
         if self.started:
             if address:
-                ray.init(address=address, include_dashboard=False)
+                try:
+                    ray.init(address=address, include_dashboard=False)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise ConfigError(f"--ray-address {address}: cannot join a Ray cluster there ({_describe(exc)})") from None
             else:
                 ray.init(num_cpus=num_cpus, include_dashboard=False)
 

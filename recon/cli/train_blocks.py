@@ -99,8 +99,12 @@ def parse_args(args: list[str]) -> tuple[TrainerConfig, BlocksOptions]:
     from recon.cli.train import parse_args as parse_train_args
 
     if not args or args[0] in ("-h", "--help"):
-        print("usage: ns-train-blocks <method> [--data PATH] [block options] [ns-train options]\n")
-        parse_cli(lambda: tyro.cli(BlocksOptions, args=["--help"], prog="ns-train-blocks <method>"), "ns-train-blocks")
+        print("usage: ns-train-blocks <method> [--data PATH] [block options] [ns-train options]\n"
+              "(`ns-train` lists the methods, `ns-train <method> --help` their options)\n")
+        try:
+            parse_cli(lambda: tyro.cli(BlocksOptions, args=["--help"], prog="ns-train-blocks <method>"), "ns-train-blocks")
+        except SystemExit:
+            raise SystemExit(0 if args else 2) from None
     mine, rest = split_args(args[1:])
     options = parse_cli(lambda: tyro.cli(BlocksOptions, args=mine, prog="ns-train-blocks"), "ns-train-blocks")
     return parse_train_args([args[0], *rest]), options
@@ -162,6 +166,7 @@ def train_blocks(config: TrainerConfig, options: BlocksOptions, log: Callable[[s
     """Partition, train the blocks (skipping finished ones), merge, export the PLY and evaluate;
     returns the block run's folder. See the module docstring."""
     _check(config, options)
+    kind = resolve_executor(options.executor, options.ray_address)
     if config.data is not None:
         config.data = Path(config.data).expanduser().resolve()
     if config.load_dir is not None:
@@ -201,7 +206,6 @@ def train_blocks(config: TrainerConfig, options: BlocksOptions, log: Callable[[s
         for b in sorted(set(range(n)) - set(todo)):
             log(f"[{dirs[b].name}] already finished: skipped")
     if todo:
-        kind = resolve_executor(options.executor, options.ray_address)
         workers = options.max_workers or max(1, min(len(todo), (os.cpu_count() or 1) // options.threads_per_block))
         log(f"training {len(todo)} block(s) on {'Ray' + (' at ' + options.ray_address if options.ray_address else ' (local)') if kind == 'ray' else 'a process pool'}, {workers} at a time")
 

@@ -103,17 +103,7 @@ def points_seen_by(outputs: DataparserOutputs, frames: list[int], min_views: int
     num = len(outputs.points3d)
     seen = tracks[np.isin(tracks[:, 1], np.asarray(frames, dtype=np.int64))]
     keep = np.bincount(seen[:, 0], minlength=num)[:num] >= min_views
-    new_index = np.cumsum(keep) - 1
-    rows = keep[tracks[:, 0]]
-    kept_tracks = np.stack([new_index[tracks[rows, 0]], tracks[rows, 1]], axis=1)
-    rgb, keypoints = outputs.points3d_rgb, outputs.points3d_keypoints
-    return replace(
-        outputs,
-        points3d=outputs.points3d[keep],
-        points3d_rgb=None if rgb is None else rgb[keep],
-        points3d_tracks=kept_tracks,
-        points3d_keypoints=None if keypoints is None else keypoints[rows],
-    )
+    return _keep_points(outputs, keep)
 
 
 def triangulate_tracks(
@@ -267,3 +257,61 @@ def apply_few_shot(outputs: DataparserOutputs, k: int, protocol: FewShotProtocol
             how = "all" if points == "all" else "all (the format gives no tracks)"
         metadata["few_shot"]["points"] = {"kept": how, "count": len(outputs.points3d), "of": before}
     return replace(outputs, splits=splits, metadata=metadata)
+
+
+def apply_block(outputs: DataparserOutputs, train_views: list[int] | None, points_box: tuple[float, ...] | None) -> DataparserOutputs:
+    """``outputs`` narrowed to one block of a block-partitioned run (``ns-train-blocks``,
+    :mod:`recon.blocks`): the train split becomes ``train_views`` (frame indices, each in the train
+    split), the sparse points those inside ``points_box`` (min x y z, max x y z; normalised frame;
+    infinite sides are open), and the scene box is clipped to the box's finite sides. The
+    normalisation, the val/test splits and the frame indexing stay those of the whole dataset, so
+    every block trains in one common frame and their results can be merged. What was kept is in
+    ``metadata["block"]``. ConfigError for a view outside the train split or an empty selection."""
+    if train_views is None and points_box is None:
+        return outputs
+    splits, metadata = dict(outputs.splits), dict(outputs.metadata)
+    info: dict = {}
+    if train_views is not None:
+        train = set(outputs.splits.get("train", []))
+        views = sorted({int(i) for i in train_views})
+        outside = [i for i in views if i not in train]
+        if outside:
+            raise ConfigError(f"train_views: frame(s) {outside[:5]} are not in the train split ({len(train)} views)")
+        if not views:
+            raise ConfigError("train_views is empty: a block needs at least one training view")
+        splits["train"] = views
+        info["train_views"] = len(views)
+    scene_box = outputs.scene_box
+    if points_box is not None:
+        box = np.asarray(points_box, dtype=np.float64).reshape(2, 3)
+        if not (box[0] <= box[1]).all():
+            raise ConfigError(f"points_box: each min must not exceed its max, got {points_box}")
+        if outputs.points3d is not None:
+            pts = np.asarray(outputs.points3d, dtype=np.float64)
+            keep = ((pts >= box[0]) & (pts <= box[1])).all(1)
+            outputs = _keep_points(outputs, keep)
+            info["points"] = int(keep.sum())
+        aabb = scene_box.aabb.clone()
+        lo, hi = torch.as_tensor(np.maximum(box[0], aabb[0].double().numpy())), torch.as_tensor(np.minimum(box[1], aabb[1].double().numpy()))
+        if (lo < hi).all():  # a box beside the content keeps the content box
+            aabb = torch.stack([lo, hi]).to(aabb.dtype)
+        scene_box = replace(scene_box, aabb=aabb)
+    metadata["block"] = info
+    return replace(outputs, splits=splits, metadata=metadata, scene_box=scene_box)
+
+
+def _keep_points(outputs: DataparserOutputs, keep: np.ndarray) -> DataparserOutputs:
+    """``outputs`` with only the sparse points where ``keep`` [P] is true; tracks and keypoints follow."""
+    tracks, rgb, keypoints = outputs.points3d_tracks, outputs.points3d_rgb, outputs.points3d_keypoints
+    kept_tracks = None
+    if tracks is not None:
+        rows = keep[tracks[:, 0]]
+        kept_tracks = np.stack([(np.cumsum(keep) - 1)[tracks[rows, 0]], tracks[rows, 1]], axis=1)
+        keypoints = None if keypoints is None else keypoints[rows]
+    return replace(
+        outputs,
+        points3d=outputs.points3d[keep],
+        points3d_rgb=None if rgb is None else rgb[keep],
+        points3d_tracks=kept_tracks,
+        points3d_keypoints=keypoints,
+    )

@@ -252,6 +252,12 @@ class DataParserConfig(InstantiateConfig):
     train-views); train-views: the full model's points that two or more chosen views observed
     (COLMAP, LLFF with sparse/0), still placed by the bundle adjustment over every image; all:
     every point. Formats without tracks (synthetic, nerfstudio, LLFF without sparse/0) keep all."""
+    train_views: list[int] | None = None
+    """Block training (``ns-train-blocks`` sets it): keep only these frames (indices into the dataset's
+    frames, all in its train split) for training, after any few-shot selection; val/test untouched."""
+    points_box: tuple[float, float, float, float, float, float] | None = None
+    """Block training (``ns-train-blocks`` sets it): keep only the sparse points inside this box (min x y z,
+    max x y z in the normalised frame; +-inf leaves a side open) and clip the scene box to it."""
 
     def load(self, data: Path | None) -> Any:
         """Parse ``data`` into a ``data.base.DataparserOutputs``."""

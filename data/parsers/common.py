@@ -4,7 +4,8 @@ A parser config is a dataclass (its fields become CLI flags through tyro, its fi
 the ``--help`` text) whose :meth:`ParserConfig.load` reads a dataset folder and returns a
 normalised :class:`~data.base.DataparserOutputs` with every split. Subclasses implement
 :meth:`ParserConfig.parse`; ``load`` adds the checks common to all formats and the few-shot
-selection (:func:`data.splits.apply_few_shot`) when ``num_train_views`` is set.
+selection (:func:`data.splits.apply_few_shot`) when ``num_train_views`` is set, then a block's
+selection (:func:`data.splits.apply_block`) when ``train_views`` or ``points_box`` is set.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from data.base import DataparserOutputs, SceneBox
-from data.splits import apply_few_shot
+from data.splits import apply_block, apply_few_shot
 from recon.cameras import MAX_IMAGE_SIDE, Cameras
 from recon.config import DataParserConfig
 from recon.errors import DataError
@@ -47,7 +48,7 @@ class ParserConfig(DataParserConfig):
         if self.num_train_views is not None:
             protocol = outputs.metadata.get("few_shot_protocol", "even")
             outputs = apply_few_shot(outputs, self.num_train_views, protocol, self.few_shot_points)
-        return outputs
+        return apply_block(outputs, self.train_views, self.points_box)
 
     def parse(self, data: Path) -> DataparserOutputs:
         """Format-specific reading; ``data`` exists. Overridden by every format."""

@@ -358,12 +358,19 @@ class Trainer:
     def save_checkpoint(self, step: int) -> Path:
         """Write the checkpoint for ``step``; a destination that cannot take it (a full disk) stops
         training with a :class:`TrainingError` naming the last complete checkpoint, which stays intact."""
+        failure: WriteError | None = None
         try:
-            return self._save_checkpoint(step)
+            path = self._save_checkpoint(step)
         except WriteError as exc:
-            steps = list_checkpoints(self.checkpoint_dir)
-            last = f"the last complete checkpoint, step {steps[-1]}, is intact" if steps else "no earlier checkpoint exists"
-            raise TrainingError(f"{exc}; training stopped at step {step}; {last}: free space and resume with --load-dir {self.run_dir}") from None
+            failure = exc
+        # Data-parallel: rank 0 writes, and every rank must stop with it (or wait forever).
+        _, (failed_somewhere,) = distributed.average_scalars({}, [failure is not None])
+        if failure is None and not failed_somewhere:
+            return path
+        steps = list_checkpoints(self.checkpoint_dir)
+        last = f"the last complete checkpoint, step {steps[-1]}, is intact" if steps else "no earlier checkpoint exists"
+        what = failure if failure is not None else f"rank 0 could not write the checkpoint of step {step}"
+        raise TrainingError(f"{what}; training stopped at step {step}; {last}: free space and resume with --load-dir {self.run_dir}") from None
 
     def _save_checkpoint(self, step: int) -> Path:
         train_state: dict[str, Any] = {

@@ -11,6 +11,8 @@ Test-only switches, read from the environment:
   after an interruption): the loss history, the number of parameters and a hash of the model;
 - ``RECON_TEST_STOP``: ``RANK:STEP``: that rank alone asks to stop (as Ctrl-C does) after STEP + 1
   steps; every rank must stop at the same step.
+- ``RECON_TEST_WRITE_FAIL``: ``STEP``: rank 0's checkpoint write of that step fails as on a full
+  disk; every rank must stop (not wait for rank 0 forever).
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ def instrument() -> None:
 
     train = Trainer.train
     rank = os.environ.get("RANK", "0")
+
+    fail_at = os.environ.get("RECON_TEST_WRITE_FAIL")
+    if fail_at and rank == "0":
+        from recon.errors import WriteError
+
+        save = Trainer._save_checkpoint
+
+        def failing(self, step):
+            if step == int(fail_at):
+                raise WriteError("cannot write this file: no space left on device (test)", "step.safetensors")
+            return save(self, step)
+
+        Trainer._save_checkpoint = failing
 
     def instrumented(self):
         stop = os.environ.get("RECON_TEST_STOP", "")

@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -279,3 +280,15 @@ def test_a_batch_the_processes_cannot_share_is_one_line(scene, tmp_path):
     error = "error: --datamanager.train-num-rays-per-batch 127 (the global batch) is not divisible by the 2 data-parallel processes"
     assert done.stderr.splitlines().count(error) == 1 and "Traceback" not in done.stderr, done.stderr  # once, not per process
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_rank0_cannot_write_stops_every_rank(scene, tmp_path):
+    """A full disk on rank 0 (the only writer) must stop the other ranks too, not leave them waiting
+    in the next collective."""
+    args = ["nerf-hash-small", "--data", str(scene), "--output-dir", "out", *SILENT_FLAGS, *flags(NERF), "--steps-per-save", "4"]
+    start = time.monotonic()
+    reports = run_two(args, tmp_path, expect_ok=False, RECON_TEST_WRITE_FAIL="4")
+    assert time.monotonic() - start < 120
+    # the save of step 4 runs in the hooks of the 4th step, before the step count moves on
+    assert {r["step"] for r in reports.values()} == {3} and len(reports) == 2

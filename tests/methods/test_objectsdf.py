@@ -227,6 +227,7 @@ def test_object_meshes_and_segmentation_on_synthetic_scene(tmp_path, quiet_confi
     untrained = score()
     trainer.train()
     fscores, iou = score()
+    print(f"object F-scores {fscores}, segmentation IoU {iou}; untrained {untrained}")
     assert len(fscores) == 6 and min(fscores.values()) > OBJECT_FSCORE, (fscores, untrained)
     assert np.mean(list(iou.values())) > SEGMENTATION_IOU, (iou, untrained)
     assert max(untrained[0].values()) < OBJECT_FSCORE / 2, untrained

@@ -15,6 +15,7 @@ from recon.engine.callbacks import Callback
 from recon.engine.checkpoint import find_checkpoint
 from recon.engine.evaluate import evaluate_images
 from recon.engine.trainer import Trainer
+from recon.errors import WriteError
 
 TINY = get_method("vanilla-nerf").test_overrides
 
@@ -96,7 +97,7 @@ def test_failed_eval_summary_write_keeps_the_previous_file(tiny_scene, tmp_path,
 
     monkeypatch.setattr(recon.atomic, "fsync_path", failing_flush)
     resumed = Trainer(config(8, load_dir=first.run_dir))
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(WriteError, match="eval_summary.json: cannot write this file: no space left on device"):
         resumed.train()
     assert summary.read_bytes() == before
     assert sorted(p.name for p in first.run_dir.iterdir() if "eval_summary" in p.name) == ["eval_summary.json"]

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_RUN := outputs/demo/vanilla-nerf-small/demo
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test fuzz faults bench clean
+.PHONY: install install-test demo test fuzz faults bench interop clean
 
 install:
 	bash scripts/install.sh $(VENV)
@@ -39,6 +39,14 @@ faults: install-test
 
 bench: install
 	$(BIN)/python -m benchmarks.bench_vanilla_nerf
+
+# recon beside nerfstudio 1.1.5 in a scratch venv (INTEROP_VENV, outside the repository): installs
+# both (about 1.5 GB of downloads, so not part of `make test`), then checks both tools' --help through
+# the same ns-train, one short training and one ns-eval of each; about 6 minutes on 2 cores after the
+# downloads. INTEROP_SKIP_INSTALL=1 reruns the checks only. README "Beside nerfstudio".
+INTEROP_VENV ?= /tmp/recon-interop-venv
+interop:
+	bash scripts/interop.sh $(INTEROP_VENV)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -122,14 +122,14 @@ class Subset:
 
 def train_and_evaluate(
     method: str, data: Path, output_dir: Path, steps: int, test_every: int = 8, device: str = "auto", eval_every: int = 0,
-    on_point: Callable[[dict[str, float]], None] | None = None, time_budget_s: float | None = None, **changes: Any
+    on_point: Callable[[dict[str, float]], None] | None = None, time_budget_s: float | None = None, train_psnr: bool = True, **changes: Any
 ) -> tuple[Any, dict[str, Any]]:
     """Train preset ``method`` (with ``changes``; every optimizer's schedule rescaled to ``steps``)
     quietly, then evaluate every ``test_every``-th test image. Returns the trainer and a result row.
     ``time_budget_s`` ends training after that many seconds (evaluations excluded) if ``steps`` are
     not done by then; ``row["steps"]`` counts the steps taken.
     ``eval_every`` > 0 also evaluates those test images and every training image every that many
-    steps: ``row["curve"]`` lists ``{step, psnr, ssim, train_psnr}`` (and ``gaussians`` for Gaussian models; the end of training included),
+    steps: ``row["curve"]`` lists ``{step, psnr, ssim, train_psnr}`` (``train_psnr`` only with ``train_psnr``) (and ``gaussians`` for Gaussian models; the end of training included),
     and ``on_point`` (if given) receives each point as it is measured, so a run cut short still reports."""
     from recon.config import get_method, override
     from recon.engine.evaluate import evaluate_images
@@ -153,8 +153,9 @@ def train_and_evaluate(
 
     def point(step: int) -> dict[str, Any]:
         test = test_metrics()
-        train = evaluate_images(trainer.model, trainer.datamanager.train_dataset, with_lpips=False, progress=False)
-        curve.append({"step": step, "psnr": test["mean"]["psnr"], "ssim": test["mean"]["ssim"], "train_psnr": train["mean"]["psnr"]})
+        curve.append({"step": step, "psnr": test["mean"]["psnr"], "ssim": test["mean"]["ssim"]})
+        if train_psnr:  # every training image: the costly part of a point
+            curve[-1]["train_psnr"] = evaluate_images(trainer.model, trainer.datamanager.train_dataset, with_lpips=False, progress=False)["mean"]["psnr"]
         if hasattr(trainer.model, "num_primitives"):
             curve[-1]["gaussians"] = int(trainer.model.num_primitives)
         if on_point is not None:

@@ -96,14 +96,19 @@ def _load_spec(name: str, target: str) -> MethodSpec | None:
     return spec
 
 
-def discover_methods() -> dict[str, MethodSpec]:
-    """All registered methods by name, from entry points and ``RECON_METHODS``."""
+def method_targets() -> dict[str, str]:
+    """``{name: "module:attr"}`` of every registered method (entry points, then ``RECON_METHODS``); imports nothing."""
     found: dict[str, str] = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
     for item in filter(None, os.environ.get("RECON_METHODS", "").split(",")):
         name, _, target = item.partition("=")
         found[name.strip()] = target.strip()
+    return found
+
+
+def discover_methods() -> dict[str, MethodSpec]:
+    """All registered methods by name, from entry points and ``RECON_METHODS``."""
     methods: dict[str, MethodSpec] = {}
-    for name, target in sorted(found.items()):
+    for name, target in sorted(method_targets().items()):
         spec = _load_spec(name, target)
         if spec is not None:
             methods[name] = spec

@@ -22,6 +22,7 @@ import numpy as np
 import tyro
 
 from recon.cli import parse_cli, run_main
+from recon.cli.handoff import config_is_nerfstudios, dispatch
 from recon.errors import ConfigError, ReconError
 
 
@@ -166,6 +167,12 @@ def load_splats(path: Path) -> dict[str, np.ndarray]:
 def entrypoint() -> None:
     cfg = parse_cli(lambda: tyro.cli(ViewerCommand, args=sys.argv[1:]), "ns-viewer")
     run_main(cfg.run)
+
+
+
+def ns_entrypoint() -> None:
+    """``ns-viewer``: a nerfstudio run's config.yml goes to nerfstudio's ns-viewer when it is installed."""
+    dispatch("ns-viewer", entrypoint, config_is_nerfstudios)
 
 
 if __name__ == "__main__":

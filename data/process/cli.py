@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Union, get_args
 
 import tyro
 
@@ -16,6 +16,7 @@ from data.process.inputs import copy_images, extract_frames, list_input_images
 from data.process.output import check_output_dir, staged_output, write_downscales, write_nerfstudio
 from data.process.sfm import CameraModel, MatchingMethod, run_sfm
 from recon.cli import parse_cli, run_main
+from recon.cli.handoff import dispatch
 from recon.engine.logging import console
 from recon.errors import DataError
 
@@ -198,6 +199,21 @@ def entrypoint() -> None:
         "ns-process-data",
     )
     run_main(cfg.run)
+
+
+
+RECON_KINDS = tuple(kind.__metadata__[0].name for kind in get_args(Commands))
+"""The input kinds recon's ns-process-data handles (its sub-commands)."""
+
+
+def is_nerfstudio_kind(args: list[str]) -> bool:
+    """Rule of ``ns-process-data``: the first argument is a kind recon does not offer (polycam, record3d, ...)."""
+    return bool(args) and not args[0].startswith("-") and args[0] not in RECON_KINDS
+
+
+def ns_entrypoint() -> None:
+    """``ns-process-data``: input kinds recon lacks go to nerfstudio's ns-process-data when it is installed."""
+    dispatch("ns-process-data", entrypoint, is_nerfstudio_kind)
 
 
 if __name__ == "__main__":

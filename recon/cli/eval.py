@@ -12,6 +12,7 @@ from typing import Literal
 import tyro
 
 from recon.cli import parse_cli, run_main
+from recon.cli.handoff import config_is_nerfstudios, dispatch
 from recon.engine.evaluate import evaluate_images
 from recon.engine.logging import console
 from recon.engine.run import load_run
@@ -54,6 +55,12 @@ def main(cfg: EvalConfig) -> dict:
 def entrypoint() -> None:
     cfg = parse_cli(lambda: tyro.cli(EvalConfig, args=sys.argv[1:]), "ns-eval")
     run_main(lambda: main(cfg))
+
+
+
+def ns_entrypoint() -> None:
+    """``ns-eval``: a nerfstudio run's config.yml goes to nerfstudio's ns-eval when it is installed."""
+    dispatch("ns-eval", entrypoint, config_is_nerfstudios)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import tyro
 from torch import Tensor
 
 from recon.cli import parse_cli, run_main
+from recon.cli.handoff import config_is_nerfstudios, dispatch
 from recon.engine.logging import console
 from recon.engine.run import LoadedRun, load_deformations, load_run
 from recon.errors import ConfigError
@@ -425,6 +426,12 @@ Commands = Union[
 def entrypoint() -> None:
     cfg = parse_cli(lambda: tyro.cli(Commands, args=sys.argv[1:], prog="ns-export", description="Export geometry from a trained run."), "ns-export")  # type: ignore[arg-type]
     run_main(cfg.run)
+
+
+
+def ns_entrypoint() -> None:
+    """``ns-export``: a nerfstudio run's config.yml goes to nerfstudio's ns-export when it is installed."""
+    dispatch("ns-export", entrypoint, config_is_nerfstudios)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import tyro
 
 from recon.cameras import Cameras
 from recon.cli import parse_cli, run_main
+from recon.cli.handoff import config_is_nerfstudios, dispatch
 from recon.engine.evaluate import to_uint8
 from recon.engine.logging import console, make_progress
 from recon.engine.run import LoadedRun, load_deformations, load_run
@@ -164,6 +165,12 @@ Commands = Union[
 def entrypoint() -> None:
     cfg = parse_cli(lambda: tyro.cli(Commands, args=sys.argv[1:], description="Render a trained run along a camera path."), "ns-render")  # type: ignore[arg-type]
     run_main(cfg.run)
+
+
+
+def ns_entrypoint() -> None:
+    """``ns-render``: a nerfstudio run's config.yml goes to nerfstudio's ns-render when it is installed."""
+    dispatch("ns-render", entrypoint, config_is_nerfstudios)
 
 
 if __name__ == "__main__":

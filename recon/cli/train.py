@@ -17,7 +17,8 @@ from typing import Annotated, Any, Callable, Union
 import tyro
 
 from recon.cli import parse_cli, run_main
-from recon.config import discover_dataparsers, discover_methods
+from recon.cli.handoff import dispatch, help_note
+from recon.config import discover_dataparsers, discover_methods, method_targets
 from recon.engine import distributed
 from recon.engine.trainer import Trainer, TrainerConfig
 from recon.errors import ConfigError
@@ -50,7 +51,7 @@ def parse_args(args: list[str]) -> TrainerConfig:
     if not methods:
         raise ConfigError("no methods are registered (is recon installed? try `pip install -e .`)")
     if not args or args[0] in ("-h", "--help"):
-        print(_usage(methods))
+        print(_usage(methods) + help_note())
         raise SystemExit(0 if args else 2)
     name = args[0]
     if name not in methods:
@@ -113,7 +114,18 @@ def main(args: list[str]) -> None:
 
 
 def entrypoint() -> None:
+    """``recon-train``: recon's methods only."""
     run_main(lambda: main(sys.argv[1:]))
+
+
+def is_nerfstudio_method(args: list[str]) -> bool:
+    """Rule of ``ns-train``: the first argument is a method name that recon does not register."""
+    return bool(args) and not args[0].startswith("-") and args[0] not in method_targets()
+
+
+def ns_entrypoint() -> None:
+    """``ns-train``: recon's methods here, any other method to nerfstudio's ns-train when it is installed."""
+    dispatch("ns-train", entrypoint, is_nerfstudio_method)
 
 
 if __name__ == "__main__":

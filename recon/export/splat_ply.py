@@ -17,6 +17,11 @@ a ``float`` (float32), in this order::
 
 K = (degree + 1)^2, so M is 0, 9, 24 or 45 for degrees 0 to 3.
 
+The reader also takes nerfstudio's splatfacto exports (``ns-export gaussian-splat``): the same
+properties in the same order after two header comments, or, with ``--ply-color-mode rgb``,
+``red green blue`` (uchar) in place of ``f_dc_*`` and no ``f_rest_*``: those colours become the
+degree-0 coefficient ``(c / 255 - 0.5) / C0`` (C0 = 0.2820947917738781, the SH degree-0 constant).
+
 In memory the splats follow gsplat's parameter convention, shared by the whole Gaussian backend:
 a mapping of tensors
 
@@ -70,6 +75,9 @@ _PLY_TYPES: dict[str, str] = {
 _FORMATS = {"binary_little_endian": "<", "binary_big_endian": ">", "ascii": None}
 _REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
              "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")  # fmt: skip
+_DC = ("f_dc_0", "f_dc_1", "f_dc_2")
+_RGB = ("red", "green", "blue")  # nerfstudio's --ply-color-mode rgb, instead of _DC
+_SH_C0 = 0.28209479177387814
 _F_REST = re.compile(r"f_rest_(\d+)")
 
 
@@ -294,7 +302,8 @@ def read_splat_ply(path: str | Path) -> dict[str, torch.Tensor]:
         names = [p for p, _, _ in props]
         if len(set(names)) != len(names):
             raise SplatPlyError("the 'vertex' element declares a property twice", path)
-        missing = [p for p in _REQUIRED if p not in names]
+        rgb_colours = not any(p in names for p in _DC) and all(p in names for p in _RGB)
+        missing = [p for p in _REQUIRED if p not in names and not (rgb_colours and p in _DC)]
         if missing:
             raise SplatPlyError(f"not a Gaussian-splat PLY: missing vertex properties {', '.join(missing)}", path)
         rest_ids = sorted(int(m.group(1)) for p in names if (m := _F_REST.fullmatch(p)))
@@ -321,7 +330,8 @@ def read_splat_ply(path: str | Path) -> dict[str, torch.Tensor]:
         "scales": cols("scale_0", "scale_1", "scale_2"),
         "quats": cols("rot_0", "rot_1", "rot_2", "rot_3"),
         "opacities": cols("opacity").reshape(n),
-        "sh0": cols("f_dc_0", "f_dc_1", "f_dc_2").reshape(n, 1, 3),
+        "sh0": (cols(*_RGB) / 255.0 - 0.5) / _SH_C0 if rgb_colours else cols(*_DC),
         "shN": rest.reshape(n, 3, k - 1).transpose(0, 2, 1),  # channel-major file -> [N, K-1, 3]
     }
+    arrays["sh0"] = arrays["sh0"].astype(np.float32).reshape(n, 1, 3)
     return {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in arrays.items()}

@@ -281,7 +281,7 @@ def main() -> None:
     for name in rows:
         results = compare(name, args)
         mode = f"equal wall-clock, {args.budget:.0f} s each" if args.budget else f"equal steps, {args.steps} each"
-        command = f"python -m benchmarks.peers.bench_nerfstudio --rows {name} " + (f"--budget {args.budget:g}" if args.budget else f"--steps {args.steps}") + f" --test-every {args.test_every} --ns-save-every {args.ns_save_every}"
+        command = f"python -m benchmarks.peers.bench_nerfstudio --rows {name} " + (f"--budget {args.budget:g}" if args.budget else f"--steps {args.steps}") + f" --test-every {args.test_every} --ns-save-every {args.ns_save_every}" + (f" --recon-methods {args.recon_methods}" if args.recon_methods else "")
         columns = ["tool", "method", "steps", "s_per_step", "peak_mem_mb", "psnr", "ssim", "test_images", "time_to_equal_psnr_ratio",
                    "psnr_at_equal_time_diff_db", "equal_time_s", "psnr_at_equal_steps_diff_db", "equal_steps"]
         table = append_results(f"recon vs nerfstudio 1.1.5: {name}, {mode} (`{command}`)", columns, results, record=not args.no_record)

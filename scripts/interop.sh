@@ -48,7 +48,8 @@ if [ -z "${INTEROP_SKIP_INSTALL:-}" ]; then
   step "install nerfstudio's dependencies";      "${pip[@]}" "${NS_DEPS[@]}"
   step "install nerfacc 0.5.2, gsplat 1.4.0 (--no-deps)"; "${pip[@]}" --no-deps nerfacc==0.5.2 gsplat==1.4.0
   site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-  step "copy the CPU shim into $site";          cp -r "$repo"/benchmarks/peers/ns_cpu_shim/{torchvision,ns_cpu_shim.py,ns_cpu_shim.pth} "$site"/
+  step "copy the CPU shim into $site";          cp -r "$repo"/benchmarks/peers/ns_cpu_shim/{torchvision,ns_cpu_shim.py} "$site"/
+  echo "import ns_cpu_shim; ns_cpu_shim.install()" > "$site"/ns_cpu_shim.pth  # site's startup hook, written here (not a repo file)
   step "install recon (editable, last)";         "${pip[@]}" -e "$repo"
   set +e
 fi

@@ -2,10 +2,13 @@
 follow (Gao et al. 2024, sec. 4: interactive as-rigid-as-possible editing of the proxy).
 
 * **Show proxy mesh**: the proxy (deformed, when it is) as a wireframe overlay.
-* Two gizmos: **handle** and **anchor**. "Grab" takes the vertices within "Radius" of each: the
+* Two gizmos: **handle** and **anchor**, placed by dragging them or by clicking the mesh ("Click
+  places": the gizmo jumps to the vertex nearest to where the click's ray first meets the mesh as
+  it is now, deformed or not). "Grab" takes the vertices within "Radius" of each: the
   handle's move with the handle gizmo (rigidly, about the gizmo's position at the grab), the
   anchor's stay; every other vertex follows by ARAP (:class:`recon.geometry.arap.ArapSolver`,
-  solved on the server at each gizmo update).
+  solved on the server at each gizmo update, each solve starting from the previous one so a large
+  turn builds up over the drag).
 * **Reset** returns to the rest pose; **Save deformed mesh** writes the deformed proxy, in the input
   poses' frame, to ``<run>/deformed_proxy.ply`` (``ns-render --deform`` takes it).
 
@@ -29,6 +32,7 @@ from torch import Tensor
 from recon.cameras import Cameras
 from recon.export.mesh_io import write_mesh
 from recon.geometry.arap import ArapSolver
+from recon.geometry.mesh import first_ray_hit
 from recon.panel_api import Panel, PanelContext
 from recon.rotations import quaternion_to_matrix
 
@@ -47,6 +51,8 @@ class MeshDeformer:
         self.handles = self.anchors = np.zeros(0, dtype=np.int64)
         self.pivot = np.zeros(3)
         self._solver: ArapSolver | None = None
+        self._previous: np.ndarray | None = None
+        """The last solution of the current drag (float64), the next solve's first guess."""
 
     def grab(self, handle_centre: np.ndarray, anchor_centre: np.ndarray, radius: float) -> int:
         """Take the vertices within ``radius`` of each centre as the handle and the anchor (handle
@@ -56,9 +62,19 @@ class MeshDeformer:
         self.handles = near(handle_centre)
         self.anchors = np.setdiff1d(near(anchor_centre), self.handles)
         self.pivot = np.asarray(handle_centre, dtype=np.float64)
-        self._start = current
+        self._start = self._previous = current
         self._solver = ArapSolver(self.rest, self.faces, np.concatenate([self.handles, self.anchors])) if len(self.handles) else None
         return len(self.handles)
+
+    def pick(self, origin: np.ndarray, direction: np.ndarray) -> tuple[int, np.ndarray] | None:
+        """The vertex nearest to where a ray first meets the mesh as it is now (index, position), or None."""
+        current = self.rest if self.deformed is None else self.deformed.double().numpy()
+        hit = first_ray_hit(current, self.faces, origin, direction)
+        if hit is None:
+            return None
+        corners = self.faces[hit[0]]
+        nearest = int(corners[np.argmin(np.linalg.norm(current[corners] - hit[1], axis=-1))])
+        return nearest, current[nearest]
 
     def drag(self, rotation: np.ndarray, translation: np.ndarray) -> Tensor | None:
         """Move the handle rigidly, p -> R (p - pivot) + pivot + t from where it was at the grab,
@@ -67,11 +83,13 @@ class MeshDeformer:
             return None
         moved = {int(i): (np.asarray(rotation) @ (self._start[i] - self.pivot)) + self.pivot + np.asarray(translation) for i in self.handles}
         targets = np.stack([moved.get(int(i), self._start[i]) for i in self._solver.handles])
-        self.deformed = torch.from_numpy(self._solver.solve(targets, self.iterations)).float()
+        solved = self._solver.solve(targets, self.iterations, initial=self._previous)
+        self._previous = solved  # the next update of this drag starts from here
+        self.deformed = torch.from_numpy(solved).float()
         return self.deformed
 
     def reset(self) -> None:
-        self.deformed, self._solver = None, None
+        self.deformed, self._solver, self._previous = None, None, None
         self.handles = self.anchors = np.zeros(0, dtype=np.int64)
 
     def save(self, path: Path, to_input: Any) -> Path:
@@ -108,7 +126,9 @@ class MeshDeformPanel(Panel):
         radius = gui.add_number("Radius", initial_value=round(0.1 * extent, 4), min=0.0, max=10.0 * extent, step=0.001,
                                 hint="Grab takes the vertices within this distance of each gizmo.")
         grab, reset, save = gui.add_button("Grab"), gui.add_button("Reset deformation"), gui.add_button("Save deformed mesh")
-        status = gui.add_markdown("Move the handle and anchor gizmos onto the mesh, then Grab.")
+        picks = gui.add_dropdown("Click places", ("nothing", "handle", "anchor"), initial_value="handle",
+                                 hint="A click on the proxy mesh moves this gizmo to the nearest vertex of the face clicked.")
+        status = gui.add_markdown("Click the mesh (or move the gizmos) to place the handle and the anchor, then Grab.")
         handle = scene.add_transform_controls("/mesh_gs/handle", scale=0.2 * extent, position=tuple(centre + [0, 0, 0.3 * extent]))
         anchor = scene.add_transform_controls("/mesh_gs/anchor", scale=0.15 * extent, position=tuple(centre - [0, 0, 0.3 * extent]))
         overlay = {"mesh": None}
@@ -150,6 +170,19 @@ class MeshDeformPanel(Panel):
             path = d.save(Path(context.run_dir) / SAVE_NAME, input_frame(context.run_dir))
             status.content = f"Saved {path.name}."
 
+        def clicked(event: Any) -> None:
+            which = str(picks.value)
+            if which == "nothing":
+                return
+            with self._lock:
+                vertex = d.pick(np.asarray(event.ray_origin, dtype=np.float64), np.asarray(event.ray_direction, dtype=np.float64))
+            if vertex is None:
+                status.content = "The click missed the proxy mesh."
+                return
+            (handle if which == "handle" else anchor).position = tuple(float(x) for x in vertex[1])
+            status.content = f"{which.capitalize()} placed on vertex {vertex[0]}; Grab takes the vertices within Radius of each gizmo."
+
+        scene.on_click()(clicked)
         handle.on_update(moved)
         show.on_update(lambda _: draw())
         draw()

@@ -12,7 +12,7 @@ over the free vertices and one rotation R_i per vertex, alternating
   (scipy's sparse LU), so each iteration is one local step and three back-substitutions.
 
 Each iteration does not increase E (both steps minimise it over their variables). The first guess
-is the naive Laplacian edit (all R_i = I). Weights are the cotangent weights (half the sum of the
+is the naive Laplacian edit (all R_i = I), or a given deformation (the previous one of a drag). Weights are the cotangent weights (half the sum of the
 cotangents of the angles opposite an edge), clamped at a small positive value so the system stays
 positive definite on meshes with obtuse triangles.
 """
@@ -109,11 +109,22 @@ class ArapSolver:
         np.add.at(rhs, coo.row, coo.data[:, None] * e)
         return rhs
 
-    def solve(self, targets: np.ndarray, iterations: int = 10) -> np.ndarray:
+    def solve(self, targets: np.ndarray, iterations: int = 10, initial: np.ndarray | None = None) -> np.ndarray:
         """Deformed vertices [V, 3] with the handles at ``targets`` [H, 3] (in the order of the sorted,
-        unique handle indices, :attr:`handles`) after ``iterations`` local/global iterations."""
+        unique handle indices, :attr:`handles`) after ``iterations`` local/global iterations.
+
+        ``initial`` [V, 3] (for example the previous solution of an interactive drag) replaces the
+        Laplacian first guess: the first iteration takes its rotations from it. A drag moves the
+        handles a little between updates, so the previous solution's rotations are nearly right and
+        large rotations build up over the drag instead of having to be found from R = I each time."""
         targets = np.asarray(targets, dtype=np.float64).reshape(len(self.handles), 3)
-        current = self._global(self._rhs(None), targets)
+        if initial is not None:
+            initial = np.asarray(initial, dtype=np.float64)
+            if initial.shape != self.rest.shape:
+                raise ValueError(f"ARAP initial guess of shape {initial.shape}; the mesh has {len(self.rest)} vertices")
+            current = initial
+        else:
+            current = self._global(self._rhs(None), targets)
         for _ in range(iterations):
             current = self._global(self._rhs(_rotations(self.rest, current, self._coo)), targets)
         return current

@@ -9,7 +9,7 @@ import trimesh
 from torch import Tensor
 import torch
 
-__all__ = ["cluster_decimate", "midpoint_subdivide", "sample_points_on_mesh", "transform_mesh"]
+__all__ = ["cluster_decimate", "first_ray_hit", "midpoint_subdivide", "sample_points_on_mesh", "transform_mesh"]
 
 
 def sample_points_on_mesh(mesh: trimesh.Trimesh, num_points: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -92,3 +92,28 @@ def cluster_decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) ->
         else:
             lo = cell
     return best
+
+
+def first_ray_hit(vertices: np.ndarray, faces: np.ndarray, origin: np.ndarray, direction: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """The first triangle a ray meets and the point where it meets it, or None (Moller & Trumbore
+    1997, "Fast, Minimum Storage Ray/Triangle Intersection", vectorised over all faces; both sides of a
+    face count). vertices [V, 3], faces [F, 3], origin and direction [3] (any length)."""
+    v = np.asarray(vertices, dtype=np.float64)
+    o, d = np.asarray(origin, dtype=np.float64), np.asarray(direction, dtype=np.float64)
+    d = d / max(float(np.linalg.norm(d)), 1e-30)
+    a, b, c = (v[np.asarray(faces)[:, k]] for k in range(3))
+    e1, e2 = b - a, c - a
+    p = np.cross(d, e2)
+    det = (e1 * p).sum(-1)
+    ok = np.abs(det) > 1e-12
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+    s = o - a
+    u = (s * p).sum(-1) * inv
+    q = np.cross(s, e1)
+    w = (q @ d) * inv
+    t = (e2 * q).sum(-1) * inv
+    ok &= (u >= 0) & (w >= 0) & (u + w <= 1) & (t > 0)
+    if not ok.any():
+        return None
+    face = int(np.argmin(np.where(ok, t, np.inf)))
+    return face, o + t[face] * d

@@ -32,8 +32,22 @@ def populated(model, run_dir, Widget):
         meshes.append((vertices, kw["visible"]))
         return Widget()
 
-    gui = SimpleNamespace(add_checkbox=add, add_number=add, add_button=add, add_markdown=lambda text, **_: Widget(content=text))
-    scene = SimpleNamespace(add_transform_controls=gizmo, add_mesh_simple=mesh)
+    def dropdown(label, options, initial_value=None, **_):
+        widgets[label] = Widget(initial_value)
+        return widgets[label]
+
+    def on_click(**_):
+        def register(callback):
+            widgets["scene click"] = callback
+            return callback
+        return register
+
+    def markdown(text, **_):
+        widgets["status"] = Widget(content=text)
+        return widgets["status"]
+
+    gui = SimpleNamespace(add_checkbox=add, add_number=add, add_button=add, add_dropdown=dropdown, add_markdown=markdown)
+    scene = SimpleNamespace(add_transform_controls=gizmo, add_mesh_simple=mesh, on_click=on_click)
     rerenders = []
     panel = MeshDeformPanel(model)
     panel.populate(SimpleNamespace(gui=gui, scene=scene, model=model, run_dir=run_dir, rerender=lambda: rerenders.append(1)))
@@ -84,3 +98,37 @@ def test_handle_drag_changes_the_frame_and_the_saved_mesh(tmp_path, one_thread, 
 
     widgets["Reset deformation"].fire()
     assert d.deformed is None and torch.equal(frame_outputs(model, camera, [panel])["rgb"], rest)
+
+
+def test_a_click_on_the_mesh_places_the_chosen_gizmo_on_the_nearest_vertex(tmp_path, stand_in_widget):
+    """The click's ray is intersected with the proxy as it is now: the handle jumps to the vertex of
+    the first face hit nearest to the hit point (the sphere's top, clicked from above; the bottom,
+    clicked from below: the first face on the ray, not the far side); a miss changes nothing and says
+    so; "nothing" ignores clicks; after a drag, picks use the deformed mesh."""
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
+    model = MeshGSModel(MeshGSModelConfig(init_min_gaussians=100, sh_degree=0), SceneInfo(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]), num_train_cameras=1))
+    model.set_proxy_mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces))
+    panel, widgets, _, _ = populated(model, tmp_path, stand_in_widget)
+    click = lambda o, d: widgets["scene click"](SimpleNamespace(ray_origin=tuple(o), ray_direction=tuple(d)))  # noqa: E731
+    top, bottom = int(np.argmax(sphere.vertices[:, 2])), int(np.argmin(sphere.vertices[:, 2]))
+
+    click((0.01, 0.02, 3.0), (0.0, 0.0, -1.0))
+    assert np.allclose(widgets["/mesh_gs/handle"].position, sphere.vertices[top])
+    assert f"vertex {top}" in widgets["status"].content
+    widgets["Click places"].value = "anchor"
+    click((0.01, -0.02, -3.0), (0.0, 0.0, 2.0))
+    assert np.allclose(widgets["/mesh_gs/anchor"].position, sphere.vertices[bottom])
+    assert np.allclose(widgets["/mesh_gs/handle"].position, sphere.vertices[top])
+    click((3.0, 3.0, 3.0), (0.0, 0.0, 1.0))
+    assert "missed" in widgets["status"].content and np.allclose(widgets["/mesh_gs/anchor"].position, sphere.vertices[bottom])
+    widgets["Click places"].value = "nothing"
+    click((0.01, 0.02, 3.0), (0.0, 0.0, -1.0))
+    assert np.allclose(widgets["/mesh_gs/anchor"].position, sphere.vertices[bottom])
+
+    # grab at the picked vertices, drag the top up by 0.4: a click from above now meets the raised top
+    widgets["Radius"].value = 0.2
+    widgets["Grab"].fire()
+    widgets["/mesh_gs/handle"].position = sphere.vertices[top] + [0.0, 0.0, 0.4]
+    widgets["/mesh_gs/handle"].fire()
+    vertex = panel.deformer.pick(np.array([0.01, 0.02, 3.0]), np.array([0.0, 0.0, -1.0]))
+    assert vertex is not None and vertex[0] == top and abs(vertex[1][2] - 0.9) < 1e-5

@@ -72,3 +72,31 @@ def test_components_without_a_handle_stay_at_rest():
     assert np.abs(out[len(a.vertices):] - v[len(a.vertices):]).max() == 0
     assert np.abs(out[solver.handles] - (v[solver.handles] + [0, 0, 0.5])).max() < 1e-12
     assert np.abs(out[: len(a.vertices)] - v[: len(a.vertices)]).max() > 0.4
+
+
+def test_a_drag_warm_started_from_its_previous_solution_converges_further():
+    """An interactive drag solves ARAP at every gizmo update, a few iterations each: starting each solve
+    from the previous one (``initial=``) lets a large bend build up over the drag, where a solve from
+    the Laplacian first guess stays far from the minimum. Measured on this bar (a 1.6 rad bend in 10
+    updates of 3 iterations): energy gap to the converged minimum 0.39 warm against 4.44 cold."""
+    mesh = bar()
+    v = np.asarray(mesh.vertices)
+    left, right = np.nonzero(v[:, 0] < -1.9)[0], np.nonzero(v[:, 0] > 1.9)[0]
+    solver = ArapSolver(v, mesh.faces, np.concatenate([left, right]))
+    lifted = np.isin(solver.handles, right)
+
+    def targets(angle: float) -> np.ndarray:
+        t = v[solver.handles].copy()
+        t[lifted] = v[solver.handles[lifted]] @ Rotation.from_rotvec([0, -angle, 0]).as_matrix().T + [-1.25 * angle, 0, 1.5625 * angle]
+        return t
+
+    energy = lambda p: arap_energy(v, p, solver.weights)  # noqa: E731
+    minimum = energy(solver.solve(targets(1.6), iterations=400))
+    current = v
+    for angle in np.linspace(0, 1.6, 11)[1:]:
+        current = solver.solve(targets(angle), iterations=3, initial=current)
+    assert np.abs(current[solver.handles] - targets(1.6)).max() < 1e-12
+    cold = solver.solve(targets(1.6), iterations=3)
+    assert energy(current) - minimum < 0.3 * (energy(cold) - minimum), (energy(current), energy(cold), minimum)
+    with pytest.raises(ValueError, match="initial guess"):
+        solver.solve(targets(1.6), initial=v[:-1])

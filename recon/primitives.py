@@ -256,10 +256,15 @@ class PrimitiveModel(Model):
         if self.strategy is not None:
 
             def densify(step: int, outputs: dict[str, Any], optimizers: Any, **_: Any) -> None:
-                self.strategy.step_post_backward(self.params, optimizers.optimizers, self.strategy_state, step, outputs["meta"])
+                self.densify(step, outputs["meta"], optimizers.optimizers)
 
             hooks.append(Callback(densify, where=Where.AFTER_BACKWARD))
         return hooks + self.method_callbacks()
+
+    def densify(self, step: int, meta: dict[str, Any], optimizers: dict[str, Any]) -> None:
+        """After the backward pass: the strategy's statistics and refinement (a method with several
+        sets of primitives routes each its part of ``meta``)."""
+        self.strategy.step_post_backward(self.params, optimizers, self.strategy_state, step, meta)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         out = self.rasterize(batch["camera"], self.primitives(), self.supersample)

@@ -23,13 +23,15 @@ TINY = {
 
 def mesh_gs() -> MethodSpec:
     """Barycentric and offset logits 1.6e-4 -> 1.6e-6 (times the camera extent), scales 5e-3,
-    rotations 1e-3, opacities 5e-2, SH 2.5e-3 (rest / 20); 30k steps."""
+    rotations 1e-3, opacities 5e-2, SH 2.5e-3 (rest / 20); 30k steps. The background Gaussians
+    (``--model.background-stage-start``) have 3DGS's groups, ``bg_means`` ... ``bg_shN``."""
     config = TrainerConfig(
         method_name="mesh-gs",
         dataparser=AutoParserConfig(),
         datamanager=ImageDataManagerConfig(),
         model=MeshGSModelConfig(),
-        optimizers=gaussian_optimizers(STEPS, positions=("bary", "offset")),
+        optimizers={**gaussian_optimizers(STEPS, positions=("bary", "offset")),
+                    **{f"bg_{k}": v for k, v in gaussian_optimizers(STEPS).items()}},
         max_num_iterations=STEPS,
         steps_per_save=7000,
         steps_per_eval_image=1000,
@@ -56,6 +58,10 @@ def mesh_gs_small() -> MethodSpec:
             "model.strategy.reset_every": round(3000 * r), "model.strategy.max_gaussians": 300_000,
             "model.init_min_gaussians": 20_000, "model.max_dataset_mesh_faces": 5000,
             "optimizers.bary.scheduler.max_steps": SMALL_STEPS, "optimizers.offset.scheduler.max_steps": SMALL_STEPS,
+            "optimizers.bg_means.scheduler.max_steps": SMALL_STEPS,
+            "model.background_strategy.refine_start_iter": round(500 * r), "model.background_strategy.refine_stop_iter": round(15_000 * r),
+            "model.background_strategy.refine_every": round(500 * r), "model.background_strategy.reset_every": round(3000 * r),
+            "model.background_prune_steps": (round(1000 * r), round(10_000 * r)),
         },
     )
     return MethodSpec("mesh-gs-small", "Mesh-bound Gaussians on a CPU-sized schedule (3000 steps)", config, test_overrides=TINY)

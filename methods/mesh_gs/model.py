@@ -39,12 +39,17 @@ from recon.export.mesh_io import read_mesh
 from recon.geometry.deformation import face_deformation_gradients, face_frames, polar_decomposition
 from recon.geometry.mesh import cluster_decimate
 from recon.model import SceneInfo
-from recon.primitives import PrimitiveModel, PrimitiveModelConfig, knn_rms_distance
+from recon.engine.callbacks import Callback, Where
+from recon.primitives import PrimitiveModel, PrimitiveModelConfig, initial_points, knn_rms_distance
 from recon.render.gaussians.helpers import rgb_to_sh
+from recon.render.gaussians.strategy import DefaultStrategy, remove
 from recon.rotations import matrix_to_quaternion, quaternion_multiply, quaternion_to_matrix, apply_sh_rotation, sh_rotation_matrices
 
 GEOMETRY = ("face_ids", "corners", "radius")
 """Frozen per-Gaussian entries of ``params`` (see :mod:`methods.mesh_gs.strategy`); not optimised."""
+BACKGROUND_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+"""The background Gaussians' parameters (``bg_params``; optimizer groups ``bg_<name>``), 3DGS's layout."""
+BG_STRATEGY_PREFIX = "bg_strategy_state."
 MIN_FACES_IN_VIEW = 0.1
 """A proxy mesh of which fewer faces than this share lie inside some training camera's view is refused."""
 
@@ -62,6 +67,20 @@ def bound_means(corners: Tensor, bary: Tensor, offset: Tensor, radius: Tensor, n
     logits; radius: [N] offset bounds (|offset| < 2 radius); normals: [N, 3] unit normals."""
     anchors = (torch.softmax(bary, -1)[:, :, None] * corners).sum(1)
     return anchors, (4.0 * radius * (torch.sigmoid(offset) - 0.5))[:, None] * normals
+
+
+def background_rows(meta: dict[str, Any], start: int) -> dict[str, Any]:
+    """The rasterizer's ``meta`` for the Gaussians from row ``start`` on (the background's, rendered
+    after the object's): ``radii`` and ``means2d`` sliced along the Gaussian axis, ``means2d``'s
+    gradient with them (a leaf copy carrying the slice of the gradient), the rest as it is."""
+    out = dict(meta)
+    out["radii"] = meta["radii"][..., start:, :] if meta["radii"].dim() == 3 else meta["radii"][..., start:]
+    full = meta["means2d"]
+    part = full.detach()[..., start:, :].clone()
+    if full.grad is not None:
+        part.grad = full.grad[..., start:, :]
+    out["means2d"] = part
+    return out
 
 
 def faces_in_view(vertices: Tensor, faces: Tensor, cameras: Any) -> Tensor:
@@ -102,6 +121,14 @@ class MeshGSModel(PrimitiveModel):
         self._deformed_sh: Tensor | None = None
         self._sh_cache: tuple[Any, Tensor, Tensor] | None = None
         self.params = nn.ParameterDict(self._gaussians(torch.zeros(0, 3, 3), torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, 3), 0.0))
+        if c.background_stage_start is not None and c.background_stage_start < 1:
+            raise ConfigError(f"model.background_stage_start must be at least 1 (or None), got {c.background_stage_start}")
+        self.bg_params = nn.ParameterDict(self._background_gaussians(torch.zeros(0, 3), torch.zeros(0, 3)))
+        self.bg_strategy_state: dict[str, Any] = self._new_bg_strategy_state()
+        self.register_buffer("background_active", torch.tensor(False))
+        """Whether the background stage has begun: background Gaussians are rendered, the object frozen."""
+        self._step = 0
+        self._step_background: Tensor | None = None
 
     # ------------------------------------------------------------------ the proxy mesh
     def _gaussians(self, corners: Tensor, face_ids: Tensor, radius: Tensor, rgb: Tensor, log_scale: float | Tensor) -> dict[str, nn.Parameter]:
@@ -121,6 +148,37 @@ class MeshGSModel(PrimitiveModel):
         geometry = {"face_ids": face_ids, "corners": corners, "radius": radius}
         params.update({name: nn.Parameter(t.contiguous(), requires_grad=False) for name, t in geometry.items()})
         return params
+
+    def _background_gaussians(self, points: Tensor, rgb: Tensor) -> dict[str, nn.Parameter]:
+        """3DGS's initialisation of background Gaussians at ``points`` [P, 3] with colours [P, 3]:
+        isotropic, scale the RMS distance to the 3 nearest points, opacity 0.1, SH degree of the model."""
+        n, c = len(points), self.config
+        quats = torch.zeros(n, 4)
+        quats[:, 0] = 1.0
+        init = {
+            "means": points,
+            "scales": torch.log(knn_rms_distance(points).clamp_min(1e-7))[:, None].repeat(1, 3) if n else torch.zeros(0, 3),
+            "quats": quats,
+            "opacities": torch.logit(torch.full((n,), 0.1)),
+            "sh0": rgb_to_sh(rgb)[:, None, :],
+            "shN": torch.zeros(n, (c.sh_degree + 1) ** 2 - 1, 3),
+        }
+        return {name: nn.Parameter(t.float().contiguous()) for name, t in init.items()}
+
+    def _new_bg_strategy_state(self) -> dict[str, Any]:
+        return self.config.background_strategy.initialize_state(scene_scale=self.scene_scale)
+
+    @property
+    def has_background_stage(self) -> bool:
+        return self.config.background_stage_start is not None
+
+    @property
+    def num_object_gaussians(self) -> int:
+        return super().num_primitives
+
+    @property
+    def num_primitives(self) -> int:
+        return self.num_object_gaussians + (len(self.bg_params["means"]) if bool(self.background_active) else 0)
 
     def proxy_mesh_source(self, datamanager: Any) -> tuple[Path, int | None]:
         """The proxy mesh file and the face budget it is decimated to (None: used as given): the
@@ -159,6 +217,12 @@ class MeshGSModel(PrimitiveModel):
             self.set_proxy_mesh(verts.float(), faces_t)
         except ConfigError as err:
             raise DataError(str(err), path) from None
+        if self.has_background_stage:
+            points, rgb = initial_points(self.scene, self.config.background_init, self.config.background_num_random, self.config.init_seed)
+            device = self.mesh_vertices.device
+            params = self._background_gaussians(points, rgb)
+            self.bg_params = nn.ParameterDict({k: nn.Parameter(v.to(device)) for k, v in params.items()})
+            self.bg_strategy_state = self._new_bg_strategy_state()
 
     @torch.no_grad()
     def set_proxy_mesh(self, vertices: Tensor, faces: Tensor) -> None:
@@ -192,17 +256,87 @@ class MeshGSModel(PrimitiveModel):
         self.strategy_state = self._new_strategy_state()
 
     def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
+        state = dict(state)
+        bg_strategy = {k[len(BG_STRATEGY_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(BG_STRATEGY_PREFIX)}
         for name in ("mesh_vertices", "mesh_faces"):
             if name in state and state[name].shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(state[name]))
+        for name in BACKGROUND_KEYS:  # the background's count changes in its stage
+            key = f"bg_params.{name}"
+            if key in state and state[key].shape != self.bg_params[name].shape:
+                self.bg_params[name] = nn.Parameter(torch.empty_like(state[key]))
         super().load_checkpoint_state(state)
+        self.bg_strategy_state = self._new_bg_strategy_state()
+        self.bg_strategy_state.update(bg_strategy)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        out = super().state_dict(*args, **kwargs)
+        for key, value in self.bg_strategy_state.items():
+            if isinstance(value, Tensor):
+                out[f"{BG_STRATEGY_PREFIX}{key}"] = value.detach().clone()
+        return out
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {k: v for k, v in super().param_groups().items() if k not in GEOMETRY}
+        groups = {k: v for k, v in super().param_groups().items() if k not in GEOMETRY}
+        if self.has_background_stage:
+            groups.update({f"bg_{k}": [p] for k, p in self.bg_params.items()})
+        return groups
 
     def lr_multipliers(self) -> dict[str, float]:
-        """3DGS's position schedule, times the camera extent, drives the barycentric and offset logits (official)."""
-        return {"bary": self.scene_scale, "offset": self.scene_scale}
+        """3DGS's position schedule, times the camera extent, drives the barycentric and offset logits
+        (official) and the background Gaussians' means."""
+        return {"bary": self.scene_scale, "offset": self.scene_scale, "bg_means": self.scene_scale}
+
+    # ------------------------------------------------------------------ the two stages
+    def method_callbacks(self) -> list[Callback]:
+        if not self.has_background_stage:
+            return []
+        start = self.config.background_stage_start
+
+        def stage(step: int, **_: Any) -> None:
+            self._step = step
+            self.background_active.fill_(step >= start)
+
+        return [Callback(stage, where=Where.BEFORE_STEP)]
+
+    def densify(self, step: int, meta: dict[str, Any], optimizers: dict[str, Any]) -> None:
+        """Object stage: the face split. Background stage: the object is frozen (no refinement); the
+        background Gaussians get 3DGS's densification on their own rows of ``meta``, counted from the
+        stage's first step, and lose those within ``background_prune_distance`` of an object Gaussian
+        at the stage's start and at ``background_prune_steps`` (official ``train_bg_gaussian.py``)."""
+        if not bool(self.background_active):
+            super().densify(step, meta, optimizers)
+            return
+        c, n = self.config, self.num_object_gaussians
+        local = step - c.background_stage_start
+        bg_optimizers = {k: optimizers[f"bg_{k}"] for k in BACKGROUND_KEYS if f"bg_{k}" in optimizers}
+        c.background_strategy.step_post_backward(self.bg_params, bg_optimizers, self.bg_strategy_state, local, background_rows(meta, n))
+        if local == 0 or local in c.background_prune_steps:
+            near = self.background_near_object()
+            if bool(near.any()):
+                remove(self.bg_params, bg_optimizers, self.bg_strategy_state, near)
+
+    @torch.no_grad()
+    def background_near_object(self) -> Tensor:
+        """[B] bool: background Gaussians within ``background_prune_distance`` (x the scene scale) of an object Gaussian."""
+        from scipy.spatial import cKDTree
+
+        bg = self.bg_params["means"].detach()
+        if len(bg) == 0 or self.num_object_gaussians == 0:
+            return torch.zeros(len(bg), dtype=torch.bool, device=bg.device)
+        objects = self.object_primitives()["means"].detach().cpu().double().numpy()
+        dist, _ = cKDTree(objects).query(bg.cpu().double().numpy(), k=1)
+        return torch.from_numpy(dist < self.config.background_prune_distance * self.scene_scale).to(bg.device)
+
+    def object_target(self, batch: dict[str, Any], step: int) -> tuple[Tensor, Tensor] | None:
+        """Object stage with object masks: (target image, background colour), the ground truth
+        composited over a random colour outside the mask, gt m + bg (1 - m) (official ``--is_exist_bg``);
+        the colour is a function of the step, so a resumed run draws the same ones. None otherwise."""
+        if not self.has_background_stage or bool(self.background_active) or "mask" not in batch or not self.config.object_masks:
+            return None
+        colour = torch.rand(3, generator=torch.Generator().manual_seed(self.config.init_seed * 1_000_003 + step)).to(batch["image"])
+        mask = batch["mask"].to(batch["image"].dtype)[..., None]
+        return batch["image"] * mask + colour * (1.0 - mask), colour
 
     # ------------------------------------------------------------------ deformation
     @torch.no_grad()
@@ -232,9 +366,36 @@ class MeshGSModel(PrimitiveModel):
             self._sh_cache = (key, self.deformed_vertices.clone(), self._deformed_sh)
 
     def sh_coefficients(self) -> Tensor:
+        k = (int(self.active_sh_degree) + 1) ** 2
         if self.deformed_vertices is None or self._deformed_sh is None:
-            return super().sh_coefficients()
-        return self._deformed_sh[:, : (int(self.active_sh_degree) + 1) ** 2]
+            obj = super().sh_coefficients()
+        else:
+            obj = self._deformed_sh[:, :k]
+        if not bool(self.background_active):
+            return obj
+        bg = torch.cat([self.bg_params["sh0"], self.bg_params["shN"][:, : k - 1]], 1)
+        return torch.cat([obj.detach(), bg])
+
+    def rasterize_primitives(self, prims: dict[str, Tensor], colors: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int) -> Any:
+        if self._step_background is None:
+            return super().rasterize_primitives(prims, colors, viewmats, Ks, width, height)
+        saved = self.background
+        self.background = self._step_background
+        try:
+            return super().rasterize_primitives(prims, colors, viewmats, Ks, width, height)
+        finally:
+            self.background = saved
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        target = self.object_target(batch, self._step) if self.training else None
+        self._step_background = None if target is None else target[1]
+        try:
+            out = super().forward(batch)
+        finally:
+            self._step_background = None
+        if target is not None:
+            out["object_target"] = target[0]
+        return out
 
     def viewer_panels(self) -> list[Any]:
         from methods.mesh_gs.panels import MeshDeformPanel
@@ -247,6 +408,21 @@ class MeshGSModel(PrimitiveModel):
 
     # ------------------------------------------------------------------ the primitives
     def primitives(self) -> dict[str, Tensor]:
+        """The object's Gaussians (:meth:`object_primitives`), followed in the background stage by the
+        background's (never deformed); the object's are constants then (frozen)."""
+        if not bool(self.background_active):
+            return self.object_primitives()
+        with torch.no_grad():
+            obj = self.object_primitives()
+        bg = self.bg_params
+        quats, scales = F.normalize(bg["quats"], dim=-1), torch.exp(bg["scales"])
+        out = {"means": torch.cat([obj["means"], bg["means"]]), "opacities": torch.cat([obj["opacities"], torch.sigmoid(bg["opacities"])]), "area2": obj["area2"]}
+        if "covars" in obj:
+            M = quaternion_to_matrix(quats) * scales[:, None, :]
+            return {**out, "covars": torch.cat([obj["covars"], M @ M.transpose(-1, -2)])}
+        return {**out, "quats": torch.cat([obj["quats"], quats]), "scales": torch.cat([obj["scales"], scales])}
+
+    def object_primitives(self) -> dict[str, Tensor]:
         """means [N, 3], quats [N, 4] (world), scales [N, 3], opacities [N], area2 [N] (twice the
         sub-face areas, for the restriction loss); when deformed, covars [N, 3, 3] instead of quats
         and scales."""
@@ -273,9 +449,11 @@ class MeshGSModel(PrimitiveModel):
         return {**out, "means": means, "covars": M @ M.transpose(-1, -2)}
 
     def losses(self, batch: dict[str, Any], outputs: dict[str, Any], step: int) -> dict[str, Tensor]:
+        if "object_target" in outputs:
+            batch = {**batch, "image": outputs["object_target"]}
         out = super().losses(batch, outputs, step)
         c = self.config
-        if c.restriction_weight > 0 and self.num_primitives:
+        if c.restriction_weight > 0 and self.num_object_gaussians and not bool(self.background_active):
             out["mesh_restriction"] = c.restriction_weight * self.restriction_loss(outputs["primitives"])
         return out
 
@@ -297,6 +475,10 @@ class MeshGSModel(PrimitiveModel):
             out["quats"] = matrix_to_quaternion(evecs).float()
         else:
             out["quats"] = prims["quats"].detach().clone()
+            out["scales"] = torch.log(prims["scales"].detach())
+        if bool(self.background_active):  # the base took these from the object's params only
+            for key in ("opacities", "sh0", "shN"):
+                out[key] = torch.cat([self.params[key].detach(), self.bg_params[key].detach()])
         return out
 
 
@@ -335,6 +517,27 @@ class MeshGSModelConfig(PrimitiveModelConfig):
     colour follows the object (the official code leaves it unrotated)."""
     strategy: FaceSplitStrategy = field(default_factory=FaceSplitStrategy)
     """Densification: face split on the 3DGS statistic (500-15000, every 200 steps), opacity resets."""
+    background_stage_start: int | None = None
+    """For scenes with a background (official ``--is_exist_bg``): the step at which the background
+    stage begins; None: no background stage. Before it, the object's Gaussians train alone, on
+    images composited over a random colour outside the dataset's masks when it has masks
+    (object_masks); from it on, the object is frozen and ordinary 3D Gaussians (background_init)
+    train with it on the whole image (official ``train_bg_gaussian.py``)."""
+    object_masks: bool = True
+    """Object stage: use the dataset's masks (255 = object) to train the object alone."""
+    background_init: Literal["sfm", "random"] = "sfm"
+    """Where the background Gaussians start: the dataset's sparse points (random when it has none)
+    or background_num_random uniform points in the scene box."""
+    background_num_random: int = 50_000
+    """Random initial background Gaussians when there are no sparse points."""
+    background_prune_distance: float = 0.01
+    """Background Gaussians closer than this (x the scene scale) to an object Gaussian are removed at the
+    stage's start and at background_prune_steps (official: 0.01, at 1000 and 10000)."""
+    background_prune_steps: tuple[int, ...] = (1000, 10_000)
+    """Steps, counted from the background stage's start, of the pruning near the object."""
+    background_strategy: DefaultStrategy = field(default_factory=lambda: DefaultStrategy(refine_every=500, prune_scale3d=1e9))
+    """The background's densification, steps counted from the stage's start: 3DGS's with the official
+    background trainer's refinement every 500 steps and no size-based pruning."""
 
 
 MeshGSModelConfig._target = MeshGSModel

@@ -6,10 +6,11 @@ The scene network is nerf-hash-small's in every run (8 levels to 256, T = 2^15, 
 (one proposal network, 32 + 16 samples). At equal steps every run trains ``--steps``; with
 ``--equal-time`` the grid and proposal runs train again for lec2o's training time, each on its own
 full schedule: as many steps as it trained in that time at equal steps (capped at 1.1x the time). Ablations
-(``--ablations``): no occupancy loss, no density loss, one network instead of two.
+(``--ablations``): no occupancy loss, no density loss, one network instead of two, the empty
+network's density scaled by Switch-NeRF's g_emp instead of g_occ. ``--lec2o-only``: only lec2o's rows.
 
     python -m benchmarks.bench_lec2o [--data city|synthetic|lego|fern] [--steps 3000] [--equal-time]
-        [--ablations] [--city-views 200] [--size 64] [--test-every 8] [--threads 1] [--no-record]
+        [--ablations] [--lec2o-only] [--city-views 200] [--size 64] [--test-every 8] [--threads 1] [--no-record]
 
 Data: ``city`` is the procedural city block of ``data.synthetic.city_scene_config`` (generated and
 cached on first use), ``synthetic`` the default scene, ``lego`` (at 100x100) and ``fern`` come from
@@ -41,6 +42,7 @@ ABLATIONS = {
     "lec2o-small, no occupancy loss": {"model.occupancy_loss_mult": 0.0},
     "lec2o-small, no density loss": {"model.density_loss_mult": 0.0},
     "lec2o-small, one network": {"model.empty_network": False},
+    "lec2o-small, empty density scaled by g_emp": {"model.empty_density_scale": "g_emp"},
 }
 
 
@@ -83,6 +85,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--equal-time", action="store_true", help="also train the grid and proposal runs for lec2o's time")
     ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--lec2o-only", action="store_true", help="only the lec2o rows (with --ablations, its ablations too)")
     ap.add_argument("--city-views", type=int, default=200)
     ap.add_argument("--size", type=int, default=64, help="city image size")
     ap.add_argument("--test-every", type=int, default=8)
@@ -102,12 +105,13 @@ def main() -> None:
         return row
 
     lec2o = run("lec2o-small", "lec2o-small", args.steps)
-    rows = [
-        lec2o,
-        run("occupancy grid (instant-ngp, CPU size)", "instant-ngp", args.steps, **INSTANT_NGP_CPU),
-        run("proposal (nerf-hash-small)", "nerf-hash-small", args.steps),
-    ]
-    if args.equal_time:
+    rows = [lec2o]
+    if not args.lec2o_only:
+        rows += [
+            run("occupancy grid (instant-ngp, CPU size)", "instant-ngp", args.steps, **INSTANT_NGP_CPU),
+            run("proposal (nerf-hash-small)", "nerf-hash-small", args.steps),
+        ]
+    if args.equal_time and not args.lec2o_only:
         # Each estimator trains for lec2o's time on its own full schedule: its step count is that time
         # at its equal-steps rate (the budget also caps it, should the machine slow down).
         budget = lec2o["train_s"]

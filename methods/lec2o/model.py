@@ -54,7 +54,7 @@ class Lec2oModel(RayModel):
             hidden_dim=c.gate_hidden_dim, init_occupied=c.gate_init_occupied, implementation=c.implementation,
         )
         spacing = "linear" if c.contraction == "none" else "piecewise"
-        self.occupancy = LearnedOccupancy(gate, c.num_samples, c.target_ratio, spacing=spacing, subdivisions=c.subdivisions)
+        self.occupancy = LearnedOccupancy(gate, c.num_samples, c.target_ratio, spacing=spacing, subdivisions=c.subdivisions, empty_scale=c.empty_density_scale)
         self.register_buffer("aabb", aabb.clone(), persistent=False)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -127,7 +127,11 @@ class Lec2oModelConfig(HashFieldOptions, RayModelConfig):
     """Weight of the explicit density loss on samples routed to the empty network (0: ablation)."""
     empty_network: bool = True
     """Route empty samples to a small empty-space network; False is the one-network ablation (the
-    large network evaluates the empty samples too, scaled by g_emp)."""
+    large network evaluates the empty samples too, scaled by empty_density_scale)."""
+    empty_density_scale: Literal["g_emp", "g_occ"] = "g_occ"
+    """What scales the density of the samples routed to the empty network: the occupancy
+    probability g_occ (so a sample the image needs denser pulls the gate towards "occupied"), or
+    Switch-NeRF's probability of the chosen class, g_emp = 1 - g_occ (README: decision 2)."""
     skip_empty: bool = True
     """At inference evaluate no network on samples the gate calls empty (their density is 0)."""
     gate_num_levels: int = 8

@@ -19,9 +19,14 @@ layout: R rays, S samples per ray, as in :mod:`recon.render.proposal`.
 * :func:`imbalanced_occupancy_loss`, :func:`explicit_density_loss` — the two losses, stateless.
 
 Routing (Switch-NeRF's top-1 dispatch): sample i goes to the large expert iff g_occ(x_i) >= 1/2,
-and the density that expert returns is multiplied by the gate probability of the chosen class,
-``sigma_i = g_e(x_i) * sigma_e(x_i)``; this product is the photometric loss's path into the gate.
-Colours are not scaled (a scaled colour would darken the image instead of thinning it).
+and the density that expert returns is multiplied by a gate probability; this product is the
+photometric loss's path into the gate. On occupied samples it is g_occ. On empty ones
+(``empty_scale``) it is g_occ too by default, so a sample routed to the empty expert where the
+image wants more density pulls the gate towards "occupied" (d sigma / d g_occ = +sigma_empty);
+Switch-NeRF's rule, the probability of the chosen class g_emp = 1 - g_occ, is ``"g_emp"``, under
+which that gradient pushes such a sample further into "empty" (d sigma / d g_occ = -sigma_empty)
+and only the density loss moves it back. Colours are not scaled (a scaled colour would darken the
+image instead of thinning it).
 """
 
 from __future__ import annotations
@@ -126,20 +131,21 @@ def routed_evaluate(
     occupied: Tensor,
     occupied_expert: Expert,
     empty_expert: Expert | None,
+    empty_scale: str = "g_occ",
 ) -> tuple[Tensor, Tensor]:
     """Top-1 routing of P points: positions, directions [P, 3], camera_indices [P] | None, gate
     g_occ [P], occupied [P] bool -> density [P], rgb [P, 3].
 
     ``occupied_expert`` evaluates exactly the points with ``occupied``, ``empty_expert`` exactly
-    the others; each expert's density is scaled by the probability of the class that chose it
-    (g_occ or 1 - g_occ). ``empty_expert=None`` skips the empty points: density and colour 0
+    the others; the occupied expert's density is scaled by g_occ, the empty expert's by g_occ
+    (``empty_scale="g_occ"``) or by the probability of the class that chose it, 1 - g_occ ("g_emp"). ``empty_expert=None`` skips the empty points: density and colour 0
     there, no network evaluated (inference skipping).
     """
     density = positions.new_zeros(positions.shape[0])
     rgb = positions.new_zeros(positions.shape[0], 3)
     routes = [(occupied, occupied_expert, gate)]
     if empty_expert is not None:
-        routes.append((~occupied, empty_expert, 1.0 - gate))
+        routes.append((~occupied, empty_expert, 1.0 - gate if empty_scale == "g_emp" else gate))
     for mask, expert, prob in routes:
         idx = torch.nonzero(mask)[:, 0]
         if idx.numel() == 0:
@@ -194,9 +200,12 @@ class LearnedOccupancy(nn.Module):
 
     def __init__(
         self, gate: OccupancyGate, num_samples: int = 128, target_ratio: float = 0.25, spacing: str = "linear", single_jitter: bool = True,
-        subdivisions: int = 1,
+        subdivisions: int = 1, empty_scale: str = "g_occ",
     ):
         super().__init__()
+        if empty_scale not in ("g_emp", "g_occ"):
+            raise ValueError(f"empty_scale must be g_emp or g_occ, got {empty_scale!r}")
+        self.empty_scale = empty_scale
         if not 0.0 < target_ratio < 1.0:
             raise ValueError(f"target_ratio must be in (0, 1), got {target_ratio}")
         if subdivisions < 1:
@@ -248,14 +257,14 @@ class LearnedOccupancy(nn.Module):
         (:func:`routed_evaluate`), placeholders 0; directions [R, 3], camera_indices [R] | None.
 
         ``empty_expert=None`` is the one-network ablation: the large expert evaluates the empty
-        samples too (still scaled by g_emp). ``skip_empty`` evaluates nothing on them (inference)."""
+        samples too (scaled as the empty expert's would be). ``skip_empty`` evaluates nothing on them (inference)."""
         R, N = samples.gate.shape  # N = S m
         empty = None if skip_empty else (empty_expert if empty_expert is not None else occupied_expert)
         idx = torch.nonzero(samples.active.reshape(-1))[:, 0]
         ray = torch.div(idx, N, rounding_mode="floor")
         density, rgb = routed_evaluate(
             samples.positions.reshape(-1, 3)[idx], directions[ray], camera_indices[ray] if camera_indices is not None else None,
-            samples.gate.reshape(-1)[idx], samples.occupied.reshape(-1)[idx], occupied_expert, empty,
+            samples.gate.reshape(-1)[idx], samples.occupied.reshape(-1)[idx], occupied_expert, empty, self.empty_scale,
         )
         if idx.numel() == R * N:  # no placeholders: every sample was evaluated in order
             return density.reshape(R, N), rgb.reshape(R, N, 3)

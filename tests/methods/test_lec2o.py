@@ -39,6 +39,7 @@ def trained(tmp_path_factory, quiet_config):
 
 def test_quality_on_synthetic_scene(trained):
     result = evaluate_images(trained.model, trained.datamanager.eval_dataset, with_lpips=False, progress=False)
+    print(f"lec2o-small quality: psnr {result['mean']['psnr']:.2f}, ssim {result['mean']['ssim']:.3f}")
     assert result["mean"]["psnr"] > THRESHOLD, result["mean"]
 
 
@@ -50,6 +51,7 @@ def test_occupied_fraction_tracks_the_preset_ratio(trained):
     with torch.no_grad():
         out = model(batch)
     fraction = float(out["num_occupied"].sum()) / out["num_occupied"].numel() / model.config.num_samples
+    print(f"lec2o-small occupied fraction {fraction:.3f}")
     assert abs(fraction - RATIO) < 0.06, fraction
 
 
@@ -124,6 +126,7 @@ def test_skipping_empty_samples_changes_little(trained):
         without = evaluate_images(model, dataset, with_lpips=False, progress=False)["mean"]["psnr"]
     finally:
         model.config.skip_empty = True
+    print(f"lec2o-small skipping: {between:.1f} dB apart, psnr {with_skip:.2f} skipped / {without:.2f} not, large network on {occupied / total:.3f}")
     assert between > BETWEEN_DB and abs(with_skip - without) < SKIP_TOLERANCE_DB, (between, with_skip, without)
 
 

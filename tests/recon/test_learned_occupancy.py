@@ -67,9 +67,10 @@ def test_each_sample_goes_to_exactly_one_expert():
     assert len(large.points) + len(small.points) == len(pos)
     torch.testing.assert_close(_sorted_rows(large.points), _sorted_rows(pos[occ]), rtol=0, atol=0)
     torch.testing.assert_close(_sorted_rows(small.points), _sorted_rows(pos[~occ]), rtol=0, atol=0)
-    # Each sample's output comes from its own expert, scaled by the chosen class's probability.
+    # Each sample's output comes from its own expert, its density scaled by the occupancy probability
+    # (the default empty_scale, g_occ; test_gradients_reach_the_gate covers g_emp).
     g = samples.gate.reshape(-1).detach()
-    expected = torch.where(occ, g * pos.norm(dim=-1), (1 - g) * 0.5 * pos.norm(dim=-1))
+    expected = torch.where(occ, g * pos.norm(dim=-1), g * 0.5 * pos.norm(dim=-1))
     torch.testing.assert_close(density.reshape(-1).detach(), expected, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(rgb.reshape(-1, 3), pos + 1.0)
 
@@ -88,14 +89,21 @@ def test_gradients_reach_the_gate():
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert all(g.abs().sum() > 0 for g in grads)
 
-    # Density alone: d (sum density) / d g_occ is exactly the routed expert's density, signed.
-    samples = est.sample(o, d, near, far, perturb=False)
-    samples.gate.retain_grad()
-    density, _ = est.route(samples, d, None, RecordingExpert(), RecordingExpert(scale=0.5))
-    density.sum().backward()
-    norm = samples.positions.detach().norm(dim=-1)
-    expected = torch.where(samples.occupied, norm, -0.5 * norm)
-    torch.testing.assert_close(samples.gate.grad, expected)
+    # Density alone: d (sum density) / d g_occ is exactly the routed expert's density, with the sign
+    # of the probability that scales it: g_occ on occupied samples; on empty ones g_occ (default: more
+    # density wanted pulls the gate towards "occupied") or g_emp = 1 - g_occ (Switch-NeRF's rule:
+    # towards "empty").
+    for scale, sign in (("g_occ", 1.0), ("g_emp", -1.0)):
+        est.empty_scale = scale
+        samples = est.sample(o, d, near, far, perturb=False)
+        samples.gate.retain_grad()
+        density, _ = est.route(samples, d, None, RecordingExpert(), RecordingExpert(scale=0.5))
+        density.sum().backward()
+        norm = samples.positions.detach().norm(dim=-1)
+        expected = torch.where(samples.occupied, norm, sign * 0.5 * norm)
+        torch.testing.assert_close(samples.gate.grad, expected)
+        gate = samples.gate.detach()
+        torch.testing.assert_close(density.detach(), torch.where(samples.occupied, gate * norm, 0.5 * norm * (gate if scale == "g_occ" else 1 - gate)))
 
 
 def test_inference_skips_empty_samples():

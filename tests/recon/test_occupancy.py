@@ -167,6 +167,28 @@ def test_lattice_matches_stepwise_march(cone):
         assert (te - ts).max() > 2 * 0.01
 
 
+def test_sample_evaluates_sigma_in_bounded_chunks(monkeypatch):
+    """The filter's field evaluations go in chunks of at most ``_SIGMA_CHUNK`` steps (an all-occupied
+    grid keeps millions: 23 GB at once on fern) and give exactly the unchunked result."""
+    import recon.render.occupancy as occupancy
+
+    grid = _grid()
+    o, d = _rays()
+    sizes = []
+
+    def sigma_fn(t0, t1, r):
+        sizes.append(len(r))
+        return sigma(o[r] + 0.5 * (t0 + t1)[:, None] * d[r])
+
+    whole = grid.sample(o, d, near=0.0, far=10.0, step_size=0.01, sigma_fn=sigma_fn, early_stop_eps=1e-3)
+    assert len(sizes) == 1 and sizes[0] > 1000
+    monkeypatch.setattr(occupancy, "_SIGMA_CHUNK", 100)
+    sizes.clear()
+    chunked = grid.sample(o, d, near=0.0, far=10.0, step_size=0.01, sigma_fn=sigma_fn, early_stop_eps=1e-3)
+    assert max(sizes) == 100 and len(sizes) > 10
+    assert all(torch.equal(a, b) for a, b in zip(whole, chunked))
+
+
 def test_sample_filters_like_nerfacc():
     grid = _grid()
     o, d = _rays()

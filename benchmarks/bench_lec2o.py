@@ -10,7 +10,7 @@ full schedule: as many steps as it trained in that time at equal steps (capped a
 network's density scaled by Switch-NeRF's g_emp instead of g_occ. ``--lec2o-only``: only lec2o's rows.
 
     python -m benchmarks.bench_lec2o [--data city|synthetic|lego|fern] [--steps 3000] [--equal-time]
-        [--ablations] [--lec2o-only] [--city-views 200] [--size 64] [--test-every 8] [--threads 1] [--no-record]
+        [--ablations] [--lec2o-only] [--estimators grid,proposal] [--city-views 200] [--size 64] [--test-every 8] [--threads 1] [--no-record]
 
 Data: ``city`` is the procedural city block of ``data.synthetic.city_scene_config`` (generated and
 cached on first use), ``synthetic`` the default scene, ``lego`` (at 100x100) and ``fern`` come from
@@ -33,10 +33,11 @@ from benchmarks.common import append_results, machine_description, shared_data, 
 from data.synthetic import city_scene_config, default_scene_path
 from methods.nerf_hash import INSTANT_NGP_CPU
 
-EQUAL_TIME = [
-    ("occupancy grid, lec2o's time", "instant-ngp", INSTANT_NGP_CPU),
-    ("proposal, lec2o's time", "nerf-hash-small", {}),
+EQUAL_STEPS = [
+    ("grid", "occupancy grid (instant-ngp, CPU size)", "instant-ngp", INSTANT_NGP_CPU),
+    ("proposal", "proposal (nerf-hash-small)", "nerf-hash-small", {}),
 ]
+"""The estimators lec2o is compared with: key (for ``--estimators``), row name, preset, changes."""
 
 ABLATIONS = {
     "lec2o-small, no occupancy loss": {"model.occupancy_loss_mult": 0.0},
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--equal-time", action="store_true", help="also train the grid and proposal runs for lec2o's time")
     ap.add_argument("--ablations", action="store_true")
     ap.add_argument("--lec2o-only", action="store_true", help="only the lec2o rows (with --ablations, its ablations too)")
+    ap.add_argument("--estimators", default="grid,proposal", help="which of grid, proposal to compare with (comma-separated)")
     ap.add_argument("--city-views", type=int, default=200)
     ap.add_argument("--size", type=int, default=64, help="city image size")
     ap.add_argument("--test-every", type=int, default=8)
@@ -106,18 +108,16 @@ def main() -> None:
 
     lec2o = run("lec2o-small", "lec2o-small", args.steps)
     rows = [lec2o]
-    if not args.lec2o_only:
-        rows += [
-            run("occupancy grid (instant-ngp, CPU size)", "instant-ngp", args.steps, **INSTANT_NGP_CPU),
-            run("proposal (nerf-hash-small)", "nerf-hash-small", args.steps),
-        ]
-    if args.equal_time and not args.lec2o_only:
+    others = [] if args.lec2o_only else [e for e in EQUAL_STEPS if e[0] in args.estimators.split(",")]
+    equal = [run(name, method, args.steps, **changes) for _, name, method, changes in others]
+    rows += equal
+    if args.equal_time:
         # Each estimator trains for lec2o's time on its own full schedule: its step count is that time
         # at its equal-steps rate (the budget also caps it, should the machine slow down).
         budget = lec2o["train_s"]
-        for (name, method, changes), equal in zip(EQUAL_TIME, rows[1:]):
-            steps = max(1, round(budget * equal["steps"] / equal["train_s"]))
-            rows.append(run(name, method, steps, 1.1 * budget, **changes))
+        for (key, name, method, changes), row in zip(others, equal):
+            steps = max(1, round(budget * row["steps"] / row["train_s"]))
+            rows.append(run(f"{name.split(' (')[0]}, lec2o's time", method, steps, 1.1 * budget, **changes))
     if args.ablations:
         rows += [run(name, "lec2o-small", args.steps, **changes) for name, changes in ABLATIONS.items()]
     columns = ["method", "data", "steps", "train_s", "psnr", "ssim", "field_samples_per_ray", "estimator_mb", "render_s", "peak_mem_mb", "test_images", "device"]

@@ -56,15 +56,18 @@ def probe(model: Any, camera: Any) -> dict[str, float]:
     """Scene-network samples per ray, estimator memory (MB) and render time (s) on one view."""
     model.eval()
     rays = camera.generate_rays(0).to(model.device)
+    key = "num_large" if hasattr(model, "occupancy") else "num_samples"
+    chunk = int(getattr(model.config, "eval_num_rays_per_chunk", 4096))
     with torch.no_grad():
-        out = model.render_rays(rays)
+        # in the model's evaluation chunks: one 504x378 view at once took more than 15 GB
+        counts = [model.render_rays(rays[i : i + chunk]).get(key) for i in range(0, len(rays), chunk)]
         start = time.perf_counter()
         model.render(camera)
         render_s = time.perf_counter() - start
     if hasattr(model, "occupancy"):
-        samples, memory = float(out["num_large"].float().mean()), _bytes(model.occupancy.gate)
+        samples, memory = float(torch.cat(counts).float().mean()), _bytes(model.occupancy.gate)
     elif getattr(model.config, "sampler", None) == "occupancy":
-        samples, memory = float(out["num_samples"].float().mean()), _bytes(model.grid.density, model.grid.binary)
+        samples, memory = float(torch.cat(counts).float().mean()), _bytes(model.grid.density, model.grid.binary)
     else:
         samples, memory = float(model.config.num_nerf_samples), _bytes(model.proposals)
     return {"field_samples_per_ray": samples, "estimator_mb": memory / 2**20, "render_s": render_s}

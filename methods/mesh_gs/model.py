@@ -258,6 +258,10 @@ class MeshGSModel(PrimitiveModel):
     def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
         state = dict(state)
         bg_strategy = {k[len(BG_STRATEGY_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(BG_STRATEGY_PREFIX)}
+        # Checkpoints written before the background stage existed hold no background entries.
+        state.setdefault("background_active", torch.tensor(False))
+        for name in BACKGROUND_KEYS:
+            state.setdefault(f"bg_params.{name}", self.bg_params[name].detach().new_zeros((0, *self.bg_params[name].shape[1:])))
         for name in ("mesh_vertices", "mesh_faces"):
             if name in state and state[name].shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(state[name]))

@@ -690,3 +690,15 @@ def test_background_stage_renders_the_background_the_mesh_cannot(tmp_path, quiet
         psnr[name] = evaluate_images(trainer.model, trainer.datamanager.eval_dataset, progress=False)["mean"]["psnr"]
     print(f"mesh-gs background stage: {psnr}")
     assert psnr["with background"] > psnr["object only"] + BACKGROUND_GAIN_DB, psnr
+
+
+def test_checkpoints_without_background_entries_still_load():
+    """A checkpoint written before the background stage existed (no ``bg_params.*``, no
+    ``background_active``) loads, with no background Gaussians."""
+    v, f = two_triangles()
+    model = mesh_model(v, f, init_min_gaussians=8)
+    state = {k: t for k, t in model.state_dict().items() if not k.startswith("bg_") and k != "background_active"}
+    fresh = MeshGSModel(model.config, model.scene)
+    fresh.load_checkpoint_state(state)
+    assert fresh.num_primitives == model.num_primitives and len(fresh.bg_params["means"]) == 0
+    assert torch.equal(fresh.params["bary"], model.params["bary"])

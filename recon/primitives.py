@@ -50,6 +50,16 @@ SPLAT_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 log scales, opacity logits)."""
 
 
+def strategy_entries(state: dict[str, Any], prefix: str) -> dict[str, Tensor]:
+    """A densification state's tensors as checkpoint entries ``prefix + key`` (copies)."""
+    return {f"{prefix}{k}": v.detach().clone() for k, v in state.items() if isinstance(v, Tensor)}
+
+
+def pop_strategy_entries(checkpoint: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Remove the entries :func:`strategy_entries` wrote with ``prefix`` from ``checkpoint``; returns them without it."""
+    return {k[len(prefix) :]: checkpoint.pop(k) for k in list(checkpoint) if k.startswith(prefix)}
+
+
 def knn_rms_distance(points: Tensor, k: int = 3) -> Tensor:
     """Root mean square distance of each point [N, 3] to its k nearest other points -> [N].
 
@@ -220,15 +230,11 @@ class PrimitiveModel(Model):
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         # The densification statistics are part of the checkpoint, so that a resumed run densifies
         # exactly like an uninterrupted one.
-        out = super().state_dict(*args, **kwargs)
-        for key, value in self.strategy_state.items():
-            if isinstance(value, Tensor):
-                out[f"{STRATEGY_PREFIX}{key}"] = value.detach().clone()
-        return out
+        return {**super().state_dict(*args, **kwargs), **strategy_entries(self.strategy_state, STRATEGY_PREFIX)}
 
     def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
         state = dict(state)
-        strategy = {k[len(STRATEGY_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(STRATEGY_PREFIX)}
+        strategy = pop_strategy_entries(state, STRATEGY_PREFIX)
         # The number of primitives changes during training: take the checkpoint's sizes.
         for name in list(self.params):
             key = f"params.{name}"

@@ -40,7 +40,7 @@ from recon.geometry.deformation import face_deformation_gradients, face_frames, 
 from recon.geometry.mesh import cluster_decimate
 from recon.model import SceneInfo
 from recon.engine.callbacks import Callback, Where
-from recon.primitives import PrimitiveModel, PrimitiveModelConfig, initial_points, knn_rms_distance
+from recon.primitives import PrimitiveModel, PrimitiveModelConfig, initial_points, knn_rms_distance, pop_strategy_entries, strategy_entries
 from recon.render.gaussians.helpers import rgb_to_sh
 from recon.render.gaussians.strategy import DefaultStrategy, remove
 from recon.rotations import matrix_to_quaternion, quaternion_multiply, quaternion_to_matrix, apply_sh_rotation, sh_rotation_matrices
@@ -257,7 +257,7 @@ class MeshGSModel(PrimitiveModel):
 
     def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
         state = dict(state)
-        bg_strategy = {k[len(BG_STRATEGY_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(BG_STRATEGY_PREFIX)}
+        bg_strategy = pop_strategy_entries(state, BG_STRATEGY_PREFIX)
         # Checkpoints written before the background stage existed hold no background entries.
         state.setdefault("background_active", torch.tensor(False))
         for name in BACKGROUND_KEYS:
@@ -274,11 +274,7 @@ class MeshGSModel(PrimitiveModel):
         self.bg_strategy_state.update(bg_strategy)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        out = super().state_dict(*args, **kwargs)
-        for key, value in self.bg_strategy_state.items():
-            if isinstance(value, Tensor):
-                out[f"{BG_STRATEGY_PREFIX}{key}"] = value.detach().clone()
-        return out
+        return {**super().state_dict(*args, **kwargs), **strategy_entries(self.bg_strategy_state, BG_STRATEGY_PREFIX)}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = {k: v for k, v in super().param_groups().items() if k not in GEOMETRY}

@@ -44,6 +44,7 @@ __all__ = [
     "all_reduce_",
     "average_gradients",
     "average_scalars",
+    "barrier",
     "broadcast_model",
     "broadcast_object",
     "env_rank",
@@ -109,6 +110,16 @@ def setup(device: torch.device) -> torch.device:
             raise ConfigError("data-parallel: this PyTorch build has no torch.distributed")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return device
+
+
+def barrier() -> None:
+    """Wait until every rank gets here. Training calls it where every rank ends (after the last
+    checkpoint, or a Ctrl-C stop's): a rank then leaves the group only once the others are done
+    with the collectives they share (gloo sends asynchronously, so a rank can return from a
+    collective before its last message has reached its peers; a rank leaving then was seen to
+    abort with ``terminate called without an active exception``). No-op in one process."""
+    if world_size() > 1:
+        dist.barrier()
 
 
 def shutdown() -> None:

@@ -503,6 +503,7 @@ class Trainer:
                     if self._stop_requested:
                         path = self.save_checkpoint(step)
                         console.print(f"stopped at step {step}; checkpoint written to {path}; resume with --load-dir {self.run_dir}")
+                        distributed.barrier()
                         raise KeyboardInterrupt
         finally:
             if handler_installed:
@@ -510,6 +511,7 @@ class Trainer:
             if self._stop_requested or step < c.max_num_iterations:
                 self.close()
         path = self.save_checkpoint(step)
+        distributed.barrier()  # every rank is done communicating (nothing below uses a collective)
         result = self._eval_all(step - 1) if c.eval_at_end and self.eval_images is not None else None
         if result is not None:
             summary = {"step": step, **result["mean"]}

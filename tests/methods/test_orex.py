@@ -42,6 +42,50 @@ def test_batches_and_levels(torus_csl, tmp_path, quiet_config):
     assert len(dm.points) > n0 and dm.state_dict()["level"] == 3
 
 
+def test_balanced_batches_give_every_plane_the_same_share(torus_csl, tmp_path, quiet_config):
+    """``balance_planes``: a plane with few contour vertices gets as many samples per batch as one
+    with many (issue 32's small cross-sections), the hull keeps its share of the set, and every
+    drawn sample is one of the current level's; without it, shares follow the sample counts."""
+    path, _ = torus_csl
+    trainer = Trainer(quiet_config("orex-small", path, tmp_path, 1, **{"datamanager.batch_size": 60_000}))
+    dm = trainer.datamanager
+    assert dm.config.balance_planes
+    sections = dm.sections
+    normals = torch.tensor(np.stack([s.normal for s in sections.sections]))
+    offsets = torch.tensor([s.offset for s in sections.sections])
+
+    def shares(points):  # the plane each point lies on (-1: none, i.e. the hull)
+        dist = (points.double() @ normals.T + offsets).abs()
+        best = dist.argmin(-1)
+        best[dist.min(-1).values > 1e-6] = -1
+        return torch.bincount(best + 1, minlength=len(sections) + 1).double() / len(points)
+
+    pool = shares(dm.points)
+    drawn = shares(dm.next_train(0)["points"])
+    plane_share = (1 - pool[0]) / len(sections)
+    assert pool[1:].max() > 1.5 * pool[1:].min()  # the torus's planes differ in size
+    torch.testing.assert_close(drawn[1:], torch.full_like(drawn[1:], float(plane_share)), atol=0.006, rtol=0)
+    assert abs(drawn[0] - pool[0]) < 0.006
+    dm.config.balance_planes = False
+    torch.testing.assert_close(shares(dm.next_train(1)["points"]), pool, atol=0.006, rtol=0)
+
+
+def test_hinge_on_a_subset_is_the_hinge_of_those_points(torus_csl, tmp_path, quiet_config):
+    """``gradient_hinge_points``: the hinge estimated on the batch's first k points in a pass of
+    their own equals the full computation restricted to those points."""
+    path, _ = torus_csl
+    trainer = Trainer(quiet_config("orex-small", path, tmp_path, 1, **{"model.gradient_hinge_threshold": 0.5}))
+    model, batch = trainer.model, trainer.datamanager.next_train(0)
+    k = model.config.gradient_hinge_points
+    assert 0 < k < len(batch["points"])
+    subset = model.losses(batch, model(batch), 0)["gradient_hinge"]
+    model.config.gradient_hinge_points = 0
+    head = {key: v[:k] for key, v in batch.items()}
+    full = model.losses(head, model(head), 0)["gradient_hinge"]
+    assert float(full.detach()) > 0
+    torch.testing.assert_close(subset, full, rtol=1e-5, atol=0)
+
+
 def test_field_is_clipped_to_the_outside_hull(torus_csl, tmp_path, quiet_config):
     """Training labels the 1.05x convex hull of the contours outside and says nothing beyond it:
     the meshed field is clipped there (an untrained field inside everywhere becomes the hull)."""

@@ -30,16 +30,13 @@ def _labels(section: CrossSection, uv: np.ndarray) -> np.ndarray:
     return np.where(section.contains(uv), INSIDE, OUTSIDE)
 
 
-def plane_samples(
-    section: CrossSection, radius: float, count: int, noise_points: int, rng: np.random.Generator, local_noise_points: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def plane_samples(section: CrossSection, radius: float, count: int, noise_points: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Samples of one plane at one level: points [N, 3] and labels [N].
 
     Contour points (``count`` per edge, label 0.5), those points offset by +-radius along the
-    in-plane edge normal, ``count`` points on a circle of ``radius`` around each vertex,
-    ``noise_points`` uniform in [-1, 1]^2 of the plane's 2-D frame and ``local_noise_points``
-    uniform in the contours' bounding box padded by a quarter of its size; all but the contour
-    points labelled by the cross-section's inside test.
+    in-plane edge normal, ``count`` points on a circle of ``radius`` around each vertex, and
+    ``noise_points`` uniform in [-1, 1]^2 of the plane's 2-D frame; the last three labelled by
+    the cross-section's inside test.
     """
     uv_parts, label_parts = [], []
     for i in range(len(section.contours)):
@@ -55,9 +52,6 @@ def plane_samples(
         uv_parts += [on, offsets, ring]
         label_parts += [np.full(len(on), ON_CONTOUR), _labels(section, offsets), _labels(section, ring)]
     noise = rng.uniform(-1.0, 1.0, size=(noise_points, 2))
-    if local_noise_points and len(section.vertices):
-        lo, hi = section.uv_bounds(0.25)
-        noise = np.concatenate([noise, rng.uniform(lo, hi, size=(local_noise_points, 2))])
     uv_parts.append(noise)
     label_parts.append(_labels(section, noise))
     uv = np.concatenate(uv_parts)
@@ -90,14 +84,12 @@ def hull_samples(sections: CrossSections, count: int, seed: int) -> np.ndarray:
     return np.asarray(points)
 
 
-def level_samples(
-    sections: CrossSections, level: int, noise_points: int, hull_points: int, seed: int, local_noise_points: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def level_samples(sections: CrossSections, level: int, noise_points: int, hull_points: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All samples of one refinement level (deterministic for a seed): points [N, 3], labels [N]
     and the index of the plane each sample belongs to [N] (-1 for the hull's)."""
     rng = np.random.default_rng([seed, level])
     radius, count = 0.5 ** LEVEL_EXPONENTS[level], LEVEL_COUNTS[level]
-    parts = [plane_samples(s, radius, count, noise_points, rng, local_noise_points) for s in sections.sections]
+    parts = [plane_samples(s, radius, count, noise_points, rng) for s in sections.sections]
     hull = hull_samples(sections, hull_points, seed * 100 + level)
     points = np.concatenate([p for p, _ in parts] + [hull])
     labels = np.concatenate([lab for _, lab in parts] + [np.full(len(hull), OUTSIDE)])
@@ -119,9 +111,6 @@ class CrossSectionDataManagerConfig(InstantiateConfig):
     """Uniform samples per plane."""
     hull_points: int = 16384
     """Outside samples on the (enlarged) convex hull of all vertices."""
-    local_noise_points: int = 0
-    """[ours] Extra uniform samples per plane in its contours' bounding box (padded by a quarter):
-    [-1, 1]^2 puts few of the plane noise points near a small cross-section."""
     balance_planes: bool = False
     """[ours] Every plane gets the same share of each batch (the hull's samples keep their share
     of the set), instead of a share proportional to its sample count, i.e. its number of contour
@@ -149,7 +138,7 @@ class CrossSectionDataManager:
             return
         first = max(0, level - self.config.levels_in_use + 1)
         c = self.config
-        parts = [level_samples(self.sections, lv, c.plane_noise_points, c.hull_points, self.seed, c.local_noise_points) for lv in range(first, level + 1)]
+        parts = [level_samples(self.sections, lv, c.plane_noise_points, c.hull_points, self.seed) for lv in range(first, level + 1)]
         points, labels, planes = (np.concatenate(column) for column in zip(*parts))
         # Grouped by plane (hull last) so that a balanced batch draws a group, then a member.
         order = np.argsort(np.where(planes < 0, len(self.sections), planes), kind="stable")

@@ -124,19 +124,21 @@ class _NarrowBand:
     that passes between coarse samples without making any coarse cell straddle the level within
     the dilation is lost (thinner than about ``stride`` fine cells, in the worst case).
 
-    Called by :func:`extract_mesh` with fine-grid positions; ``evaluated`` counts field calls' points."""
+    Called by :func:`extract_mesh` with fine-grid positions."""
 
     def __init__(self, sdf_fn: Callable[[Tensor], Tensor], lo: Tensor, step: Tensor, res: tuple[int, int, int], level: float,
                  stride: int, dilation: int, chunk: int):
         self.sdf_fn, self.lo, self.level = sdf_fn, lo, level
         self.coarse_step = step * stride
         coarse = tuple(-(-(r - 1) // stride) + 1 for r in res)  # covers the fine grid (may overhang by < stride cells)
-        values = torch.from_numpy(_evaluate_slab(sdf_fn, lo, self.coarse_step, coarse, 0, coarse[2], chunk))
-        self.values = torch.nan_to_num(values - level, nan=1e30, posinf=1e30, neginf=-1e30)
-        self.evaluated = values.numel()
-        below = (self.values < 0).to(torch.int8)
-        corners = below.unfold(0, 2, 1).unfold(1, 2, 1).unfold(2, 2, 1).reshape(*(c - 1 for c in coarse), 8).sum(-1)
-        active = ((corners > 0) & (corners < 8)).float()[None, None]
+        self.values = torch.from_numpy(_evaluate_slab(sdf_fn, lo, self.coarse_step, coarse, 0, coarse[2], chunk)) - level
+
+        def corners(x: Tensor) -> Tensor:  # per coarse cell, how many of its 8 corners satisfy x
+            return x.to(torch.int8).unfold(0, 2, 1).unfold(1, 2, 1).unfold(2, 2, 1).reshape(*(c - 1 for c in coarse), 8).sum(-1)
+
+        below = corners(self.values < 0)
+        # Cells with a non-finite corner are evaluated exactly, so NaN/inf are handled as in the dense grid.
+        active = (((below > 0) & (below < 8)) | (corners(~torch.isfinite(self.values)) > 0)).float()[None, None]
         if dilation > 0:
             active = torch.nn.functional.max_pool3d(active, 2 * dilation + 1, stride=1, padding=dilation)
         self.active = active[0, 0] > 0
@@ -159,7 +161,6 @@ class _NarrowBand:
             idx = near.nonzero()[:, 0]
             val = torch.as_tensor(self.sdf_fn(points[idx.to(points.device)])).reshape(-1)
             out[idx] = val.detach().to("cpu", torch.float32)
-            self.evaluated += len(idx)
         return out
 
 

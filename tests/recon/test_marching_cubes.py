@@ -169,3 +169,17 @@ def test_coarse_to_fine_evaluation_gives_the_dense_mesh_for_fewer_field_calls():
 
     assert len(extract_mesh(rod, aabb, 97).faces) > 0
     assert len(extract_mesh(rod, aabb, 97, coarse_stride=4).faces) == 0
+
+
+def test_coarse_to_fine_treats_non_finite_values_as_the_dense_grid_does():
+    """NaN samples count as outside in the dense grid; cells with a non-finite coarse corner are
+    evaluated exactly, so the narrow band gives the same mesh."""
+
+    def holed(p):  # a sphere whose values are NaN in a slab through it
+        v = p.norm(dim=-1) - 0.6
+        return torch.where(p[:, 0].abs() < 0.1, torch.full_like(v, float("nan")), v)
+
+    aabb = [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]
+    dense, sparse = extract_mesh(holed, aabb, 65), extract_mesh(holed, aabb, 65, coarse_stride=2)
+    assert len(dense.faces) > 0 and len(sparse.faces) == len(dense.faces)
+    np.testing.assert_allclose(np.sort(sparse.vertices, 0), np.sort(dense.vertices, 0), atol=1e-9)

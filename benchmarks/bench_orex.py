@@ -18,7 +18,9 @@ Chamfer L1, Hausdorff, F-score at 1 % of the reference diagonal, and the **on-pl
 grid (:meth:`data.cross_sections.CrossSections.plane_iou`), its mean and its worst plane; the
 input is those contours, so a faithful reconstruction is near 1 there whatever it does between
 planes. Marching cubes at ``--resolution``^3 (the field evaluated near its surface only:
-``--coarse-stride``). Training and meshing time.
+``--coarse-stride``). Training and meshing time. ``--extractors mc,dc``: every metric for the marching-cubes mesh and,
+in the ``dc_`` columns, for the dual-contouring mesh of the same field (the official code's
+extractor; :mod:`recon.geometry.dual_contouring`).
 
     python -m benchmarks.bench_orex [--shapes eight_15,thin-cylinders] [--variants 0,1,2] [--resolution 192] [--no-record]
 """
@@ -37,6 +39,7 @@ from benchmarks.common import append_results, machine_description, shared_data
 from data.cross_sections import axis_planes, slice_mesh, thin_cylinders, write_csl
 from recon.config import get_method, override
 from recon.engine.trainer import Trainer
+from recon.geometry.dual_contouring import dual_contour
 from recon.geometry.marching_cubes import extract_mesh
 from recon.geometry.surface_metrics import mesh_metrics, points_inside, volumetric_iou
 
@@ -64,7 +67,8 @@ def shape_files(name: str, out: Path) -> tuple[Path, Path] | None:
     return (csl, ref) if csl.is_file() and ref.is_file() else None
 
 
-def run(shape: str, csl: Path, ref: Path, name: str, resolution: int, out: Path, steps_scale: float, coarse_stride: int = 2) -> dict:
+def run(shape: str, csl: Path, ref: Path, name: str, resolution: int, out: Path, steps_scale: float, coarse_stride: int = 2,
+        extractors: tuple[str, ...] = ("mc",)) -> dict:
     preset, folder, changes = VARIANTS[name]
     base = get_method(preset).config
     steps = tuple(max(1, round(s * steps_scale)) for s in base.datamanager.steps_per_level)
@@ -77,29 +81,32 @@ def run(shape: str, csl: Path, ref: Path, name: str, resolution: int, out: Path,
     start = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    with torch.no_grad():
-        mesh = extract_mesh(trainer.model.sdf, trainer.outputs.scene_box.aabb, resolution, coarse_stride=coarse_stride)
-    mesh_s = time.perf_counter() - start
-    # On-plane IoU in the normalised frame of the sections the model was trained on.
-    planes = trainer.datamanager.sections.plane_iou(lambda p: points_inside(mesh, p))
-    mesh.vertices = trainer.outputs.transform_to_input(torch.as_tensor(mesh.vertices)).numpy()
-    reference = trimesh.load(ref)
-    m = mesh_metrics(mesh, reference, num_points=100_000)
-    return {
-        "shape": shape,
-        "variant": name,
-        "steps": cfg.max_num_iterations,
-        "train_s": train_s,
-        "mesh_s": mesh_s,
-        "iou": volumetric_iou(mesh, reference, num_points=100_000),
-        "plane_iou": float(np.nanmean(planes)),
-        "plane_iou_min": float(np.nanmin(planes)),
-        "chamfer_l1": m["chamfer_l1"],
-        "hausdorff": m["hausdorff"],
-        "fscore@1%": m["fscore"],
-        "watertight": bool(mesh.is_watertight),
-    }
+    row = {"shape": shape, "variant": name, "steps": cfg.max_num_iterations, "train_s": train_s}
+    for extractor in extractors:
+        start = time.perf_counter()
+        with torch.no_grad():
+            if extractor == "dc":
+                mesh = dual_contour(trainer.model.sdf, trainer.outputs.scene_box.aabb, resolution, coarse_stride=coarse_stride)
+            else:
+                mesh = extract_mesh(trainer.model.sdf, trainer.outputs.scene_box.aabb, resolution, coarse_stride=coarse_stride)
+        mesh_s = time.perf_counter() - start
+        # On-plane IoU in the normalised frame of the sections the model was trained on.
+        planes = trainer.datamanager.sections.plane_iou(lambda p: points_inside(mesh, p))
+        mesh.vertices = trainer.outputs.transform_to_input(torch.as_tensor(mesh.vertices)).numpy()
+        reference = trimesh.load(ref)
+        m = mesh_metrics(mesh, reference, num_points=100_000)
+        pre = "" if extractor == "mc" else "dc_"
+        row.update({
+            f"{pre}mesh_s": mesh_s,
+            f"{pre}iou": volumetric_iou(mesh, reference, num_points=100_000),
+            f"{pre}plane_iou": float(np.nanmean(planes)),
+            f"{pre}plane_iou_min": float(np.nanmin(planes)),
+            f"{pre}chamfer_l1": m["chamfer_l1"],
+            f"{pre}hausdorff": m["hausdorff"],
+            f"{pre}fscore@1%": m["fscore"],
+            f"{pre}watertight": bool(mesh.is_watertight),
+        })
+    return row
 
 
 def main() -> None:
@@ -108,6 +115,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=192)
     ap.add_argument("--variants", default="0,1,2", help="indices of the variants to run (0 orex, 1 orex-small, 2 plain MLP, 3 T=10, 4 orex-official: hours)")
     ap.add_argument("--coarse-stride", type=int, default=2, help="marching cubes evaluates the field at every n-th sample first (1: dense)")
+    ap.add_argument("--extractors", default="mc,dc", help="mc (marching cubes) and/or dc (dual contouring), comma-separated")
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every level's steps by this")
     ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench_orex"))
     ap.add_argument("--no-record", action="store_true")
@@ -120,11 +128,12 @@ def main() -> None:
             print(f"skipping {shape}: {shape}.csl / {shape}_scaled.stl not in {shared_data() / 'orex'}")
             continue
         for i in args.variants.split(","):
-            row = run(shape, *files, names[int(i)], args.resolution, args.output_dir / shape, args.steps_scale, args.coarse_stride)
-            print({k: row[k] for k in ("shape", "variant", "iou", "plane_iou", "plane_iou_min", "train_s")}, flush=True)
+            row = run(shape, *files, names[int(i)], args.resolution, args.output_dir / shape, args.steps_scale, args.coarse_stride,
+                      tuple(args.extractors.split(",")))
+            print({k: row[k] for k in ("shape", "variant", "iou", "plane_iou", "plane_iou_min", "dc_iou", "dc_plane_iou", "train_s") if k in row}, flush=True)
             rows.append(row)
-    columns = ["shape", "variant", "steps", "train_s", "mesh_s", "iou", "plane_iou", "plane_iou_min", "chamfer_l1", "hausdorff",
-               "fscore@1%", "watertight"]
+    metrics = ["mesh_s", "iou", "plane_iou", "plane_iou_min", "chamfer_l1", "hausdorff", "fscore@1%", "watertight"]
+    columns = ["shape", "variant", "steps", "train_s"] + [f"{pre}{m}" for e, pre in (("mc", ""), ("dc", "dc_")) if e in args.extractors.split(",") for m in metrics]
     title = f"OReX against reference meshes, marching cubes at {args.resolution}^3, coarse stride {args.coarse_stride} (benchmarks/bench_orex.py)"
     table = append_results(title, columns, rows, record=not args.no_record)
     print(machine_description())

@@ -83,6 +83,22 @@ def _resolution3(resolution: int | Sequence[int]) -> tuple[int, int, int]:
 
 
 @torch.no_grad()
+def _sample_grid(
+    aabb: Tensor | Sequence[Sequence[float]], resolution: int | Sequence[int], device: torch.device | str | None
+) -> tuple[Tensor, Tensor, tuple[int, int, int]]:
+    """The sample grid over ``aabb``: its first sample [3] and spacing [3] (float64, on ``device``,
+    default the aabb's device) and the samples per axis. Raises ValueError for an empty box."""
+    aabb_t = torch.as_tensor(aabb)
+    dev = torch.device(device) if device is not None else aabb_t.device
+    # float64 positions: a 2048-cell grid over a large scene loses precision in float32 steps.
+    aabb_t = aabb_t.to(dev, torch.float64).reshape(2, 3)
+    if not bool((aabb_t[1] > aabb_t[0]).all()):
+        raise ValueError(f"aabb max must exceed min on every axis, got {aabb_t.tolist()}")
+    res = _resolution3(resolution)
+    step = (aabb_t[1] - aabb_t[0]) / torch.tensor([r - 1 for r in res], dtype=torch.float64, device=dev)
+    return aabb_t[0], step, res
+
+
 def _evaluate_slab(
     sdf_fn: Callable[[Tensor], Tensor],
     lo: Tensor,
@@ -204,15 +220,7 @@ def extract_mesh(
     """
     from skimage.measure import marching_cubes
 
-    aabb_t = torch.as_tensor(aabb)
-    dev = torch.device(device) if device is not None else aabb_t.device
-    # float64 positions: a 2048-cell grid over a large scene loses precision in float32 steps.
-    aabb_t = aabb_t.to(dev, torch.float64).reshape(2, 3)
-    if not bool((aabb_t[1] > aabb_t[0]).all()):
-        raise ValueError(f"aabb max must exceed min on every axis, got {aabb_t.tolist()}")
-    res = _resolution3(resolution)
-    lo = aabb_t[0]
-    step = (aabb_t[1] - aabb_t[0]) / torch.tensor([r - 1 for r in res], dtype=torch.float64, device=dev)
+    lo, step, res = _sample_grid(aabb, resolution, device)
     nx, ny, nz = res
     if slab_size is None:
         slab_size = nz if nx * ny * nz <= DEFAULT_SLAB_SAMPLES else max(1, DEFAULT_SLAB_SAMPLES // (nx * ny) - 1)

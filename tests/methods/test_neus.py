@@ -112,6 +112,14 @@ def test_run_folder_exports(tiny_scene, tmp_path):
     config = run_dir / "config.yml"
     mesh = MarchingCubesExport(load_config=config, output_dir=tmp_path / "exp", resolution=32).run()
     assert len(trimesh.load(mesh).vertices) > 0
+    dual = MarchingCubesExport(load_config=config, output_dir=tmp_path / "dc", resolution=32, extractor="dual-contouring").run()
+    mc, dc = trimesh.load(mesh), trimesh.load(dual)
+    # the same surface (one vertex per crossed cell instead of per crossed edge), in the same frame:
+    # every dual-contouring vertex within a grid cell of the marching-cubes mesh's vertices
+    from scipy.spatial import cKDTree
+
+    cell = float((mc.bounds[1] - mc.bounds[0]).max()) / 31
+    assert len(dc.faces) > 0.5 * len(mc.faces) and cKDTree(mc.vertices).query(dc.vertices)[0].max() < cell
     tsdf = TSDFExport(load_config=config, output_dir=tmp_path / "exp", resolution=32, accumulation_threshold=0.2).run()
     assert len(trimesh.load(tsdf).vertices) > 0
 

@@ -1,4 +1,4 @@
-"""``geconerf`` and ``geconerf-small``: few-shot NeRF with geometric consistency (Kwak, Song & Kim,
+"""``geconerf``, ``geconerf-small`` and ``geconerf-hash``: few-shot NeRF with geometric consistency (Kwak, Song & Kim,
 ICML 2023) on a mip-NeRF backbone (see README.md beside this file)."""
 
 from typing import Any
@@ -79,7 +79,29 @@ def geconerf_small() -> MethodSpec:
     return MethodSpec("geconerf-small", "geconerf sized to train in minutes on a CPU", config, test_overrides=TINY)
 
 
+HASH_TINY = {**TINY, "model.field": "hash", "model.hash_num_levels": 4, "model.hash_max_res": 32, "model.hash_log2_hashmap_size": 12, "model.hash_hidden_dim": 16}
+"""Config changes that train ``geconerf-hash`` in seconds on a tiny scene."""
+
+
+def geconerf_hash() -> MethodSpec:
+    """``geconerf-small`` with the hash-grid backbone (:class:`recon.fields.hash_field.AnnealedHashField`):
+    16 levels up to 512 cells per axis, 2^17 entries per level, 64-wide MLPs, the levels enabled
+    coarse-to-fine over the annealing window that anneals the mip-NeRF bands; Adam 1e-2 -> 1e-4
+    (hash tables want instant-ngp's larger steps), everything else as ``geconerf-small``."""
+    config = override(
+        geconerf_small().config,
+        method_name="geconerf-hash",
+        **{
+            "model.field": "hash", "model.hash_num_levels": 16, "model.hash_max_res": 512, "model.hash_log2_hashmap_size": 17,
+            "model.hash_hidden_dim": 64,
+            "optimizers.fields.lr": 1e-2, "optimizers.fields.scheduler.lr_final": 1e-4, "optimizers.fields.scheduler.lr_pre_warmup": 1e-4,
+            "optimizers.fields.eps": 1e-15,
+        },
+    )
+    return MethodSpec("geconerf-hash", "geconerf-small on a hash grid whose levels are annealed coarse-to-fine", config, test_overrides=HASH_TINY)
+
+
 __all__ = [
     "GeCoNeRFDataManager", "GeCoNeRFDataManagerConfig", "GeCoNeRFModel", "GeCoNeRFModelConfig",
-    "compressed_schedules", "geconerf", "geconerf_small",
+    "compressed_schedules", "geconerf", "geconerf_hash", "geconerf_small",
 ]

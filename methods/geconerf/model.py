@@ -25,6 +25,7 @@ from methods.geconerf.schedules import consistency_weight, occlusion_threshold
 from recon.cameras import RayBundle
 from recon.engine.callbacks import Callback, Where
 from recon.features import PatchFeatures, VGG19Features, masked_feature_l1
+from recon.fields.hash_field import AnnealedHashField
 from recon.fields.mip_field import MipNeRFField, render_mip_levels
 from recon.geometry.warp import backproject, inverse_warp, occlusion_mask
 from recon.model import Export, RayModel, RayModelConfig, SceneInfo
@@ -36,6 +37,9 @@ VGG_CONSISTENCY_WEIGHT = 2.3 * 0.005
 """The release's consistency weight with VGG-19 features: 2.3 x prcp_weight (0.005)."""
 PATCH_FEATURES_CONSISTENCY_WEIGHT = 0.05
 """Consistency weight with the weight-free features (measured; see README.md)."""
+NDC_HASH_BOX = torch.tensor([[-1.5, -1.5, -1.0], [1.5, 1.5, 1.0]])
+"""The hash grid's box in NDC: z spans near (-1) to infinity (1); x and y span the reference
+camera's image at [-1, 1], padded for the other cameras' rays (points beyond are clamped)."""
 
 
 def edge_aware_smoothness(depth: Tensor, image: Tensor) -> Tensor:
@@ -58,9 +62,19 @@ class GeCoNeRFModel(RayModel):
     def __init__(self, config: "GeCoNeRFModelConfig", scene: SceneInfo):
         super().__init__(config, scene)
         c = config
-        self.field = MipNeRFField(c.min_deg, c.max_deg, c.direction_deg, c.hidden_dim, c.num_layers, c.skips, c.color_hidden_dim)
         self.register_buffer("aabb", scene.aabb.float().clone(), persistent=False)
         self.ray_space = RaySpace(c.ray_space, scene.metadata, scene.far)
+        self.field: MipNeRFField | AnnealedHashField
+        if c.field == "mip":
+            self.field = MipNeRFField(c.min_deg, c.max_deg, c.direction_deg, c.hidden_dim, c.num_layers, c.skips, c.color_hidden_dim)
+        elif c.field == "hash":
+            box = NDC_HASH_BOX if self.ray_space.is_ndc else self.aabb
+            self.field = AnnealedHashField(
+                box, c.hash_num_levels, c.hash_max_res, c.hash_log2_hashmap_size, hidden_dim=c.hash_hidden_dim,
+                color_hidden_dim=c.hash_hidden_dim, direction_deg=c.direction_deg, implementation=c.hash_implementation,
+            )
+        else:
+            raise ValueError(f"unknown field {c.field!r} (mip or hash)")
         if c.ray_shape not in ("auto", "cone", "cylinder"):
             raise ValueError(f"unknown ray_shape {c.ray_shape!r}")
         self.cylinder = c.ray_shape == "cylinder" or (c.ray_shape == "auto" and self.ray_space.is_ndc)
@@ -178,6 +192,19 @@ class GeCoNeRFModel(RayModel):
 class GeCoNeRFModelConfig(RayModelConfig):
     """GeCoNeRF on mip-NeRF; defaults are the official release's (scripts override its flags)."""
 
+    field: Literal["mip", "hash"] = "mip"
+    """The backbone: mip-NeRF's integrated-encoding MLP (the paper), or a hash grid whose levels are
+    enabled coarse-to-fine by the same annealing window (:class:`AnnealedHashField`; ours)."""
+    hash_num_levels: int = 16
+    """Hash-grid levels (field hash); annealed like the encoding's bands (anneal_steps)."""
+    hash_max_res: int = 2048
+    """Finest hash-grid resolution (field hash)."""
+    hash_log2_hashmap_size: int = 19
+    """Hash table size per level, log2 (field hash)."""
+    hash_hidden_dim: int = 64
+    """Width of the hash field's density and colour MLPs (field hash)."""
+    hash_implementation: Literal["auto", "torch", "tcnn"] = "auto"
+    """Hash-grid code (field hash): tiny-cuda-nn on CUDA when it imports (auto), else PyTorch."""
     num_samples: int = 128
     """Samples per ray at each level."""
     num_levels: int = 2
@@ -210,7 +237,8 @@ class GeCoNeRFModelConfig(RayModelConfig):
     background: Literal["auto", "white", "black"] = "auto"
     """Colour behind the volume; auto = the dataset's background for RGBA images, else black."""
     anneal_steps: int = 15_000
-    """Coarse-to-fine window: band weights follow alpha = 1 + 15 t / N over the bands (0 disables)."""
+    """Coarse-to-fine window: band (or hash level) weights follow alpha = 1 + (L - 1) t / N over the L
+    bands or levels (0 disables)."""
     consistency_weight: float | None = None
     """Base weight of the feature consistency loss (decays, see weight_decay_steps); None: 0.0115
     with VGG-19 features (the release), 0.05 with the weight-free ones. 0 trains the bare backbone."""

@@ -5,7 +5,8 @@ arranges it: a multi-resolution hash grid and a one-layer MLP give a density and
 feature; the colour MLP sees that feature, the spherical-harmonics encoded view direction and an
 optional per-camera appearance embedding (NeRF-W, Martin-Brualla et al. 2021).
 :class:`HashDensityField` is the small density-only field that proposal samplers use
-(mip-NeRF 360, Barron et al. 2022).
+(mip-NeRF 360, Barron et al. 2022). :class:`AnnealedHashField` is a hash grid behind the mip-NeRF
+field's interface, with its levels enabled coarse-to-fine (GeCoNeRF's hash-grid variant).
 
 Positions come in normalised world units and are mapped into [0, 1]^3 either by the scene box
 (bounded scenes) or, after a scene contraction into the radius-2 ball, by the [-2, 2]^3 cube.
@@ -19,13 +20,16 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recon.fields.appearance import AppearanceEmbedding
+from recon.fields.encodings import FrequencyEncoding
 from recon.fields.hash_grid import HashGridEncoding, Implementation
 from recon.fields.mlp import MLP
 from recon.fields.spherical_harmonics import SHEncoding
 from recon.render.contraction import contract
+from recon.render.mip import annealing_window
 
 
 def trunc_exp(x: Tensor) -> Tensor:
@@ -175,3 +179,68 @@ class HashFieldOptions:
             hidden_dim=self.hidden_dim, geo_feature_dim=self.geo_feature_dim, color_hidden_dim=self.color_hidden_dim,
             num_cameras=num_cameras, appearance_dim=self.appearance_dim, implementation=self.implementation,
         )
+
+
+class AnnealedHashField(nn.Module):
+    """A hash-grid field with the mip-NeRF field's interface and coarse-to-fine **level masking**:
+    ``forward(means [R, S, 3], covs [R, S, 3], directions [R, 3], density_noise)`` returns density
+    [R, S] and rgb [R, S, 3], so :func:`recon.fields.mip_field.render_mip_levels` renders it
+    unchanged. The grid is evaluated at the Gaussians' means (``covs`` is accepted and ignored:
+    a point-sampled hash grid, not an integrated one).
+
+    Level l's features are multiplied by :func:`recon.render.mip.annealing_window` at the buffer
+    ``anneal_alpha`` (saved in checkpoints), the hash-grid counterpart of annealing positional
+    encoding bands (Nerfies, Park et al. 2021; for hash grids, Neuralangelo, Li et al. 2023, enables
+    levels progressively): a masked level contributes nothing and gets no gradient. ``num_bands``
+    is the number of levels, so callers anneal either field alike.
+
+    ``box`` [2, 3] maps positions into the grid's unit cube (points outside are clamped to its
+    border). Activations are mip-NeRF's (density ``softplus(raw - 1)``, padded sigmoid colour), so
+    the renderer's density noise and background handling mean the same for both fields.
+    """
+
+    def __init__(
+        self,
+        box: Tensor,
+        num_levels: int = 16,
+        max_res: int = 2048,
+        log2_hashmap_size: int = 19,
+        features_per_level: int = 2,
+        hidden_dim: int = 64,
+        color_hidden_dim: int = 64,
+        direction_deg: int = 4,
+        density_bias: float = -1.0,
+        rgb_padding: float = 0.001,
+        implementation: Implementation = "torch",
+    ):
+        super().__init__()
+        self.register_buffer("box", box.float().clone(), persistent=False)
+        self.density_bias, self.rgb_padding = density_bias, rgb_padding
+        self.encoding = HashGridEncoding(
+            num_levels=num_levels, features_per_level=features_per_level, log2_hashmap_size=log2_hashmap_size, min_res=16,
+            max_res=max_res, implementation=implementation,
+        )
+        self.geometry = MLP(self.encoding.out_dim, hidden_dim, 2, hidden_dim)
+        self.dir_enc = FrequencyEncoding(3, direction_deg)
+        self.color = MLP(hidden_dim - 1 + self.dir_enc.out_dim, color_hidden_dim, 2, 3)
+        self.register_buffer("anneal_alpha", torch.tensor(float(num_levels)))
+
+    @property
+    def num_bands(self) -> int:
+        return self.encoding.num_levels
+
+    def level_weights(self) -> Tensor:
+        """[num_levels * features_per_level] the window's weight of every encoding channel."""
+        return annealing_window(self.anneal_alpha, self.num_bands).repeat_interleave(self.encoding.features_per_level)
+
+    def forward(self, means: Tensor, covs: Tensor, directions: Tensor, density_noise: float = 0.0) -> tuple[Tensor, Tensor]:
+        u = ((means - self.box[0]) / (self.box[1] - self.box[0])).clamp(0.0, 1.0)
+        features = self.encoding(u.reshape(-1, 3)).reshape(*means.shape[:-1], -1)
+        h = self.geometry(features * self.level_weights().to(features))
+        raw = h[..., 0]
+        if density_noise > 0:
+            raw = raw + torch.randn_like(raw) * density_noise
+        density = F.softplus(raw + self.density_bias)
+        d = self.dir_enc(directions)[:, None].expand(*means.shape[:-1], -1)
+        rgb = torch.sigmoid(self.color(torch.cat([h[..., 1:], d], -1)))
+        return density, rgb * (1 + 2 * self.rgb_padding) - self.rgb_padding

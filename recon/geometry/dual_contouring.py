@@ -117,19 +117,14 @@ def dual_contour(
         n_all[:, a] = (values(p_all + e) - values(p_all - e)) / (2 * h)
     n_all /= np.maximum(np.linalg.norm(n_all, axis=1, keepdims=True), 1e-12)
 
-    # QEF per cell: accumulate A^T A, A^T b and the crossings' mean over the cells around each edge.
-    n_cells = int(np.prod(cells))
-    ata = np.zeros((n_cells, 3, 3))
-    atb = np.zeros((n_cells, 3))
-    mass = np.zeros((n_cells, 3))
-    count = np.zeros(n_cells)
-    quads = []
+    # QEF per cell: accumulate A^T A, A^T b and the crossings' mean over the cells around each
+    # edge, in arrays over the crossed cells only (a dense [cells, 3, 3] array would take 9.6 GB
+    # at 512^3).
+    cell_ids, edge_ids, quads = [], [], []
     offset = 0
     for (a, ijk), flip in zip(edge_cells, edge_flip):
         b, c = (a + 1) % 3, (a + 2) % 3
         n = len(ijk)
-        p, nn = p_all[offset:offset + n], n_all[offset:offset + n]
-        offset += n
         around = np.empty((n, 4), dtype=np.int64)
         valid = np.ones(n, dtype=bool)
         for q, (db, dc) in enumerate(_QUAD):
@@ -140,25 +135,26 @@ def dual_contour(
             valid &= ok
             flat = np.ravel_multi_index(tuple(np.clip(cell, 0, cells - 1).T), tuple(cells))
             around[:, q] = flat
-            nnt = nn[ok]
-            np.add.at(ata, flat[ok], nnt[:, :, None] * nnt[:, None, :])
-            np.add.at(atb, flat[ok], nnt * (nnt * p[ok]).sum(1, keepdims=True))
-            np.add.at(mass, flat[ok], p[ok])
-            np.add.at(count, flat[ok], 1.0)
+            cell_ids.append(flat[ok])
+            edge_ids.append(offset + np.nonzero(ok)[0])
+        offset += n
         quad = around[valid]
         quad[flip[valid]] = quad[flip[valid]][:, ::-1]
         quads.append(quad)
-    active = np.nonzero(count)[0]
-    centre = mass[active] / count[active, None]
+    active, owner = np.unique(np.concatenate(cell_ids), return_inverse=True)
+    edge = np.concatenate(edge_ids)
+    p, nn = p_all[edge], n_all[edge]
+    k = len(active)
+    accumulate = lambda w: np.bincount(owner, weights=w, minlength=k)  # noqa: E731
+    ata = np.stack([accumulate(nn[:, i] * nn[:, j]) for i in range(3) for j in range(3)], 1).reshape(k, 3, 3)
+    nb = (nn * p).sum(1)
+    atb = np.stack([accumulate(nn[:, i] * nb) for i in range(3)], 1)
+    centre = np.stack([accumulate(p[:, i]) for i in range(3)], 1) / accumulate(np.ones(len(p)))[:, None]
     lam = float(bias)
-    m = ata[active] + lam * np.eye(3)
-    rhs = atb[active] + lam * centre
-    x = np.linalg.solve(m, rhs[..., None])[..., 0]
+    x = np.linalg.solve(ata + lam * np.eye(3), (atb + lam * centre)[..., None])[..., 0]
     cell_lo = np.stack(np.unravel_index(active, tuple(cells)), 1).astype(np.float64)
     x = np.clip(x, cell_lo, cell_lo + 1.0)
-    vertex_of = np.full(n_cells, -1, dtype=np.int64)
-    vertex_of[active] = np.arange(len(active))
-    quad = vertex_of[np.concatenate(quads)]
+    quad = np.searchsorted(active, np.concatenate(quads))
     if not len(quad):
         return _empty_mesh()
     faces = np.concatenate([quad[:, [0, 1, 2]], quad[:, [0, 2, 3]]])

@@ -23,7 +23,7 @@ from recon.features import VGG19_CONVS, PatchFeatures, VGG19Features, masked_fea
 from recon.geometry.warp import backproject, inverse_warp
 from recon.model import SceneInfo
 
-GECONERF_ENTRY = "geconerf=methods.geconerf:geconerf,geconerf-small=methods.geconerf:geconerf_small"
+GECONERF_ENTRY = "geconerf=methods.geconerf:geconerf,geconerf-small=methods.geconerf:geconerf_small,geconerf-hash=methods.geconerf:geconerf_hash"
 W = H = 40
 F = 40.0
 
@@ -367,3 +367,24 @@ def test_quality_on_synthetic_scene_with_few_views(tmp_path, quiet_config, one_t
     trainer.train()
     result = evaluate_images(trainer.model, trainer.datamanager.eval_dataset, progress=False, with_lpips=False)
     assert result["mean"]["psnr"] > 15.5, result["mean"]
+
+
+@pytest.mark.slow
+def test_hash_variant_learns_the_synthetic_scene(tmp_path, quiet_config, one_thread):
+    """geconerf-hash (the hash-grid backbone with annealed levels) reproduces held-out views of the
+    default scene from 8 of its views, in the configuration of the test above. Measured 17.57 dB
+    (17.56 without the consistency loss: on this scene the regulariser is within noise, as with
+    mip-NeRF); the mean training image gives 13.7 dB, so a field whose levels never open, or a
+    broken grid, stays far below the threshold."""
+    from data.synthetic import default_scene_path
+    from recon.engine.evaluate import evaluate_images
+
+    steps = 400
+    small = {"model.num_samples": 24, "datamanager.train_num_rays_per_batch": 256, "datamanager.patch_size": 16,
+             **compressed_schedules(steps), "datamanager.reg_start": 100, "model.weight_decay_steps": 2000}
+    del small["max_num_iterations"]
+    trainer = Trainer(quiet_config("geconerf-hash", default_scene_path(), tmp_path, steps, num_train_views=8, **small))
+    trainer.train()
+    assert float(trainer.model.field.anneal_alpha) == 16.0  # every level open by the end
+    result = evaluate_images(trainer.model, trainer.datamanager.eval_dataset, progress=False, with_lpips=False)
+    assert result["mean"]["psnr"] > 16.0, result["mean"]

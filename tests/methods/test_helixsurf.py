@@ -36,14 +36,16 @@ def flat_cues(t: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_round_zero_supervises_with_the_scene_surface(tmp_path, quiet_config):
-    """Round 0 of the helixsurf-small preset on the default synthetic scene (PatchMatch from random
-    planes at half the 64 x 64 training size, 5 x 5 patches) puts z-depths and world-frame normals
+    """Round 0 of helixsurf-small on the default synthetic scene (PatchMatch from random planes at
+    half the 64 x 64 training size, 5 x 5 patches; the preset matches at full size, which takes
+    four times as long) puts z-depths and world-frame normals
     of the true surface into the buffers the batches carry, at the training size: most surface
     pixels get one, within a few percent; a wrong frame, a ray distance for a z-depth, a wrong
     up-sampling or a mis-indexed image would fail."""
     from data.synthetic import default_scene_path
 
-    t = Trainer(quiet_config(METHOD, default_scene_path(), tmp_path, 1, **{"model.helix.patchmatch": PatchMatchConfig(patch_radius=2)}))
+    half = {"model.helix.patchmatch": PatchMatchConfig(patch_radius=2), "model.helix.image_scale": 0.5}
+    t = Trainer(quiet_config(METHOD, default_scene_path(), tmp_path, 1, **half))
     assert t.datamanager.depths is None  # helixsurf does not read the dataset's (ground-truth) maps
     t.model.helix_round(0)
     dm = t.datamanager

@@ -19,7 +19,8 @@ Rows:
 ``--set KEY=VALUE`` changes the geconerf row's config (the mode column lists it), ``--seed`` seeds
 every row. Columns: PSNR / SSIM over the 3 test views (LPIPS when local weights exist), training time.
 Depth maps of the first test view, one per row, are written side by side to
-``benchmarks/images/geconerf_fern_depth.png`` (inverse depth, brighter is nearer).
+``<output-dir>/geconerf_fern_depth.png`` (inverse depth, brighter is nearer), and copied to
+``benchmarks/images/`` when the run is recorded (not with ``--no-record``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def main() -> None:
     ap.add_argument("--vgg-weights", type=Path, default=None)
     ap.add_argument("--methods", default="geconerf,backbone,vanilla-nerf")
     ap.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
-                    help="a config change for the geconerf row only (JSON value), e.g. model.depth_gradient=true; repeatable")
+                    help="a config change for the geconerf row only (JSON value), e.g. model.consistency_weight=0.2; repeatable")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench"))

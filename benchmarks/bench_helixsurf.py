@@ -1,7 +1,7 @@
 """Benchmark: helixsurf-small against neus-small (and volsdf-small) on the synthetic scene at equal
 steps, in one run.
 
-    python -m benchmarks.bench_helixsurf [--steps 3000] [--methods helixsurf-small,neus-small,volsdf-small]
+    python -m benchmarks.bench_helixsurf [--steps 3000] [--methods helixsurf-small,neus-small,volsdf-small] [--parts synthetic,dtu]
 
 Data: the default synthetic scene (64x64, 32 train / 8 test views). helixsurf-small trains on
 neus-small's networks and sampler, plus PatchMatch MVS depth and normals (round 0 from random
@@ -11,6 +11,11 @@ normal gate) is scaled with ``--steps`` the way the optimizer schedules are (the
 size and normal consistency of the marching-cubes mesh (128^3) against the reference mesh, the
 visible-surface F-score, test PSNR, training time, and for helixsurf the seconds and kept fraction
 of its PatchMatch rounds.
+
+``--parts dtu``: the same methods on DTU scan 24 (the shared MonoSDF copy, 384 x 384 scaled by
+``--dtu-scale``, all 49 views train, bench_neus's protocol): PSNR on the RegNeRF test views (training
+views, as in NeuS's DTU protocol), the mesh (256^3, PLY) and a shaded picture of it from the first
+camera. There are no surface metrics: the shared copy has no DTU reference points.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from benchmarks.bench_neus import export_mesh
+from benchmarks.bench_neus import dtu, export_mesh
 from benchmarks.bench_objectsdf import VOLSDF_SMALL
 from benchmarks.common import append_results, machine_description, train_and_evaluate
 from recon.geometry.surface_metrics import mesh_metrics, visible_surface_fscore
@@ -50,18 +55,22 @@ def surface_row(trainer, scene: Path) -> dict:
             "fscore_visible": vis["fscore"]}
 
 
-def run(method: str, steps: int, out: Path, device: str) -> dict:
+def run(method: str, steps: int, out: Path, device: str, dtu_scale: float | None = None) -> dict:
+    """One method on the synthetic scene, or on DTU scan 24 at ``dtu_scale`` when given."""
     from data.synthetic import default_scene_path
 
-    scene = default_scene_path()
     changes = {"volsdf-small": VOLSDF_SMALL}.get(method, {})
     base = "neus-small" if method == "volsdf-small" else method
     if base.startswith("helixsurf"):
         changes = helix_schedule(steps)
     start = time.perf_counter()
-    trainer, row = train_and_evaluate(base, scene, out, steps, 1, device, timestamp=method, **changes)
+    if dtu_scale is not None:
+        trainer, row = dtu(steps, dtu_scale, out, device, base, timestamp=method, return_trainer=True, **changes)
+    else:
+        scene = default_scene_path()
+        trainer, row = train_and_evaluate(base, scene, out, steps, 1, device, timestamp=method, **changes)
+        row.update(data="synthetic 64x64", **surface_row(trainer, scene))
     row["method"] = method
-    row.update(data="synthetic 64x64", **surface_row(trainer, scene))
     rounds = getattr(trainer.model, "helix_rounds", [])
     if rounds:
         row["mvs_rounds"] = len(rounds)
@@ -75,16 +84,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--methods", default="helixsurf-small,neus-small,volsdf-small")
+    ap.add_argument("--parts", default="synthetic", help="comma-separated: synthetic, dtu")
+    ap.add_argument("--dtu-scale", type=float, default=0.25, help="DTU image scale (384 x 384 at 1)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench"))
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
     print(machine_description())
-    rows = [run(m, args.steps, args.output_dir, args.device) for m in args.methods.split(",")]
-    columns = ["method", "data", "steps", "train_s", "psnr", "chamfer_l1", "fscore_2pct", "normal_consistency", "fscore_visible",
-               "mvs_rounds", "mvs_s_per_round", "mvs_kept", "device"]
-    print(append_results("helixsurf vs neus / volsdf at equal steps on the synthetic scene (benchmarks/bench_helixsurf.py)", columns, rows,
-                         record=not args.no_record))
+    methods, parts = args.methods.split(","), args.parts.split(",")
+    mvs = ["mvs_rounds", "mvs_s_per_round", "mvs_kept", "device"]
+    if "synthetic" in parts:
+        rows = [run(m, args.steps, args.output_dir, args.device) for m in methods]
+        columns = ["method", "data", "steps", "train_s", "psnr", "chamfer_l1", "fscore_2pct", "normal_consistency", "fscore_visible", *mvs]
+        print(append_results("helixsurf vs neus / volsdf at equal steps on the synthetic scene (benchmarks/bench_helixsurf.py)", columns, rows,
+                             record=not args.no_record))
+    if "dtu" in parts:
+        rows = [run(m, args.steps, args.output_dir, args.device, dtu_scale=args.dtu_scale) for m in methods]
+        columns = ["method", "data", "steps", "train_s", "psnr", "ssim", "test_images", "vertices", "picture", "mesh", *mvs]
+        print(append_results("helixsurf vs neus / volsdf at equal steps on DTU scan 24 (benchmarks/bench_helixsurf.py)", columns, rows,
+                             record=not args.no_record))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ def synthetic(steps: int, out: Path, device: str, method: str = "neus-small", **
     }
 
 
-def dtu(steps: int, scale: float, out: Path, device: str, method: str = "neus-small", **changes) -> dict:
+def dtu(steps: int, scale: float, out: Path, device: str, method: str = "neus-small", return_trainer: bool = False, **changes) -> dict | tuple:
+    """``method`` on DTU scan 24 at ``scale``: its row (and the trainer first, with ``return_trainer``)."""
     data = shared_data() / "dtu_scan24"
     trainer, row = train_and_evaluate(method, data, out, steps, 1, device, **{"datamanager.image_scale": scale, **changes})
     mesh, normalised, mesh_s = export_mesh(trainer, 256)
@@ -66,7 +67,8 @@ def dtu(steps: int, scale: float, out: Path, device: str, method: str = "neus-sm
     mesh.export(mesh_path)
     # The first training camera (normalised frame, like the normalised copy of the mesh).
     picture = mesh_picture(normalised, trainer.datamanager.train_dataset.cameras[0], out / f"{name}_mesh.png")
-    return {**row, "data": f"dtu_scan24 x{scale}", "mesh_s": mesh_s, "vertices": len(mesh.vertices), "mesh": str(mesh_path), "picture": str(picture)}
+    row = {**row, "data": f"dtu_scan24 x{scale}", "mesh_s": mesh_s, "vertices": len(mesh.vertices), "mesh": str(mesh_path), "picture": str(picture)}
+    return (trainer, row) if return_trainer else row
 
 
 def main() -> None:

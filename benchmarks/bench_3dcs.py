@@ -39,10 +39,9 @@ first row of a scene or run one method per process with ``--methods``), training
 from __future__ import annotations
 
 import argparse
-import ast
 from pathlib import Path
 
-from benchmarks.common import append_results, machine_description, shared_data, train_and_evaluate
+from benchmarks.common import append_results, machine_description, parse_sets, shared_data, train_and_evaluate
 
 OFFICIAL_STEPS = 30_000
 
@@ -84,22 +83,6 @@ def schedule(method: str, steps: int, mode: str, interval_floor: float = 0.25) -
             "model.strategy.prune_every_after": 10 * steps + 1,
         })
     return changes
-
-
-def parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
-    """``METHOD:KEY=VALUE`` strings -> {method: {key: value}} (value a Python literal, else a string)."""
-    out: dict[str, dict[str, object]] = {}
-    for item in items:
-        method, sep, rest = item.partition(":")
-        key, eq, text = rest.partition("=")
-        if not (sep and eq and key):
-            raise SystemExit(f"--set {item!r}: expected METHOD:KEY=VALUE, e.g. 3dcs:optimizers.opacities.lr=0.05")
-        try:
-            value: object = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        out.setdefault(method, {})[key] = value
-    return out
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import trimesh
 
 from benchmarks.bench_neus import dtu, export_mesh
 from benchmarks.bench_objectsdf import VOLSDF_SMALL
-from benchmarks.common import append_results, machine_description, train_and_evaluate
+from benchmarks.common import append_results, machine_description, parse_sets, train_and_evaluate
 from recon.geometry.surface_metrics import mesh_metrics, visible_surface_fscore
 
 
@@ -55,14 +55,16 @@ def surface_row(trainer, scene: Path) -> dict:
             "fscore_visible": vis["fscore"]}
 
 
-def run(method: str, steps: int, out: Path, device: str, dtu_scale: float | None = None) -> dict:
-    """One method on the synthetic scene, or on DTU scan 24 at ``dtu_scale`` when given."""
+def run(method: str, steps: int, out: Path, device: str, dtu_scale: float | None = None, sets: dict | None = None) -> dict:
+    """One method on the synthetic scene, or on DTU scan 24 at ``dtu_scale`` when given; ``sets``:
+    config changes of this method's run (``--set``)."""
     from data.synthetic import default_scene_path
 
     changes = {"volsdf-small": VOLSDF_SMALL}.get(method, {})
     base = "neus-small" if method == "volsdf-small" else method
     if base.startswith("helixsurf"):
         changes = helix_schedule(steps)
+    changes = {**changes, **(sets or {})}
     start = time.perf_counter()
     if dtu_scale is not None:
         trainer, row = dtu(steps, dtu_scale, out, device, base, timestamp=method, return_trainer=True, **changes)
@@ -70,7 +72,8 @@ def run(method: str, steps: int, out: Path, device: str, dtu_scale: float | None
         scene = default_scene_path()
         trainer, row = train_and_evaluate(base, scene, out, steps, 1, device, timestamp=method, **changes)
         row.update(data="synthetic 64x64", **surface_row(trainer, scene))
-    row["method"] = method
+    label = ", ".join(f"{k}={v}" for k, v in (sets or {}).items())
+    row["method"] = f"{method} ({label})" if label else method
     rounds = getattr(trainer.model, "helix_rounds", [])
     if rounds:
         row["mvs_rounds"] = len(rounds)
@@ -85,21 +88,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--methods", default="helixsurf-small,neus-small,volsdf-small")
     ap.add_argument("--parts", default="synthetic", help="comma-separated: synthetic, dtu")
+    ap.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                    help="change one config value of one method's runs (repeatable), e.g. helixsurf-small:model.helix.clean.enabled=True")
     ap.add_argument("--dtu-scale", type=float, default=0.25, help="DTU image scale (384 x 384 at 1)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--output-dir", type=Path, default=Path("outputs/bench"))
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
     print(machine_description())
-    methods, parts = args.methods.split(","), args.parts.split(",")
+    methods, parts, sets = args.methods.split(","), args.parts.split(","), parse_sets(args.set)
     mvs = ["mvs_rounds", "mvs_s_per_round", "mvs_kept", "device"]
     if "synthetic" in parts:
-        rows = [run(m, args.steps, args.output_dir, args.device) for m in methods]
+        rows = [run(m, args.steps, args.output_dir, args.device, sets=sets.get(m)) for m in methods]
         columns = ["method", "data", "steps", "train_s", "psnr", "chamfer_l1", "fscore_2pct", "normal_consistency", "fscore_visible", *mvs]
         print(append_results("helixsurf vs neus / volsdf at equal steps on the synthetic scene (benchmarks/bench_helixsurf.py)", columns, rows,
                              record=not args.no_record))
     if "dtu" in parts:
-        rows = [run(m, args.steps, args.output_dir, args.device, dtu_scale=args.dtu_scale) for m in methods]
+        rows = [run(m, args.steps, args.output_dir, args.device, dtu_scale=args.dtu_scale, sets=sets.get(m)) for m in methods]
         columns = ["method", "data", "steps", "train_s", "psnr", "ssim", "test_images", "vertices", "picture", "mesh", *mvs]
         print(append_results("helixsurf vs neus / volsdf at equal steps on DTU scan 24 (benchmarks/bench_helixsurf.py)", columns, rows,
                              record=not args.no_record))

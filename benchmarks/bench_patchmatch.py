@@ -37,6 +37,7 @@ from data.datamanager import ImageDataset
 from data.parsers import load_dataset
 from data.synthetic import default_scene_path
 from recon.geometry.patchmatch import PatchMatchConfig, depth_to_points, fuse_points, geometric_consistency, patchmatch
+from recon.geometry.point_cleaning import SurfaceCleaningConfig, clean_mvs
 
 
 def _ground_truth(train, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,9 +49,10 @@ def _ground_truth(train, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(hit, F.avg_pool2d(full[:, None], step)[:, 0], torch.zeros(())), full
 
 
-def _match(scene: Path, scale: float, backend: str):
-    """Match, filter and fuse every training view of ``scene`` at ``scale``: (training split,
-    cameras, result, keep mask, fused points, PatchMatch seconds, filter + fusion seconds)."""
+def _match(scene: Path, scale: float, backend: str, clean: SurfaceCleaningConfig | None = None):
+    """Match, filter (and with ``clean``, clean through a Poisson surface) and fuse every training
+    view of ``scene`` at ``scale``: (training split, cameras, result, keep mask, fused points,
+    PatchMatch seconds, filter + fusion seconds)."""
     outputs = load_dataset(scene)
     train = outputs.split("train")
     dataset = ImageDataset(train, image_scale=scale, load_masks=False)
@@ -61,18 +63,22 @@ def _match(scene: Path, scale: float, backend: str):
     result = patchmatch(images, cameras, config, outputs.scene_box.aabb)
     t1 = time.perf_counter()
     keep, _ = geometric_consistency(cameras, result.depth, config)
+    if clean is not None:
+        keep, _ = clean_mvs(cameras, result.depth, result.normal, images, keep, config, clean)
     points, _, _ = fuse_points(cameras, result.depth * keep, result.normal * keep[..., None], images, keep, config)
     return train, cameras, result, keep, points, t1 - t0, time.perf_counter() - t1
 
 
-def run(scale: float, backend: str, tau: float) -> dict:
+def run(scale: float, backend: str, tau: float, clean: SurfaceCleaningConfig | None = None) -> dict:
     scene = default_scene_path()
-    train, cameras, result, keep, points, match_s, fuse_s = _match(scene, scale, backend)
+    train, cameras, result, keep, points, match_s, fuse_s = _match(scene, scale, backend, clean)
     step = int(round(1 / scale))
     gt, full = _ground_truth(train, step)
 
     surface = gt > 0
     kept = keep & surface
+    # pixels whose whole block misses the object (foreground fattening when kept)
+    background = F.avg_pool2d((full > 0).float()[:, None], step)[:, 0] == 0.0 if step > 1 else full == 0
     err = ((result.depth - gt).abs() / gt.clamp_min(1e-6))[kept]
     # points in the normalised frame; the mesh is in the input frame
     R, t, s = train.dataparser_transform[:, :3].double(), train.dataparser_transform[:, 3].double(), train.dataparser_scale
@@ -88,9 +94,11 @@ def run(scale: float, backend: str, tau: float) -> dict:
         "image": f"{cameras.width[0].item()}x{cameras.height[0].item()}",
         "views": len(cameras),
         "backend": backend,
+        "cleaning": f"band {clean.band}" if clean else "none",
         "patchmatch_s": match_s,
         "filter_fuse_s": fuse_s,
         "surface_kept": float(kept.sum() / surface.sum()),
+        "background_kept": float((keep & background).sum() / background.sum().clamp_min(1)),
         "depth_err_median": float(err.median()),
         "within_1pct": float((err < 0.01).float().mean()),
         "within_5pct": float((err < 0.05).float().mean()),
@@ -100,13 +108,14 @@ def run(scale: float, backend: str, tau: float) -> dict:
     }
 
 
-def run_dtu(scale: float, backend: str, tau: float, reference_mesh: Path | None, depths: dict[str, torch.Tensor]) -> dict:
+def run_dtu(scale: float, backend: str, tau: float, reference_mesh: Path | None, depths: dict[str, torch.Tensor],
+            clean: SurfaceCleaningConfig | None = None) -> dict:
     """One backend on DTU scan 24 at ``scale``; ``depths`` collects each backend's raw depth maps so
     the second backend's row can report how far it is from the first's."""
-    train, cameras, result, keep, points, match_s, fuse_s = _match(shared_data() / "dtu_scan24", scale, backend)
+    train, cameras, result, keep, points, match_s, fuse_s = _match(shared_data() / "dtu_scan24", scale, backend, clean)
     row = {
         "image": f"{cameras.width[0].item()}x{cameras.height[0].item()}", "views": len(cameras), "backend": backend,
-        "patchmatch_s": match_s, "filter_fuse_s": fuse_s, "pixels_kept": float(keep.float().mean()), "points": len(points),
+        "cleaning": f"band {clean.band}" if clean else "none", "patchmatch_s": match_s, "filter_fuse_s": fuse_s, "pixels_kept": float(keep.float().mean()), "points": len(points),
     }
     if depths:
         other = next(iter(depths.values()))
@@ -131,17 +140,20 @@ def main() -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5], help="image scales (synthetic: 64 x 64; dtu: 384 x 384)")
     parser.add_argument("--backends", nargs="+", default=["torch", "warp"], choices=["torch", "warp"])
     parser.add_argument("--tau", type=float, default=0.05, help="completeness distance, normalised units")
+    parser.add_argument("--clean-bands", type=float, nargs="*", default=[],
+                        help="also run with HelixSurf's Poisson cleaning at these bands (normalised units; needs Open3D)")
     parser.add_argument("--reference-mesh", type=Path, help="dtu: a mesh (input frame) to measure the fused points against")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
+    cleanings = [None] + [SurfaceCleaningConfig(enabled=True, band=band) for band in args.clean_bands]
     if args.scene == "dtu":
         rows = []
         for scale in args.scales:
             depths: dict[str, torch.Tensor] = {}
-            rows += [run_dtu(scale, backend, args.tau, args.reference_mesh, depths) for backend in args.backends]
+            rows += [run_dtu(scale, backend, args.tau, args.reference_mesh, depths, clean) for clean in cleanings for backend in args.backends]
         where = "DTU scan 24 (no ground truth: see the docstring)"
     else:
-        rows = [run(scale, backend, args.tau) for scale in args.scales for backend in args.backends]
+        rows = [run(scale, backend, args.tau, clean) for scale in args.scales for clean in cleanings for backend in args.backends]
         where = "the synthetic scene"
     title = f"PatchMatch MVS on {where}, {torch.get_num_threads()} torch thread(s) (benchmarks/bench_patchmatch.py)"
     print(append_results(title, list(dict.fromkeys(k for r in rows for k in r)), rows, record=not args.no_record))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import datetime
 import os
 import platform
@@ -226,3 +227,19 @@ def mesh_picture(mesh: Any, camera: Any, path: Path, samples_per_pixel: float = 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(out if len(meshes) > 1 else out[..., 0]).save(path)
     return path
+
+
+def parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
+    """``METHOD:KEY=VALUE`` strings -> {method: {key: value}} (value a Python literal, else a string)."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        method, sep, rest = item.partition(":")
+        key, eq, text = rest.partition("=")
+        if not (sep and eq and key):
+            raise SystemExit(f"--set {item!r}: expected METHOD:KEY=VALUE, e.g. 3dcs:optimizers.opacities.lr=0.05")
+        try:
+            value: object = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        out.setdefault(method, {})[key] = value
+    return out

@@ -12,6 +12,7 @@ Output folder::
     normals/<frame>.npy   float32 [H, W, 3] unit normals in the view's OpenCV camera frame, 0 likewise
     cost/<frame>.npy      float32 [H, W] final PatchMatch cost (1 - NCC), before any filtering
     fused.ply             oriented, coloured point cloud (x y z nx ny nz red green blue), normalised frame
+    surface.ply           with --clean.enabled: the trimmed Poisson surface the maps were cleaned with
     mvs.json              settings, source views per frame, counts and seconds
     dataparser_transforms.json
 """
@@ -36,8 +37,9 @@ from recon.atomic import atomic_write_bytes
 from recon.cli import parse_cli, run_main
 from recon.engine.logging import console
 from recon.errors import ConfigError, DataError
-from recon.export.mesh_io import write_pointcloud
+from recon.export.mesh_io import write_mesh, write_pointcloud
 from recon.geometry.patchmatch import PatchMatchConfig, fuse_points, geometric_consistency, patchmatch
+from recon.geometry.point_cleaning import SurfaceCleaningConfig, clean_mvs
 
 
 @dataclass
@@ -56,12 +58,15 @@ class MvsConfig:
     """Replace a non-empty --output-dir."""
     patchmatch: PatchMatchConfig = field(default_factory=PatchMatchConfig)
     """PatchMatch, consistency and fusion settings."""
+    clean: SurfaceCleaningConfig = field(default_factory=SurfaceCleaningConfig)
+    """HelixSurf's cleaning through a Poisson surface of the fused points (needs Open3D)."""
 
     def run(self) -> Path:
         if not 0 < self.image_scale <= 4:
             raise ConfigError(f"--image-scale must be in (0, 4], got {self.image_scale}")
         if self.patchmatch.top_k < 1 or self.patchmatch.num_source_views < 1:
             raise ConfigError("--patchmatch.top-k and --patchmatch.num-source-views must be at least 1")
+        self.clean.check("--clean")
         if not self.data.exists():
             raise DataError("no such dataset folder", self.data)
         output_dir = check_output_dir(self.output_dir, self.data, self.overwrite)
@@ -83,6 +88,10 @@ class MvsConfig:
             result = patchmatch(images, cameras, config, views.scene_box.aabb, points=points)
         matched = time.perf_counter()
         keep, _ = geometric_consistency(cameras, result.depth, config)
+        surface = None
+        if self.clean.enabled:
+            with console.status("Poisson surface and cleaning"):
+                keep, surface = clean_mvs(cameras, result.depth, result.normal, images, keep, config, self.clean)
         depth = result.depth * keep
         normal = result.normal * keep[..., None]
         points, normals, colours = fuse_points(cameras, depth, normal, images, keep, config)
@@ -97,12 +106,15 @@ class MvsConfig:
                 np.save(tmp / "normals" / f"{name}.npy", normal[i].numpy().astype(np.float32))
                 np.save(tmp / "cost" / f"{name}.npy", result.cost[i].numpy().astype(np.float32))
             write_pointcloud(points, colours, normals, tmp / "fused.ply")
+            if surface is not None:
+                write_mesh(surface, tmp / "surface.ply")
             views.save_transforms(tmp / "dataparser_transforms.json")
             summary = {
                 "data": str(self.data),
                 "split": self.split,
                 "image_scale": self.image_scale,
                 "patchmatch": dataclasses.asdict(config),
+                "clean": dataclasses.asdict(self.clean),
                 "frames": [Path(p).name for p in dataset.filenames],
                 "source_views": result.source_views,
                 "kept_fraction": float(keep.float().mean()),

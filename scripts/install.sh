@@ -29,6 +29,15 @@ target="."
 [ -n "$extras" ] && target=".[$extras]"
 "$py" -m pip install --quiet --constraint "$constraints" -e "$target"
 
+# Open3D (extras test, mvs) loads libusb-1.0 (Debian's libusb-1.0-0), missing on minimal images.
+if [[ ",$extras," == *",test,"* || ",$extras," == *",mvs,"* ]] && ! "$py" -c "import open3d" >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install: libusb-1.0-0 (Debian package, for Open3D)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 libgomp1 >/dev/null
+  fi
+  "$py" -c "import open3d" >/dev/null 2>&1 || echo "install: Open3D does not import here; the MVS cleaning tests will be skipped"
+fi
+
 # The viewer's browser test drives a real headless Chromium (Debian's package): install it with the
 # test extras when it is missing and apt is usable (as root); otherwise that one test is skipped.
 if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1; then

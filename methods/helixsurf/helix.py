@@ -12,7 +12,9 @@ One round (:func:`mvs_round`):
    +-0.3 to the depth and to each normal component before its second PatchMatch), the others from
    random planes (:func:`recon.geometry.patchmatch.patchmatch`);
 3. the geometric-consistency filter (:func:`recon.geometry.patchmatch.geometric_consistency`) zeroes
-   the pixels fewer than ``min_views`` other views agree with: they carry no supervision;
+   the pixels fewer than ``min_views`` other views agree with: they carry no supervision; with
+   ``clean.enabled``, so do the pixels off a trimmed Poisson surface of the fused points
+   (HelixSurf's cleaning, :mod:`recon.geometry.point_cleaning`);
 4. each training pixel takes the plane of its nearest matched pixel, re-intersected with its own
    ray (exact at ``image_scale`` 1), giving a z-depth map and a world-frame normal map per training
    image for :meth:`data.datamanager.RayDataManager.set_cues`;
@@ -38,6 +40,7 @@ from torch import Tensor
 from recon.cameras import Cameras
 from recon.geometry.patchmatch import PatchMatchConfig, geometric_consistency, patchmatch, plane_depth
 from recon.geometry.planar import PlanarPriorConfig, planar_normals, superpixels
+from recon.geometry.point_cleaning import SurfaceCleaningConfig, clean_mvs
 
 
 @dataclass
@@ -60,6 +63,8 @@ class HelixLoopConfig:
     """A rendered pixel starts PatchMatch from the SDF's plane only where its opacity reaches this."""
     planar: PlanarPriorConfig = field(default_factory=PlanarPriorConfig)
     """Superpixels and plane fitting of the planar priors (used when ``model.plane_normal_weight`` > 0)."""
+    clean: SurfaceCleaningConfig = field(default_factory=SurfaceCleaningConfig)
+    """HelixSurf's cleaning of each round's maps through a Poisson surface of the fused points (needs Open3D)."""
 
     def check(self) -> None:
         from recon.errors import ConfigError
@@ -70,6 +75,7 @@ class HelixLoopConfig:
             raise ConfigError(f"--model.helix.image-scale must be in (0, 1], got {self.image_scale}")
         if self.patchmatch.top_k < 1 or self.patchmatch.num_source_views < self.patchmatch.top_k:
             raise ConfigError("--model.helix.patchmatch.top-k must be at least 1 and at most --model.helix.patchmatch.num-source-views")
+        self.clean.check("--model.helix.clean")
 
 
 @dataclass
@@ -78,7 +84,7 @@ class MvsMaps:
 
     depths: per training image [H, W] z-depth, 0 where PatchMatch or the consistency filter gave none;
     normals: per training image [H, W, 3] unit world-frame normals, 0 likewise;
-    kept: fraction of matched pixels that survived the filter; seconds: rendering the start, PatchMatch, filter, planar priors;
+    kept: fraction of matched pixels that survived the filter (and the cleaning); seconds: rendering the start, PatchMatch, filter (and cleaning), planar priors;
     plane_normals: per training image [H, W, 3] world-frame normals of the planar regions (0: none), when asked.
     """
 
@@ -186,6 +192,8 @@ def mvs_round(images: list[Tensor], cameras: Cameras, aabb: Tensor, config: Heli
     result = patchmatch(small_images, small, pm, aabb.cpu(), init_depths=init_d, init_normals=init_n, points=points)
     matched = time.perf_counter()
     keep, _ = geometric_consistency(small, result.depth, pm)
+    if config.clean.enabled:
+        keep, _ = clean_mvs(small, result.depth, result.normal, small_images, keep, pm, config.clean)
     filtered = time.perf_counter()
     depth, normal = result.depth * keep, result.normal * keep[..., None]
     large = cameras.to("cpu")

@@ -19,6 +19,7 @@ from recon.engine.checkpoint import find_checkpoint, load_train_state
 from recon.engine.trainer import Trainer
 from recon.errors import ConfigError
 from recon.geometry.patchmatch import PatchMatchConfig, geometric_consistency, patchmatch
+from recon.geometry.point_cleaning import SurfaceCleaningConfig
 
 METHOD = "helixsurf-small"
 # PatchMatch on the tiny scene at its full 32 x 32 (half size leaves 16 x 16 images, too few pixels to match)
@@ -198,6 +199,7 @@ def test_exact_resume_across_an_mvs_refresh(tiny_scene, tmp_path, quiet_config):
     ("model.helix.image_scale", 1.5, "--model.helix.image-scale"),
     ("model.helix.refresh_every", -1, "--model.helix.refresh-every"),
     ("model.helix.patchmatch", PatchMatchConfig(top_k=4, num_source_views=2), "--model.helix.patchmatch.top-k"),
+    ("model.helix.clean", SurfaceCleaningConfig(band=-0.1), "--model.helix.clean.band"),
 ])
 def test_bad_helix_options_are_one_line_errors(tiny_scene, tmp_path, quiet_config, key, value, flag):
     with pytest.raises(ConfigError) as err:

@@ -66,7 +66,8 @@ def dtu(steps: int, scale: float, out: Path, device: str, method: str = "neus-sm
     mesh_path = out / f"{name}_mesh.ply"
     mesh.export(mesh_path)
     # The first training camera (normalised frame, like the normalised copy of the mesh).
-    picture = mesh_picture(normalised, trainer.datamanager.train_dataset.cameras[0], out / f"{name}_mesh.png")
+    # at the images' full 384 x 384 whatever the training scale, so low-scale runs stay readable
+    picture = mesh_picture(normalised, trainer.datamanager.train_dataset.cameras[0], out / f"{name}_mesh.png", scale=1.0 / scale)
     row = {**row, "data": f"dtu_scan24 x{scale}", "mesh_s": mesh_s, "vertices": len(mesh.vertices), "mesh": str(mesh_path), "picture": str(picture)}
     return (trainer, row) if return_trainer else row
 

@@ -69,6 +69,12 @@ def _match(scene: Path, scale: float, backend: str, clean: SurfaceCleaningConfig
     return train, cameras, result, keep, points, t1 - t0, time.perf_counter() - t1
 
 
+def _mesh_points(mesh: trimesh.Trimesh, train) -> torch.Tensor:
+    """400k points sampled on ``mesh`` (the input frame), mapped into the normalised frame the fused points are in."""
+    R, t, s = train.dataparser_transform[:, :3].double(), train.dataparser_transform[:, 3].double(), train.dataparser_scale
+    return s * (torch.tensor(trimesh.sample.sample_surface(mesh, 400_000, seed=0)[0]) @ R.T + t)
+
+
 def run(scale: float, backend: str, tau: float, clean: SurfaceCleaningConfig | None = None) -> dict:
     scene = default_scene_path()
     train, cameras, result, keep, points, match_s, fuse_s = _match(scene, scale, backend, clean)
@@ -80,11 +86,7 @@ def run(scale: float, backend: str, tau: float, clean: SurfaceCleaningConfig | N
     # pixels whose whole block misses the object (foreground fattening when kept)
     background = F.avg_pool2d((full > 0).float()[:, None], step)[:, 0] == 0.0 if step > 1 else full == 0
     err = ((result.depth - gt).abs() / gt.clamp_min(1e-6))[kept]
-    # points in the normalised frame; the mesh is in the input frame
-    R, t, s = train.dataparser_transform[:, :3].double(), train.dataparser_transform[:, 3].double(), train.dataparser_scale
-    mesh = trimesh.load(scene / "mesh.ply")
-    mesh_points = torch.tensor(trimesh.sample.sample_surface(mesh, 400_000, seed=0)[0])
-    mesh_points = s * (mesh_points @ R.T + t)
+    mesh_points = _mesh_points(trimesh.load(scene / "mesh.ply"), train)
     accuracy, _ = cKDTree(mesh_points.numpy()).query(points.double().numpy())
     full_cams = train.cameras
     visible = torch.cat([depth_to_points(full_cams, i, full[i])[full[i] > 0] for i in range(len(full_cams))])
@@ -115,7 +117,8 @@ def run_dtu(scale: float, backend: str, tau: float, reference_mesh: Path | None,
     train, cameras, result, keep, points, match_s, fuse_s = _match(shared_data() / "dtu_scan24", scale, backend, clean)
     row = {
         "image": f"{cameras.width[0].item()}x{cameras.height[0].item()}", "views": len(cameras), "backend": backend,
-        "cleaning": f"band {clean.band}" if clean else "none", "patchmatch_s": match_s, "filter_fuse_s": fuse_s, "pixels_kept": float(keep.float().mean()), "points": len(points),
+        "cleaning": f"band {clean.band}" if clean else "none", "patchmatch_s": match_s, "filter_fuse_s": fuse_s,
+        "pixels_kept": float(keep.float().mean()), "points": len(points),
     }
     if depths:
         other = next(iter(depths.values()))
@@ -124,10 +127,7 @@ def run_dtu(scale: float, backend: str, tau: float, reference_mesh: Path | None,
         row["vs_first_backend_within_1pct"] = float((rel < 0.01).float().mean())
     depths[backend] = result.depth
     if reference_mesh is not None:
-        mesh = trimesh.load(reference_mesh)
-        R, t, s = train.dataparser_transform[:, :3].double(), train.dataparser_transform[:, 3].double(), train.dataparser_scale
-        ref = torch.tensor(trimesh.sample.sample_surface(mesh, 400_000, seed=0)[0])
-        ref = s * (ref @ R.T + t)
+        ref = _mesh_points(trimesh.load(reference_mesh), train)
         dist, _ = cKDTree(ref.numpy()).query(points.double().numpy())
         row["to_reference_median"] = float(np.median(dist))
         row[f"to_reference_within_{tau}"] = float((dist < tau).mean())
